@@ -1,0 +1,163 @@
+"""FIR up/down-sampling (upfirdn2d) and the resampling convolutions built on it, NHWC.
+
+Semantics follow NVlabs `torch_utils/ops/upfirdn2d.py` and `conv2d_resample.py` exactly:
+
+  upfirdn2d(x, f, up, down, padding, gain):
+    1. up-sample by inserting `up - 1` zeros after every pixel (the result is `H * up` long);
+    2. pad (or crop, for negative values) by `padding = (before, after)` on both spatial axes;
+    3. convolve with the FIR filter `f` scaled by `gain` (a true convolution, i.e. `f` flipped);
+    4. down-sample by keeping every `down`-th pixel.
+
+Two implementations: `upfirdn2d_reference` does the four steps literally with a 2-D filter, and
+`upfirdn2d` does them as one `lax.pad` (zero insertion, padding and cropping together) followed by
+two depthwise 1-D convolutions whose stride performs the down-sampling. The tests check that they
+agree. Filters are separable: we keep the 1-D taps and apply them along H and then W.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_TAPS = (1, 3, 3, 1)  # StyleGAN2's binomial resampling filter.
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def setup_filter(taps: Sequence[float] = DEFAULT_TAPS) -> np.ndarray:
+  """Normalised 1-D FIR taps (sum 1); the 2-D filter is their outer product."""
+  f = np.asarray(taps, dtype=np.float32)
+  return f / f.sum()
+
+
+def filter_2d(f1d: np.ndarray) -> np.ndarray:
+  """The separable 2-D filter `outer(f, f)`, as NVlabs stores it in `resample_filter` buffers."""
+  return np.outer(f1d, f1d).astype(np.float32)
+
+
+def _pad_config(up: int, padding: tuple[int, int]) -> tuple[int, int, int]:
+  """`lax.pad` config for one axis: zero insertion, then `padding` (negative values crop)."""
+  before, after = padding
+  # lax.pad's interior padding leaves no zeros after the last pixel; the reference does.
+  return (before, after + up - 1, up - 1)
+
+
+def upfirdn2d(
+    x: jax.Array,  # [B, H, W, C]
+    f: np.ndarray,  # [K] 1-D taps (the 2-D filter is outer(f, f))
+    up: int = 1,
+    down: int = 1,
+    padding: tuple[int, int] = (0, 0),  # (before, after), same on both axes
+    gain: float = 1.0,
+) -> jax.Array:
+  """Up-sample, FIR-filter and down-sample `x` (fast separable path)."""
+  channels = x.shape[-1]
+  pad = _pad_config(up, padding)
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), pad, pad, (0, 0, 0)])
+  # Each 1-D pass carries sqrt(gain), so the 2-D filter carries `gain`; flip = true convolution.
+  taps = jnp.asarray(f[::-1] * np.float32(np.sqrt(gain)), x.dtype)
+  kernel_h = jnp.tile(taps[:, None, None, None], (1, 1, 1, channels))  # [K, 1, 1, C]
+  kernel_w = jnp.tile(taps[None, :, None, None], (1, 1, 1, channels))  # [1, K, 1, C]
+  x = jax.lax.conv_general_dilated(
+      x, kernel_h, (down, 1), "VALID", dimension_numbers=_NHWC, feature_group_count=channels)
+  x = jax.lax.conv_general_dilated(
+      x, kernel_w, (1, down), "VALID", dimension_numbers=_NHWC, feature_group_count=channels)
+  return x
+
+
+def upfirdn2d_reference(
+    x: jax.Array,  # [B, H, W, C]
+    f2d: np.ndarray,  # [K, K] 2-D filter
+    up: int = 1,
+    down: int = 1,
+    padding: tuple[int, int] = (0, 0),
+    gain: float = 1.0,
+) -> jax.Array:
+  """The four steps of upfirdn2d done literally (slow, for testing the fast path)."""
+  batch, height, width, channels = x.shape
+  # 1. Zero insertion.
+  z = jnp.zeros((batch, height, up, width, up, channels), x.dtype)
+  x = z.at[:, :, 0, :, 0, :].set(x).reshape(batch, height * up, width * up, channels)
+  # 2. Pad, then crop.
+  before, after = padding
+  x = jnp.pad(x, [(0, 0), (max(before, 0), max(after, 0)), (max(before, 0), max(after, 0)), (0, 0)])
+  h_end = x.shape[1] - max(-after, 0)
+  w_end = x.shape[2] - max(-after, 0)
+  x = x[:, max(-before, 0):h_end, max(-before, 0):w_end, :]
+  # 3. Convolve (flip the filter: conv_general_dilated correlates).
+  kernel = jnp.asarray(f2d[::-1, ::-1] * gain, x.dtype)
+  kernel = jnp.tile(kernel[:, :, None, None], (1, 1, 1, channels))
+  x = jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), "VALID", dimension_numbers=_NHWC, feature_group_count=channels)
+  # 4. Keep every `down`-th pixel.
+  return x[:, ::down, ::down, :]
+
+
+def upsample2d(x: jax.Array, f: np.ndarray, factor: int = 2) -> jax.Array:
+  """2x FIR up-sampling that keeps the image aligned (`upfirdn2d.upsample2d`)."""
+  k = len(f)
+  padding = ((k + factor - 1) // 2, (k - factor) // 2)
+  return upfirdn2d(x, f, up=factor, padding=padding, gain=factor**2)
+
+
+def downsample2d(x: jax.Array, f: np.ndarray, factor: int = 2) -> jax.Array:
+  """2x FIR down-sampling that keeps the image aligned (`upfirdn2d.downsample2d`)."""
+  k = len(f)
+  padding = ((k - factor + 1) // 2, (k - factor) // 2)
+  return upfirdn2d(x, f, down=factor, padding=padding)
+
+
+def conv2d(x: jax.Array, w: jax.Array, padding: int = 0, stride: int = 1) -> jax.Array:
+  """Plain cross-correlation, NHWC x HWIO (what torch's conv2d computes)."""
+  return jax.lax.conv_general_dilated(
+      x, w.astype(x.dtype), (stride, stride), [(padding, padding)] * 2, dimension_numbers=_NHWC)
+
+
+def conv2d_resample(
+    x: jax.Array,  # [B, H, W, I]
+    w: jax.Array,  # [kh, kw, I, O]
+    f: np.ndarray,  # [K] 1-D FIR taps
+    up: int = 1,
+    down: int = 1,
+    padding: int = 0,  # the layer's own padding (kernel_size // 2)
+    flip_weight: bool = True,  # False: true convolution (NVlabs' up-sampling layers use that)
+) -> jax.Array:
+  """Convolution with optional 2x FIR up- or down-sampling (`conv2d_resample.conv2d_resample`).
+
+  Algorithm, as NVlabs orders it (all paths are linear, so the order only changes the cost):
+    up:   1x1 kernels convolve first, then FIR up-sample; larger kernels use a stride-2
+          transposed convolution (zero insertion + convolution), then the FIR at gain 4.
+    down: 1x1 kernels FIR down-sample first, then convolve; larger kernels FIR-filter at full
+          resolution, then a stride-2 convolution.
+  """
+  kernel = w.shape[0]
+  k = len(f)
+  if up > 1 and down > 1:
+    raise ValueError("conv2d_resample supports up- or down-sampling, not both.")
+  if not flip_weight:
+    w = w[::-1, ::-1]
+  if up > 1:
+    pad_before = padding + (k + up - 1) // 2
+    pad_after = padding + (k - up) // 2
+    if kernel == 1:
+      x = conv2d(x, w)
+      return upfirdn2d(x, f, up=up, padding=(pad_before, pad_after), gain=up**2)
+    # Transposed convolution (zero insertion, full padding). torch's conv_transpose2d is a true
+    # convolution, so NVlabs' `flip_weight` sense inverts there; both inversions cancel and `w`
+    # (already flipped above where asked) is the correlation kernel.
+    x = jax.lax.conv_general_dilated(
+        x, w.astype(x.dtype), (1, 1), [(kernel - 1, kernel - 1)] * 2,
+        lhs_dilation=(up, up), dimension_numbers=_NHWC)
+    fir_padding = (pad_before - (kernel - 1), pad_after - (kernel - up))
+    return upfirdn2d(x, f, padding=fir_padding, gain=up**2)
+  if down > 1:
+    pad_before = padding + (k - down + 1) // 2
+    pad_after = padding + (k - down) // 2
+    if kernel == 1:
+      x = upfirdn2d(x, f, down=down, padding=(pad_before, pad_after))
+      return conv2d(x, w)
+    x = upfirdn2d(x, f, padding=(pad_before, pad_after))
+    return conv2d(x, w, stride=down)
+  return conv2d(x, w, padding=padding)
