@@ -56,8 +56,8 @@ HELDOUT_FRACTION = 0.25
 CROP_SIZE = 64
 # The 8 dihedral transforms: op = 4 * flip + k, i.e. optional left-right flip, then rot90 by k.
 NUM_OPS = 8
-# Crops are cut in chunks of this many to bound the temporary memory of ``crop_bank``.
-_CHUNK = 4096
+# Crops are cut in chunks of this many to bound temporary memory (``crop_bank``, ``defect_dataset``).
+CHUNK = 4096
 
 
 class Box(NamedTuple):
@@ -146,8 +146,8 @@ def cut(coords: CropCoords, size: int = CROP_SIZE, sources: Sequence[str] = SOUR
     windows = np.lib.stride_tricks.sliding_window_view(load_source(name), (size, size), axis=(0, 1))
     for op in range(NUM_OPS):
       idx = np.flatnonzero((coords.source == i) & (coords.op == op))
-      for start in range(0, len(idx), _CHUNK):
-        part = idx[start:start + _CHUNK]
+      for start in range(0, len(idx), CHUNK):
+        part = idx[start:start + CHUNK]
         crops = windows[coords.y[part], coords.x[part]].transpose(0, 2, 3, 1)  # [n, s, s, 1]
         out[part] = _apply_op(crops, op)  # broadcasts the grey channel to all output channels
   return out
