@@ -292,6 +292,8 @@ class MappingNetwork(nn.Module):
     if self.num_ws is None:
       return x
     x = jnp.broadcast_to(x[:, None, :], (x.shape[0], self.num_ws, self.w_dim))
+    if isinstance(psi, (int, float)) and psi == 1:  # exact pass-through, as NVlabs skips it
+      return x
     return truncate(x, w_avg.value, psi, cutoff)
 
 
