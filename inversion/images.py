@@ -250,11 +250,13 @@ def _read(path: str) -> tuple[np.ndarray, float, float]:
   return _decode(_open(path), path)
 
 
-def _unit(raw: np.ndarray, offset: float, scale: float) -> np.ndarray:
+def _to_model(raw: np.ndarray, offset: float, scale: float) -> np.ndarray:
+  """Step 5: raw values -> float32 [-1, 1], i.e. (raw - offset) * scale * 2 - 1 (clipped). For
+  uint8 this is exactly ``generators.data.to_model_range``."""
   x = raw.astype(np.float32)
   if offset:
     x -= np.float32(offset)
-  return np.clip(x * np.float32(scale), 0, 1)
+  return np.clip(x * np.float32(2 * scale) - np.float32(1), -1, 1)
 
 
 def _crop_resize(raw: np.ndarray, resolution: int, name: str) -> np.ndarray:
@@ -276,6 +278,7 @@ def _crop_resize(raw: np.ndarray, resolution: int, name: str) -> np.ndarray:
 
 
 def _to_grey(x: np.ndarray) -> np.ndarray:
+  """[..., 3] -> [..., 1] by BT.601 luma (weights sum to 1, so it commutes with [0,1] -> [-1,1])."""
   return x if x.shape[-1] == 1 else x @ np.asarray(LUMA, np.float32)[:, None]
 
 
@@ -306,7 +309,7 @@ def load_image(path: str, resolution: int, channels: int = 3,
   path = os.fspath(path)
   name = os.path.basename(path)
   raw, offset, scale = _read(path)
-  x = _unit(_crop_resize(raw, resolution, name), offset, scale)
+  x = _to_model(_crop_resize(raw, resolution, name), offset, scale)
   # 4. channels.
   if channels == 1 and x.shape[-1] == 3:
     _log_once("to-grey", "converted RGB->grey by BT.601 luma 0.299 R + 0.587 G + 0.114 B "
@@ -315,7 +318,6 @@ def load_image(path: str, resolution: int, channels: int = 3,
   elif channels >= 3 and x.shape[-1] == 1:
     _log_once("to-rgb", "converted grey->RGB by copying (R = G = B) (first: %s)", name)
     x = np.repeat(x, 3, -1)
-  x = x * 2 - 1  # 5. [0, 1] -> [-1, 1]
   if channels == 4:
     if mask is None:
       _log_once("no-mask", "4-channel generator: filled the mask channel with -1 (no defect) "
@@ -332,7 +334,7 @@ def _load_mask(mask, image_path: str, image_hw: tuple[int, int], resolution: int
   (mask >= half its range) covers at least MASK_COVERAGE of the output pixel."""
   if isinstance(mask, (str, os.PathLike)):
     mask_path = os.fspath(mask)
-    m = _to_grey(_unit(*_read(mask_path)))[..., 0] >= 0.5
+    m = _to_grey(_to_model(*_read(mask_path)))[..., 0] >= 0
     what = f"mask {mask_path}"
   else:
     m = np.asarray(mask)
