@@ -104,8 +104,9 @@ def _read(path: str, what: str) -> Image.Image:
   if os.path.getsize(path) == 0:
     raise MVTecError(f"MVTec AD {what} {path!r} is empty (0 bytes); re-extract the archive")
   try:
-    im = Image.open(path)
-    im.load()
+    with Image.open(path) as f:
+      f.load()
+      im = f.copy()  # usable after the file is closed
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise MVTecError(f"cannot read MVTec AD {what} {path!r} ({e}); the file is corrupt or "
                      "truncated, re-extract the archive") from e

@@ -176,13 +176,17 @@ def _open(path: str) -> Image.Image:
                      "raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from e
   except OSError as e:
     raise ImageError(f"{path} is corrupt or truncated ({e}); re-export or re-download it") from e
-  if im.width == 0 or im.height == 0:
-    raise ImageError(f"{path} has 0 pixels ({im.width}x{im.height}); re-export the image")
   try:
+    if im.width == 0 or im.height == 0:
+      raise ImageError(f"{path} has 0 pixels ({im.width}x{im.height}); re-export the image")
     im.load()
   except Image.DecompressionBombError as e:
+    im.close()
     raise ImageError(f"{path} is too large to decode safely ({e}); downscale it first") from e
   except (OSError, SyntaxError, ValueError, EOFError) as e:
+    im.close()
+    if isinstance(e, ImageError):
+      raise
     raise ImageError(f"{path} is corrupt or truncated ({e}); re-export or re-download it") from e
   return im
 
@@ -247,7 +251,8 @@ def _decode(im: Image.Image, path: str) -> tuple[np.ndarray, float, float]:
 
 def _read(path: str) -> tuple[np.ndarray, float, float]:
   """Step 1: file -> (raw [H, W, 1 | 3], offset, scale) with (raw - offset) * scale in [0, 1]."""
-  return _decode(_open(path), path)
+  with _open(path) as im:  # closes the file (multi-frame files keep it open otherwise)
+    return _decode(im, path)
 
 
 def _to_model(raw: np.ndarray, offset: float, scale: float) -> np.ndarray:

@@ -84,8 +84,8 @@ def test_example_pngs_are_heldout_crops():
     idx = [i for i in range(len(crops)) if data.SOURCES[coords.source[i]] == name
            and coords.y[i] == int(y[1:]) and coords.x[i] == int(x[1:])]
     assert len(idx) == 1, f
-    np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(EXAMPLES, f))),
-                                  crops[idx[0]])
+    with Image.open(os.path.join(EXAMPLES, f)) as im:
+      np.testing.assert_array_equal(np.asarray(im), crops[idx[0]])
 
 
 def test_model_range_conversion():

@@ -29,6 +29,12 @@ def _fresh_log_once():
   images.reset_log_once()
 
 
+def _read(path):
+  """(pixels, mode) of a written file, closing it."""
+  with Image.open(path) as im:
+    return np.asarray(im), im.mode
+
+
 def _save(path, im, **kw):
   im.save(path, **kw)
   return str(path)
@@ -63,7 +69,7 @@ def test_every_mode_gives_the_right_shape_and_range(tmp_path, channels):
   for mode, im in made.items():
     ext = "tif" if mode in ("CMYK", "I", "F") else "png"
     path = _save(tmp_path / f"{mode.replace(';', '')}.{ext}", im)
-    assert Image.open(path).mode == mode
+    assert _read(path)[1] == mode
     x = images.load_image(path, 8, channels)  # 16 -> 8: area resize too
     assert x.shape == (8, 8, channels) and x.dtype == np.float32, mode
     assert -1 <= x.min() and x.max() <= 1 and x[..., :3].std() > 0.05, mode
@@ -228,14 +234,14 @@ def test_load_images_from_folder_file_and_list(tmp_path, caplog):
 def test_save_image_and_grid(tmp_path):
   x = model(RGB)
   [p] = images.save_image(tmp_path / "out" / "x.png", x)
-  np.testing.assert_array_equal(np.asarray(Image.open(p)), RGB)  # exact 8-bit round trip
+  np.testing.assert_array_equal(_read(p)[0], RGB)  # exact 8-bit round trip
   x4 = np.concatenate([x, -np.ones((16, 16, 1), np.float32)], -1)
   x4[2:5, 3:7, 3] = 1
   p_img, p_mask = images.save_image(tmp_path / "y.png", x4)
-  assert p_mask.endswith("y_mask.png") and Image.open(p_img).mode == "RGB"
-  assert (np.asarray(Image.open(p_mask)) > 0).sum() == 12
+  assert p_mask.endswith("y_mask.png") and _read(p_img)[1] == "RGB"
+  assert (_read(p_mask)[0] > 0).sum() == 12
   images.save_image(tmp_path / "g.png", x[..., :1])
-  assert Image.open(tmp_path / "g.png").mode == "L"
+  assert _read(tmp_path / "g.png")[1] == "L"
   with pytest.raises(ValueError, match="C in"):
     images.save_image(tmp_path / "bad.png", np.zeros((4, 4, 2)))
 
