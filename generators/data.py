@@ -3,9 +3,9 @@
 The embedded 64x64 StyleGAN2 is trained on random crops of three real photographs that ship
 inside the scikit-image wheel (``skimage/data/*.png``; no download, no network):
 
-    brick   ``skimage.data.brick()``   512x512 grayscale, brick wall      (CC0, CC0Textures "Bricks25")
-    grass   ``skimage.data.grass()``   512x512 grayscale, lawn close-up   (CC0, DeviantArt "Grass-01")
-    gravel  ``skimage.data.gravel()``  512x512 grayscale, loose gravel    (CC0, CC0Textures "Gravel04")
+    brick   ``skimage.data.brick()``   512x512 grey, brick wall     CC0, CC0Textures "Bricks25"
+    grass   ``skimage.data.grass()``   512x512 grey, lawn close-up  CC0, DeviantArt "Grass-01"
+    gravel  ``skimage.data.gravel()``  512x512 grey, loose gravel   CC0, CC0Textures "Gravel04"
 
 Domain choice. All three are stationary, fronto-parallel, evenly lit photos of textured surfaces
 at a similar scale, which is what MVTec AD's texture categories (carpet, grid, leather, tile, wood)
@@ -56,7 +56,7 @@ HELDOUT_FRACTION = 0.25
 CROP_SIZE = 64
 # The 8 dihedral transforms: op = 4 * flip + k, i.e. optional left-right flip, then rot90 by k.
 NUM_OPS = 8
-# Crops are cut in chunks of this many to bound temporary memory (``crop_bank``, ``defect_dataset``).
+# Crops are cut in chunks of this many to bound temporary memory (crop_bank, defect_dataset).
 CHUNK = 4096
 
 
@@ -92,7 +92,8 @@ def load_source(name: str) -> np.ndarray:
                       "pip install 'stylegan-inversion-jax[data]'") from e
   img = np.asarray(getattr(skimage.data, name)())
   if img.dtype != np.uint8 or img.ndim != 2:
-    raise ValueError(f"skimage.data.{name}() returned {img.dtype} {img.shape}, expected uint8 [H, W]")
+    raise ValueError(f"skimage.data.{name}() returned {img.dtype} {img.shape}, "
+                     "expected uint8 [H, W]")
   img = np.ascontiguousarray(img[:, :, None])
   img.flags.writeable = False
   return img
@@ -161,7 +162,7 @@ def crop_bank(n: int, size: int = CROP_SIZE, seed: int | np.random.Generator = 0
   Every crop lies entirely inside the training region of its photo (never in the held-out strip).
   Sources are drawn uniformly, positions uniformly over the training region, and each of the
   enabled dihedral transforms uniformly. The same ``seed`` gives the same bank. A bank of 20k
-  64x64 crops takes well under a second and 246 MB (uint8).
+  64x64 crops takes about a second and 246 MB (uint8).
 
   Args:
     n: number of crops.

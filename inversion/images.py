@@ -348,7 +348,8 @@ def _load_mask(mask, image_path: str, image_hw: tuple[int, int], resolution: int
     what = f"mask array {np.shape(mask)}"
   if m.shape != tuple(image_hw):
     raise ImageError(f"{what} is {m.shape[1] if m.ndim > 1 else '?'}x{m.shape[0]} but image "
-                     f"{image_path} is {image_hw[1]}x{image_hw[0]}; give a mask of the image's size")
+                     f"{image_path} is {image_hw[1]}x{image_hw[0]}; give a mask of the image's "
+                     "size")
   cover = _crop_resize(m[..., None], resolution, os.path.basename(image_path))
   out = cover >= MASK_COVERAGE
   if m.any() and not out.any():  # a tiny defect keeps its best-covered pixel
