@@ -356,8 +356,11 @@ def _tensor_from_storage(storage, storage_offset, size, stride, dtype=None):
       raise CheckpointError(
           f'tensor of size {size} (stride {stride}, offset {offset}) reads element {last} of '
           f'storage {storage.key!r}, which holds {flat.size} elements: the file is corrupt')
-    view = np.lib.stride_tricks.as_strided(
-        flat[offset:], shape=size, strides=[s * flat.itemsize for s in stride])
+    if size:
+      view = np.lib.stride_tricks.as_strided(
+          flat[offset:], shape=size, strides=[s * flat.itemsize for s in stride])
+    else:  # 0-d (as_strided treats an empty shape as "keep the input's")
+      view = flat[offset:offset + 1].reshape(())
     out = np.array(view, dtype=flat.dtype.newbyteorder('='), order='C')
   if dt.name == 'bfloat16':  # bfloat16 = top 16 bits of a float32
     out = (out.astype(np.uint32) << 16).view(np.float32)
