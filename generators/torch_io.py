@@ -796,8 +796,6 @@ def _load_zip(zf: zipfile.ZipFile, options: _Options) -> Any:
   def loader(tensor_dirs: tuple[str, ...]):
     def persistent_load(pid):
       dtype, key, numel, _ = _parse_storage_pid(pid)
-      if (key, dtype.name) in cache:
-        return cache[key, dtype.name]
       for d in tensor_dirs:
         record = f'{prefix}{d}{key}'
         if record in name_set:
@@ -806,13 +804,15 @@ def _load_zip(zf: zipfile.ZipFile, options: _Options) -> Any:
         raise CheckpointError(
             f'missing storage record {prefix}{tensor_dirs[0]}{key} in the archive: the file '
             f'is incomplete or was modified; {_RESAVE_HINT}')
+      if (record, dtype.name) in cache:
+        return cache[record, dtype.name]
       data = _read_record(zf, record)
       if len(data) < numel * dtype.itemsize:
         raise CheckpointError(
             f'storage record {record} holds {len(data)} bytes, the tensor needs '
             f'{numel * dtype.itemsize}: the file is corrupt; {_RESAVE_HINT}')
-      cache[key, dtype.name] = _Storage(key, dtype, numel, data, big_endian=big)
-      return cache[key, dtype.name]
+      cache[record, dtype.name] = _Storage(key, dtype, numel, data, big_endian=big)
+      return cache[record, dtype.name]
     return persistent_load
 
   obj = _unpickle(_read_record(zf, prefix + 'data.pkl'), options, loader(('data/', 'constants/')))

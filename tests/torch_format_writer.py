@@ -649,3 +649,37 @@ def tf_pickle(g: dict, d: dict, static_g: dict, static_d: dict) -> tuple:
         'synthesis': _tf_network('G_synthesis', synthesis, static_g, {}),
     })
   return (generator('G'), _tf_network('D', td, static_d, {}), generator('Gs'))
+
+
+# ------------------------------------------------------------------------------------------
+# TorchScript archives (torch.jit.save).
+
+def script_module(qualified_name: str, attributes: dict) -> NewObj:
+  """A TorchScript object: GLOBAL '__torch__.<path> <Class>', NEWOBJ, BUILD {attributes}."""
+  module, _, name = qualified_name.rpartition('.')
+  return NewObj(Global(module, name), state=dict(attributes))
+
+
+def write_torchscript(root: NewObj, constants: tuple, path_or_file,
+                      archive: str = 'model') -> None:
+  """A `torch.jit.save`-style archive: data.pkl (+ data/), constants.pkl (+ constants/),
+  code/ (TorchScript source: never read by a loader that must not run code)."""
+  records: dict[str, bytes] = {}
+
+  def writer(folder):
+    def tensor(x):
+      a, storage_type, raw = _array_and_type(x)
+      key = str(sum(1 for r in records if r.startswith(folder)))
+      records[f'{folder}{key}'] = raw
+      pid = PersistentId(('storage', Global('torch', storage_type), key, 'cpu', a.size))
+      return _rebuild(pid, a)
+    return tensor
+
+  records['data.pkl'] = PickleWriter(2, writer('data/')).dumps(root)
+  records['constants.pkl'] = PickleWriter(2, writer('constants/')).dumps(tuple(constants))
+  records['code/__torch__.py'] = b'class M(Module):\n  def forward(self, x):\n    return x\n'
+  records['version'] = b'3\n'
+  records['byteorder'] = b'little'
+  with zipfile.ZipFile(path_or_file, 'w', zipfile.ZIP_STORED) as zf:
+    for name, data in records.items():
+      zf.writestr(f'{archive}/{name}', data)
