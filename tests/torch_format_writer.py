@@ -383,7 +383,7 @@ def write_pickle(obj, path_or_file, tensor_fn=pickled_tensor, protocol: int = 3)
 # ------------------------------------------------------------------------------------------
 # NVlabs network pickles (torch_utils.persistence).
 
-_NVLABS_CLASSES = [  # (regex on the module path, class name) as in training/networks.py
+_NVLABS_CLASSES = [  # (regex on the module path, class name) as in networks.py; later win
     (r'', 'Generator'),
     (r'mapping', 'MappingNetwork'),
     (r'mapping\.(fc\d+|embed)', 'FullyConnectedLayer'),
@@ -394,13 +394,13 @@ _NVLABS_CLASSES = [  # (regex on the module path, class name) as in training/net
     (r'synthesis\.b\d+\.skip', 'Conv2dLayer'),
     (r'.*\.affine', 'FullyConnectedLayer'),
 ]
-_NVLABS_D_CLASSES = [
+_NVLABS_D_CLASSES = [  # later entries win
     (r'', 'Discriminator'),
+    (r'b\d+', 'DiscriminatorBlock'),
+    (r'b\d+\.\w+', 'Conv2dLayer'),
     (r'b4', 'DiscriminatorEpilogue'),
     (r'b4\.(fc|out)', 'FullyConnectedLayer'),
     (r'b4\.mbstd', 'MinibatchStdLayer'),
-    (r'b\d+', 'DiscriminatorBlock'),
-    (r'b\d+\.\w+', 'Conv2dLayer'),
 ]
 _BUFFERS = ('resample_filter', 'noise_const', 'w_avg')
 MODULE_SRC = '# training/networks.py (stand-in source text; a reader must never run it)\n'
@@ -438,7 +438,8 @@ def _persistent(tree: dict, classes, init_kwargs, path: str) -> Reduce:
       buffers[k] = v
     else:
       params[k] = Param(v)
-  class_name = next(c for pattern, c in reversed(classes) if re.fullmatch(pattern, path))
+  class_name = next((c for pattern, c in reversed(classes) if re.fullmatch(pattern, path)),
+                    'Module')
   state = {
       'training': False,
       '_parameters': collections.OrderedDict(params),
