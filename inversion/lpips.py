@@ -245,13 +245,20 @@ def lpips_params_from_state_dicts(trunk_state_dict: Mapping[str, Any],
   return {'trunk': trunk, 'lin': _lin_from_state_dict(lin_state_dict, net, source)}
 
 
-def random_lpips_params(key: jax.Array, net: str = 'vgg') -> dict[str, Any]:
+def random_lpips_params(seed: int = 0, net: str = 'vgg') -> dict[str, Any]:
   """Random LPIPS params. FOR TESTS AND BENCHMARKS ONLY (never used as a fallback)."""
-  k1, k2 = jax.random.split(key)
+  rng = np.random.default_rng(seed)
   if net == 'vgg':
-    trunk = vgg_lib.init_random_params(k1)
+    trunk = vgg_lib.init_random_params(seed)
+  elif net == 'alex':
+    trunk = {'params': {}}
+    for name, _, cin, cout, k, *_ in ALEXNET_CONVS:
+      std = np.sqrt(2.0 / (k * k * cin))
+      trunk['params'][name] = {
+          'kernel': jnp.asarray(std * rng.standard_normal((k, k, cin, cout)), jnp.float32),
+          'bias': jnp.zeros((cout,), jnp.float32)}
   else:
-    trunk = AlexNet().init(k1, jnp.zeros((1, 64, 64, 3)), LPIPS_LAYERS['alex'])
-  lin = {f'lin{i}': jax.random.uniform(k, (c,)) for i, (k, c) in
-         enumerate(zip(jax.random.split(k2, 5), LPIPS_CHANNELS[net]))}
+    raise ValueError(f"net must be 'vgg' or 'alex', got {net!r}")
+  lin = {f'lin{i}': jnp.asarray(rng.uniform(size=c), jnp.float32)
+         for i, c in enumerate(LPIPS_CHANNELS[net])}
   return {'trunk': trunk, 'lin': lin}

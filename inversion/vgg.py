@@ -340,16 +340,17 @@ def _describe(sd: Mapping[str, Any], limit: int = 12) -> str:
   return ', '.join(keys[:limit]) + more
 
 
-def init_random_params(key: jax.Array) -> dict[str, Any]:
+def init_random_params(seed: int = 0) -> dict[str, Any]:
   """Random He-normal VGG16 variables. FOR TESTS AND BENCHMARKS ONLY.
 
   Nothing in the library calls this: losses and metrics that need VGG16 load real weights
-  (`inversion.weights`) or fail loudly.
+  (`inversion.weights`) or fail loudly. (NumPy RNG: no per-shape XLA compiles.)
   """
+  rng = np.random.default_rng(seed)
   params = {}
   for name, _, cin, cout in VGG16_CONVS:
-    key, k = jax.random.split(key)
     std = np.sqrt(2.0 / (9 * cin))
-    params[name] = {'kernel': std * jax.random.normal(k, (3, 3, cin, cout), jnp.float32),
+    params[name] = {'kernel': jnp.asarray(std * rng.standard_normal((3, 3, cin, cout)),
+                                          jnp.float32),
                     'bias': jnp.zeros((cout,), jnp.float32)}
   return {'params': params}

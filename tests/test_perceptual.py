@@ -47,9 +47,9 @@ def test_image2stylegan_and_idinvert_match_reference_activations(ref, lpips_para
 
 
 def test_pixel_mse_mask():
-  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-  x = jax.random.uniform(k1, (2, 8, 8, 3), minval=-1, maxval=1)
-  y = jax.random.uniform(k2, (2, 8, 8, 3), minval=-1, maxval=1)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+  y = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
   np.testing.assert_allclose(P.pixel_mse(None, x, y), jnp.mean((x - y) ** 2, (1, 2, 3)),
                              rtol=1e-6)
   np.testing.assert_allclose(P.pixel_mse(None, x, y, jnp.ones((2, 8, 8, 1))),
@@ -57,7 +57,7 @@ def test_pixel_mse_mask():
   m = jnp.zeros((1, 8, 8, 1)).at[:, :4].set(1.0)  # top half only, broadcast over batch
   np.testing.assert_allclose(P.pixel_mse(None, x, y, m),
                              jnp.mean((x[:, :4] - y[:, :4]) ** 2, (1, 2, 3)), rtol=1e-5)
-  y_changed = y.at[:, 4:].set(jax.random.normal(k3, (2, 4, 8, 3)))
+  y_changed = y.at[:, 4:].set(jnp.asarray(rng.standard_normal((2, 4, 8, 3)), jnp.float32))
   np.testing.assert_allclose(P.pixel_mse(None, x, y_changed, m), P.pixel_mse(None, x, y, m),
                              rtol=1e-6)
   with pytest.raises(ValueError, match='mask'):
@@ -94,16 +94,16 @@ def test_discriminator_distance_is_unweighted_lpips(ref, lpips_params):
 
 
 def test_discriminator_distance_properties():
-  key = jax.random.PRNGKey(1)
-  w1, w2 = jax.random.normal(key, (2, 3, 8))
+  rng = np.random.default_rng(1)
+  w1 = jnp.asarray(rng.standard_normal((3, 8)), jnp.float32)
   # toy "discriminator": leaky-relu 1x1 features at two resolutions + a dense output
   def features_fn(params, im):
     h = jax.nn.leaky_relu(im @ params['w1'], 0.2)
     h2 = h.reshape(h.shape[0], h.shape[1] // 2, 2, h.shape[2] // 2, 2, -1).mean((2, 4))
     return {'b16': h, 'b8': h2, 'out': h2.mean((1, 2))}
   params = {'w1': w1}
-  x = jax.random.uniform(jax.random.PRNGKey(2), (3, 16, 16, 3), minval=-1, maxval=1)
-  y = jax.random.uniform(jax.random.PRNGKey(3), (3, 16, 16, 3), minval=-1, maxval=1)
+  x = jnp.asarray(rng.uniform(-1, 1, (3, 16, 16, 3)), jnp.float32)
+  y = jnp.asarray(rng.uniform(-1, 1, (3, 16, 16, 3)), jnp.float32)
   term = jax.jit(P.make_discriminator_feature_loss(features_fn, ('b16', 'b8', 'out')))
   d = term(params, x, y)
   assert d.shape == (3,) and np.all(np.asarray(d) > 0) and np.all(np.asarray(d) <= 4)
@@ -111,13 +111,12 @@ def test_discriminator_distance_properties():
   np.testing.assert_allclose(term(params, y, x), d, rtol=1e-6)
   # unit normalisation: scaling features by a positive constant changes nothing
   scaled = lambda p, im: {k: 7.0 * v for k, v in features_fn(p, im).items()}
-  np.testing.assert_allclose(P.make_discriminator_feature_loss(scaled, ('b16', 'b8', 'out'))(
-      params, x, y), d, rtol=1e-5)
+  np.testing.assert_allclose(jax.jit(P.make_discriminator_feature_loss(
+      scaled, ('b16', 'b8', 'out')))(params, x, y), d, rtol=1e-5)
   with pytest.raises(ValueError, match='available'):
     P.discriminator_feature_distance(lambda im: features_fn(params, im), x, y, ('b4_conv',))
   g = jax.jit(jax.grad(lambda p, a: term(p, a, y).sum(), argnums=1))(params, x)
   assert np.all(np.isfinite(g))
-  del w2
 
 
 def test_combine_jit_vmap_and_grad(ref, lpips_params):

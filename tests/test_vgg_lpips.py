@@ -137,7 +137,7 @@ def test_area_resize_matches_adaptive_pooling():
 
 def test_bilinear_upsampling_matches_half_pixel_reference():
   # For upsampling, torch's align_corners=False bilinear equals jax.image.resize('bilinear').
-  x = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 8, 2))
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 4, 8, 2)), jnp.float32)
   for size in [(16, 32), (64, 64), (5, 9)]:
     np.testing.assert_allclose(vgg.bilinear_resize(x, size),
                                jax.image.resize(x, (1, *size, 2), 'bilinear'), atol=1e-5)
@@ -147,7 +147,7 @@ def test_bilinear_upsampling_matches_half_pixel_reference():
 
 
 def test_lpips_properties_and_gradient(params, ref):
-  x, y = nhwc(ref['x0'][:2, :, :32, :32]), nhwc(ref['x1'][:2, :, :32, :32])
+  x, y = nhwc(ref['x0'][:2, :, :16, :16]), nhwc(ref['x1'][:2, :, :16, :16])
   d = LPIPS(params, x, y)
   np.testing.assert_allclose(d, LPIPS(params, y, x), rtol=1e-5)
   grad = jax.jit(jax.grad(lambda p, a, b: lp.lpips(p, a, b).sum(), argnums=1))
@@ -156,15 +156,15 @@ def test_lpips_properties_and_gradient(params, ref):
   np.testing.assert_allclose(LPIPS(params, x, x), 0.0, atol=1e-7)
   g = grad(params, x, y)
   assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
-  # resize=16 equals LPIPS of the area-downsampled inputs
-  xs, ys = vgg.area_resize(x, 16), vgg.area_resize(y, 16)
-  np.testing.assert_allclose(LPIPS(params, x, y, resize=16), LPIPS(params, xs, ys), rtol=1e-6)
+  # resize=8 equals LPIPS of the area-downsampled inputs
+  xs, ys = vgg.area_resize(x, 8), vgg.area_resize(y, 8)
+  np.testing.assert_allclose(LPIPS(params, x, y, resize=8), LPIPS(params, xs, ys), rtol=1e-6)
 
 
 def test_alexnet_lpips_shapes_and_identity():
   # No reference numbers for AlexNet here: shapes, identity and the converter only.
-  p = lp.random_lpips_params(jax.random.PRNGKey(0), net='alex')
-  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 64, 64, 3), minval=-1, maxval=1)
+  p = lp.random_lpips_params(0, net='alex')
+  x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 3)), jnp.float32)
   feats = jax.eval_shape(lp.trunk_features, p, x)
   assert [f.shape[-1] for f in feats] == list(lp.LPIPS_CHANNELS['alex'])
   assert [f.shape[1] for f in feats] == [15, 7, 3, 3, 3]  # torchvision AlexNet at 64 px
