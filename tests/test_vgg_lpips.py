@@ -278,3 +278,60 @@ def test_loaders_raise_when_missing(tmp_path, monkeypatch):
     weights.load_lpips_params('vgg')
   with pytest.raises(weights.WeightsNotFoundError):
     weights.load_nvlabs_vgg16_lpips_params()
+
+
+# --- loading real file formats (files written by tests/torch_format_writer.py) --------------
+
+
+def _lpips_reference_check(params, ref):
+  with jax.default_matmul_precision('highest'):
+    d = LPIPS(params, nhwc(ref['x0']), nhwc(ref['x1']))
+  assert_rel(d, ref['lpips'])
+
+
+@pytest.mark.parametrize('fmt', ['zip', 'legacy'])
+def test_torch_files_load_through_cache_folder(tmp_path, monkeypatch, ref, fmt):
+  """torchvision vgg16-397923af.pth (a legacy-format file) + lpips vgg.pth, found in the cache."""
+  W = pytest.importorskip('tests.torch_format_writer')
+  write = W.write_torch_zip if fmt == 'zip' else W.write_torch_legacy
+  monkeypatch.setenv('STYLEGAN_INV_CACHE', str(tmp_path))
+  for spec in weights.WEIGHTS.values():
+    monkeypatch.delenv(spec.env_var, raising=False)
+  trunk = W.ordered_dict((k, W.Param(v)) for k, v in _vgg_arrays(ref).items())
+  write(trunk, tmp_path / weights.WEIGHTS['vgg16'].filename)
+  lin = W.ordered_dict((f'lin{k}.model.1.weight', ref[f'lpips/lin{k}.model.1.weight'])
+                       for k in range(5))
+  write(lin, tmp_path / weights.WEIGHTS['lpips_vgg'].filename)
+  _lpips_reference_check(weights.load_lpips_params('vgg'), ref)
+  variables = weights.load_vgg16_params()
+  with jax.default_matmul_precision('highest'):
+    act = jax.jit(vgg.vgg16_features, static_argnums=2)(variables, nhwc(ref['x0'][:2]),
+                                                        ('conv1_2',))['conv1_2']
+  assert_rel(act, nhwc(ref['act_conv1_2']))
+
+
+def test_nvlabs_torchscript_file_loads(tmp_path, ref):
+  """NVlabs vgg16.pt: TorchScript, layers.conv1..13 + lpips0..4 (names as genforce maps them)."""
+  W = pytest.importorskip('tests.torch_format_writer')
+  conv = lambda w, b: W.script_module('__torch__.torch.nn.modules.conv.Conv2d',
+                                      {'training': False, 'weight': w, 'bias': b})
+  tv = _vgg_arrays(ref)
+  layers = {'training': False}
+  for k, (_, idx, *_) in enumerate(vgg.VGG16_CONVS):
+    layers[f'conv{k + 1}'] = conv(tv[f'features.{idx}.weight'], tv[f'features.{idx}.bias'])
+  layers['fc1'] = conv(np.zeros((4, 3), np.float32), np.zeros(4, np.float32))
+  root = {'training': False,
+          'layers': W.script_module('__torch__.torch.nn.modules.container.Sequential', layers)}
+  for k in range(5):
+    root[f'lpips{k}'] = ref[f'lpips/lin{k}.model.1.weight'].reshape(-1, 1, 1)
+  path = tmp_path / 'vgg16.pt'
+  W.write_torchscript(W.script_module('__torch__.VGG16', root), (), path)
+  _lpips_reference_check(weights.load_nvlabs_vgg16_lpips_params(path), ref)
+
+
+def test_corrupt_file_raises_checkpoint_error(tmp_path):
+  torch_io = pytest.importorskip('generators.torch_io')
+  bad = tmp_path / 'vgg16.pth'
+  bad.write_bytes(b'not a checkpoint at all')
+  with pytest.raises(torch_io.CheckpointError):
+    weights.load_vgg16_params(bad)
