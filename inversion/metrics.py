@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

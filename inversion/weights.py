@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -254,8 +254,3 @@ def load_nvlabs_vgg16_lpips_params(path: str | os.PathLike | None = None) -> dic
   sd = load_state_dict(p)
   return lp.lpips_params_from_state_dicts(sd, sd, net='vgg', source=str(p))
 
-
-def _describe_keys(sd: Mapping[str, Any], limit: int = 12) -> str:
-  keys = sorted(sd)
-  more = f', ... ({len(keys)} in all)' if len(keys) > limit else ''
-  return ', '.join(keys[:limit]) + more

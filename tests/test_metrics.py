@@ -77,9 +77,9 @@ def _np_ms_ssim(x, y, weights, data_range=2.0):
 
 def test_ms_ssim_matches_numpy_reference():
   x, y = _images()[1]  # 48x48 structured
-  for weights, small in [(M.MS_SSIM_WEIGHTS[:3], 'error'), (M.MS_SSIM_WEIGHTS, 'shrink')]:
-    got = M.ms_ssim(jnp.asarray(x), jnp.asarray(y), weights=weights, small_images=small)
-    np.testing.assert_allclose(got, _np_ms_ssim(x, y, weights), rtol=2e-5, atol=2e-6)
+  for scale_w, small in [(M.MS_SSIM_WEIGHTS[:3], 'error'), (M.MS_SSIM_WEIGHTS, 'shrink')]:
+    got = M.ms_ssim(jnp.asarray(x), jnp.asarray(y), weights=scale_w, small_images=small)
+    np.testing.assert_allclose(got, _np_ms_ssim(x, y, scale_w), rtol=2e-5, atol=2e-6)
 
 
 def test_ms_ssim_properties():
