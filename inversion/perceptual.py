@@ -100,7 +100,8 @@ def apply_mask(images: jax.Array, mask: jax.Array | None) -> jax.Array:
 
 def pixel_mse(params: Any, x: jax.Array, y: jax.Array, mask: jax.Array | None = None
               ) -> jax.Array:
-  """Per-image (mask-weighted) mean squared error. `params` is ignored. [B]."""
+  """Per-image (mask-weighted) mean squared error over all channels given. `params` is
+  ignored. [B]. (Unlike the VGG terms, extra channels are not dropped: pass RGB only.)"""
   del params
   _check(x, y, mask)
   sq = jnp.square(x - y)

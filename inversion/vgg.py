@@ -262,6 +262,9 @@ def vgg16_features(variables: Mapping[str, Any],
   Returns:
     dict name -> [B, h, w, C_layer] activations.
   """
+  if 'params' not in variables:
+    raise ValueError("variables must be {'params': {...}} as returned by "
+                     f'vgg16_params_from_state_dict; got keys {sorted(variables)}')
   x = normalize_input(prepare_images(images, resize=resize), preprocess)
   return VGG16(precision=precision).apply(variables, x, layers)
 

@@ -248,6 +248,10 @@ def load_nvlabs_vgg16_lpips_params(path: str | os.PathLike | None = None) -> dic
   Its input normalisation (ImageNet mean/std, i.e. the LPIPS scaling layer on [-1,1] images)
   is done by `inversion.lpips.lpips`. Note NVlabs' own forward takes [0,255] images; ours
   takes [-1,1] like everything else here.
+
+  Provenance: the names and the preprocessing follow genforce's port of this file
+  (`_convert_weights` in genforce's perceptual model); the TorchScript code inside the file is
+  never executed here, so its own preprocessing has not been checked against ours.
   """
   from inversion import lpips as lp  # pylint: disable=import-outside-toplevel
   p = resolve_weights('nvlabs_vgg16', path)
