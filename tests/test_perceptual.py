@@ -138,3 +138,24 @@ def test_combine_jit_vmap_and_grad(ref, lpips_params):
   t2, p2 = jax.jit(idi)(params, x, targets[0])
   np.testing.assert_allclose(t2, p2['mse'] + P.IDINVERT_FEATURE_WEIGHT * p2['feature'],
                              rtol=1e-6)
+
+
+def test_with_stylegan2_discriminator(official_d_state):
+  """The D-feature term on the lead's Flax Discriminator (official 32 px fixture weights)."""
+  convert = pytest.importorskip('generators.convert')
+  networks = pytest.importorskip('generators.networks')
+  d_config, d_vars = convert.discriminator_from_state(official_d_state, conv_clamp=256)
+  disc = networks.Discriminator(d_config)
+  features = lambda params, img: disc.apply(params, img, method=networks.Discriminator.features)
+  term = jax.jit(P.make_discriminator_feature_loss(features, ('b32', 'b16', 'b8')))
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.uniform(-1, 1, (4, 32, 32, 3)), jnp.float32)
+  y = jnp.asarray(np.clip(np.asarray(x) + 0.3 * rng.standard_normal(x.shape), -1, 1),
+                  jnp.float32)
+  d = term(d_vars, x, y)
+  assert d.shape == (4,) and np.all(np.asarray(d) > 0)
+  np.testing.assert_allclose(term(d_vars, x, x), 0.0, atol=1e-7)
+  # block outputs above 4x4 do not depend on the rest of the batch (no minibatch-std there)
+  np.testing.assert_allclose(term(d_vars, x[:2], y[:2]), d[:2], rtol=1e-5)
+  g = jax.jit(jax.grad(lambda p, a: term(p, a, y).sum(), argnums=1))(d_vars, x)
+  assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
