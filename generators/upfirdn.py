@@ -10,7 +10,7 @@ Semantics follow NVlabs `torch_utils/ops/upfirdn2d.py` and `conv2d_resample.py` 
 
 Two implementations: `upfirdn2d_reference` does the four steps literally with a 2-D filter, and
 `upfirdn2d` does them as one `lax.pad` (zero insertion, padding and cropping together) followed by
-two depthwise 1-D convolutions whose stride performs the down-sampling. The tests check that they
+two 1-D passes of shifted, strided slices (the stride performs the down-sampling). The tests check that they
 agree. Filters are separable: we keep the 1-D taps and apply them along H and then W.
 """
 
@@ -44,6 +44,22 @@ def _pad_config(up: int, padding: tuple[int, int]) -> tuple[int, int, int]:
   return (before, after + up - 1, up - 1)
 
 
+def _fir_axis(x: jax.Array, taps: np.ndarray, axis: int, down: int) -> jax.Array:
+  """Valid 1-D correlation along `axis` with stride `down`, as a sum of shifted strided slices.
+
+  XLA fuses the slices and multiply-adds into one elementwise kernel; on CPU this is ~50x
+  faster than the equivalent depthwise (feature-grouped) convolution.
+  """
+  k = len(taps)
+  out_len = (x.shape[axis] - k) // down + 1
+  acc = None
+  for i, tap in enumerate(taps):
+    part = jax.lax.slice_in_dim(x, i, i + down * (out_len - 1) + 1, stride=down, axis=axis)
+    part = part * jnp.asarray(tap, x.dtype)
+    acc = part if acc is None else acc + part
+  return acc
+
+
 def upfirdn2d(
     x: jax.Array,  # [B, H, W, C]
     f: np.ndarray,  # [K] 1-D taps (the 2-D filter is outer(f, f))
@@ -53,18 +69,12 @@ def upfirdn2d(
     gain: float = 1.0,
 ) -> jax.Array:
   """Up-sample, FIR-filter and down-sample `x` (fast separable path)."""
-  channels = x.shape[-1]
   pad = _pad_config(up, padding)
   x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), pad, pad, (0, 0, 0)])
   # Each 1-D pass carries sqrt(gain), so the 2-D filter carries `gain`; flip = true convolution.
-  taps = jnp.asarray(f[::-1] * np.float32(np.sqrt(gain)), x.dtype)
-  kernel_h = jnp.tile(taps[:, None, None, None], (1, 1, 1, channels))  # [K, 1, 1, C]
-  kernel_w = jnp.tile(taps[None, :, None, None], (1, 1, 1, channels))  # [1, K, 1, C]
-  x = jax.lax.conv_general_dilated(
-      x, kernel_h, (down, 1), "VALID", dimension_numbers=_NHWC, feature_group_count=channels)
-  x = jax.lax.conv_general_dilated(
-      x, kernel_w, (1, down), "VALID", dimension_numbers=_NHWC, feature_group_count=channels)
-  return x
+  taps = np.asarray(f[::-1], np.float64) * np.sqrt(gain)
+  x = _fir_axis(x, taps, axis=1, down=down)
+  return _fir_axis(x, taps, axis=2, down=down)
 
 
 def upfirdn2d_reference(

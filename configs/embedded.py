@@ -1,0 +1,62 @@
+"""The embedded default model: a 64 px StyleGAN2 (RGB + defect mask) trained on texture crops.
+
+    python -m generators train --config embedded --workdir runs/embedded
+    python -m generators train --config embedded:quick --workdir /tmp/quick   # smoke run
+
+Sized for a 2-core CPU and a ~3 h budget (see generators/embedded/MODEL_CARD.md).
+"""
+
+import ml_collections
+
+RESOLUTION = 64
+IMG_CHANNELS = 4  # RGB + defect-mask channel (-1 = no defect, +1 = defect)
+
+def get_config(arg=None):
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Data: crops of the skimage texture photos, half of them with procedural defects.
+  config.data = ml_collections.ConfigDict()
+  config.data.num_crops = 20_000  # bank drawn once; flips/rotations are in the bank
+  config.data.defect_fraction = 0.5
+
+  # Networks.
+  config.model = ml_collections.ConfigDict()
+  config.model.z_dim = 128
+  config.model.w_dim = 128
+  config.model.mapping_layers = 2  # NVlabs 'auto' config for small data
+  config.model.channel_base = 2048  # 64 px: 32 channels; <= 32 px: channel_max
+  config.model.channel_max = 64  # measured 5.3 s/step at batch 32 on 2 cores (128: 9.4 s)
+  config.model.conv_clamp = 256.0
+  config.model.mbstd_group_size = 4
+
+  # Optimisation (StyleGAN2-ADA 'auto': Adam(0, 0.99), lazy R1 every 16 D steps).
+  config.batch_size = 32
+  config.total_kimg = 60.0  # ~1900 steps, ~3 h on 2 CPU cores
+  config.g_lr = 0.0025
+  config.d_lr = 0.0025
+  config.r1_gamma = 0.05  # 0.0002 * res^2 / batch is 0.026 for 64 px, batch 32; textures like more
+  config.r1_interval = 16
+  config.style_mixing_prob = 0.9
+  config.ema_kimg = 10.0  # half-life of the G EMA, thousands of images
+  config.ema_rampup = 0.05  # EMA half-life <= this fraction of images seen (None = off)
+  config.pl_weight = 0.0  # path-length regulariser, off (optional)
+
+  # Bookkeeping.
+  config.log_every = 20  # steps
+  config.sample_every = 100  # steps; sample grid PNG
+  config.checkpoint_every = 100  # steps; orbax checkpoint (resumable)
+  
+
+  config.keep_checkpoints = 2
+
+  if arg == "quick":  # seconds-scale smoke run for tests
+    config.data.num_crops = 256
+    config.model.z_dim = config.model.w_dim = 16
+    config.model.channel_base = 256
+    config.model.channel_max = 16
+    config.batch_size = 4
+    config.total_kimg = 0.016  # 4 steps
+    config.log_every = config.sample_every = config.checkpoint_every = 2
+
+  return config

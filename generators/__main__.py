@@ -1,0 +1,68 @@
+"""Command line: `python -m generators {sample,train,export}`; the logic lives in the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _seeds(text: str) -> list[int]:
+  """'0-7' or '1,5,9' -> list of ints."""
+  seeds = []
+  for part in text.split(","):
+    lo, sep, hi = part.partition("-")
+    seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+  return seeds
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m generators", description=__doc__)
+  sub = parser.add_subparsers(dest="command", required=True)
+  sample = sub.add_parser("sample", help="write a grid of samples from a checkpoint")
+  sample.add_argument("--checkpoint", default=None,
+                      help="model file or directory (default: the embedded model)")
+  sample.add_argument("--seeds", type=_seeds, default=_seeds("0-15"))
+  sample.add_argument("--psi", type=float, default=1.0, help="truncation psi (1 = none)")
+  sample.add_argument("--noise-mode", default="const", choices=("const", "random", "none"))
+  sample.add_argument("--out", default="out/samples.png")
+  train = sub.add_parser("train", help="train (or resume) a StyleGAN2")
+  train.add_argument("--config", default="embedded", help="config name or file[:arg]")
+  train.add_argument("--workdir", required=True)
+  export = sub.add_parser("export", help="export a training run's G_ema + D as a native model")
+  export.add_argument("--workdir", required=True)
+  export.add_argument("--out", required=True)
+  args, overrides = parser.parse_known_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
+
+  if args.command == "sample":
+    if overrides:
+      parser.error(f"unrecognised arguments: {overrides}")
+    import pathlib
+
+    import numpy as np
+
+    from generators import checkpoint, train as train_lib
+
+    model = checkpoint.load(args.checkpoint)
+    images = np.asarray(model.sample(args.seeds, psi=args.psi, noise_mode=args.noise_mode))
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    train_lib._grid_png(images, out)
+    print(f"wrote {len(args.seeds)} samples to {out}")
+  elif args.command == "train":
+    import configs
+    from generators import train as train_lib
+
+    config = configs.load_config(args.config, overrides)
+    train_lib.train(config, args.workdir)
+  elif args.command == "export":
+    from generators import train as train_lib
+
+    print(train_lib.export(args.workdir, args.out))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

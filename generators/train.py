@@ -1,0 +1,286 @@
+"""StyleGAN2 training (NVlabs stylegan2-ada-pytorch `training/loss.py` recipe), resumable.
+
+Losses: non-saturating logistic for G and D, lazy R1 on reals every `r1_interval` D steps
+(scaled by the interval), style mixing, G EMA with ramp-up, `w_avg` tracking. One compiled step
+for G and one for D (two variants: with and without R1). Data-parallel over all local devices:
+the batch axis is sharded over a 1-D `jax.sharding.Mesh`, parameters are replicated, and XLA
+inserts the gradient all-reduce.
+
+Resuming is exact: the state (params, EMA, optimiser moments, step) is an orbax checkpoint, the
+crop bank is a pure function of the seed, and every step's randomness is derived from
+(seed, step).
+
+    python -m generators train --config embedded --workdir runs/embedded
+    python -m generators export --workdir runs/embedded --out generators/embedded/model
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import pathlib
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from PIL import Image
+
+from generators import checkpoint, data, defects, networks
+
+log = logging.getLogger(__name__)
+
+ADAM_BETAS = (0.0, 0.99)  # StyleGAN2's Adam: no first-moment momentum
+ADAM_EPS = 1e-8
+GRID_SEEDS = 16  # images in the periodic sample grid (4 x 4)
+
+
+class TrainState(NamedTuple):
+  step: jax.Array  # [] int32, completed steps
+  g_params: Any
+  g_buffers: Any  # w_avg, noise_const
+  ema: Any  # G_ema variables {'params', 'buffers'}
+  d_params: Any
+  g_opt: Any
+  d_opt: Any
+
+
+def model_configs(config: ml_collections.ConfigDict, resolution: int, channels: int):
+  m = config.model
+  g = networks.GeneratorConfig(
+      z_dim=m.z_dim, w_dim=m.w_dim, img_resolution=resolution, img_channels=channels,
+      mapping_layers=m.mapping_layers, channel_base=m.channel_base, channel_max=m.channel_max,
+      conv_clamp=m.conv_clamp)
+  d = networks.DiscriminatorConfig(
+      img_resolution=resolution, img_channels=channels, channel_base=m.channel_base,
+      channel_max=m.channel_max, conv_clamp=m.conv_clamp, mbstd_group_size=m.mbstd_group_size)
+  return g, d
+
+
+def _optimizers(config):
+  g_opt = optax.adam(config.g_lr, *ADAM_BETAS, eps=ADAM_EPS)
+  d_opt = optax.adam(config.d_lr, *ADAM_BETAS, eps=ADAM_EPS)
+  return g_opt, d_opt
+
+
+def init_state(config, g_config, d_config) -> TrainState:
+  g_key, d_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  g_vars = networks.init_generator(g_config, g_key)
+  d_vars = networks.init_discriminator(d_config, d_key)
+  g_opt, d_opt = _optimizers(config)
+  ema = jax.tree_util.tree_map(jnp.copy, g_vars)  # its own buffers: the steps donate the state
+  return TrainState(jnp.zeros((), jnp.int32), g_vars["params"], g_vars["buffers"], ema,
+                    d_vars["params"], g_opt.init(g_vars["params"]), d_opt.init(d_vars["params"]))
+
+
+def _generate(g_config, g_params, g_buffers, key, batch, style_mixing_prob, batch_sharding):
+  """Fakes with style mixing and random noise; returns (images, updated buffers)."""
+  z_key, z2_key, cut_key, mix_key, noise_key = jax.random.split(key, 5)
+  shard = lambda x: jax.lax.with_sharding_constraint(x, batch_sharding)
+  z = shard(jax.random.normal(z_key, (batch, g_config.z_dim)))
+  gen = networks.Generator(g_config)
+  variables = {"params": g_params, "buffers": g_buffers}
+  ws, updates = gen.apply(variables, z, None, 1.0, None, True, mutable=["buffers"],
+                          method=lambda g, *a: g.mapping(*a))
+  if style_mixing_prob > 0:
+    z2 = shard(jax.random.normal(z2_key, z.shape))
+    ws2 = gen.apply(variables, z2, method=lambda g, z: g.mapping(z))
+    num_ws = g_config.num_ws
+    cutoff = jax.random.randint(cut_key, (), 1, num_ws)
+    cutoff = jnp.where(jax.random.uniform(mix_key) < style_mixing_prob, cutoff, num_ws)
+    ws = jnp.where(jnp.arange(num_ws)[None, :, None] < cutoff, ws, ws2)
+  img = gen.apply(variables, ws, "random", None, rngs={"noise": noise_key},
+                  method=lambda g, *a: g.synthesis(*a))
+  return img, updates["buffers"]
+
+
+def make_steps(config, g_config, d_config, mesh: Mesh):
+  """Compiled G step and D steps (without / with R1) for this mesh."""
+  batch = config.batch_size
+  batch_sharding = NamedSharding(mesh, P("data"))
+  disc = networks.Discriminator(d_config)
+  g_opt, d_opt = _optimizers(config)
+  generate = functools.partial(_generate, g_config, batch=batch,
+                               style_mixing_prob=config.style_mixing_prob,
+                               batch_sharding=batch_sharding)
+
+  def g_step(state: TrainState, key, ema_beta):
+    def loss_fn(g_params):
+      img, buffers = generate(g_params, state.g_buffers, key)
+      logits = disc.apply({"params": state.d_params}, img)
+      return jnp.mean(jax.nn.softplus(-logits)), buffers
+
+    (loss, buffers), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+    updates, g_opt_state = g_opt.update(grads, state.g_opt, state.g_params)
+    g_params = optax.apply_updates(state.g_params, updates)
+    ema_params = jax.tree_util.tree_map(lambda e, p: p + ema_beta * (e - p),
+                                        state.ema["params"], g_params)
+    ema = {"params": ema_params, "buffers": buffers}
+    state = state._replace(g_params=g_params, g_buffers=buffers, ema=ema, g_opt=g_opt_state)
+    return state, {"g_loss": loss}
+
+  def d_step(state: TrainState, real, key, with_r1: bool):
+    fake, _ = generate(state.g_params, state.g_buffers, key)
+    fake = jax.lax.stop_gradient(fake)
+
+    def loss_fn(d_params):
+      d = lambda x: disc.apply({"params": d_params}, x)
+      fake_logits = d(fake)
+      if with_r1:
+        real_logits, vjp = jax.vjp(d, real)
+        (real_grad,) = vjp(jnp.ones_like(real_logits))
+        r1 = jnp.mean(jnp.sum(jnp.square(real_grad), axis=(1, 2, 3)))
+      else:
+        real_logits, r1 = d(real), jnp.zeros(())
+      main = jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
+      total = main + (config.r1_gamma / 2) * r1 * config.r1_interval
+      return total, {"d_loss": main, "r1": r1, "real_score": jnp.mean(real_logits),
+                     "fake_score": jnp.mean(fake_logits)}
+
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.d_params)
+    updates, d_opt_state = d_opt.update(grads, state.d_opt, state.d_params)
+    d_params = optax.apply_updates(state.d_params, updates)
+    return state._replace(d_params=d_params, d_opt=d_opt_state, step=state.step + 1), metrics
+
+  g_step = jax.jit(g_step, donate_argnums=0)
+  d_plain = jax.jit(functools.partial(d_step, with_r1=False), donate_argnums=0)
+  d_r1 = jax.jit(functools.partial(d_step, with_r1=True), donate_argnums=0)
+  return g_step, d_plain, d_r1
+
+
+def ema_beta(config, step: int) -> float:
+  """G EMA decay per step, with NVlabs' ramp-up (half-life <= ema_rampup * images seen)."""
+  ema_nimg = config.ema_kimg * 1000
+  if config.ema_rampup:
+    ema_nimg = min(ema_nimg, step * config.batch_size * config.ema_rampup)
+  return 0.5 ** (config.batch_size / max(ema_nimg, 1e-8))
+
+
+def training_set(config, resolution: int) -> np.ndarray:
+  """uint8 [N, H, W, 4]: RGB crops + mask channel (0/255), a pure function of the seed."""
+  return defects.defect_dataset(config.data.num_crops, size=resolution,
+                                defect_fraction=config.data.defect_fraction,
+                                seed=config.seed).images
+
+
+def _grid_png(images: np.ndarray, path: pathlib.Path) -> None:
+  """Save [N, H, W, C] images in [-1, 1] as a square grid; a mask channel goes to a 2nd grid."""
+  n, h, w, c = images.shape
+  side = int(math.ceil(math.sqrt(n)))
+  rgb = data.to_uint8(images[..., :3] if c >= 3 else np.repeat(images[..., :1], 3, -1))
+  tiles = [rgb]
+  if c == 4:
+    tiles.append(np.repeat(data.to_uint8(images[..., 3:]), 3, -1))
+  canvases = []
+  for t in tiles:
+    canvas = np.zeros((side * h, side * w, 3), np.uint8)
+    for i in range(n):
+      canvas[(i // side) * h:(i // side + 1) * h, (i % side) * w:(i % side + 1) * w] = t[i]
+    canvases.append(canvas)
+  Image.fromarray(np.concatenate(canvases, axis=1)).save(path)
+
+
+def _checkpoint_manager(workdir: pathlib.Path, keep: int):
+  import orbax.checkpoint as ocp
+
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  return ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainState:
+  """Train (or resume) in `workdir`: checkpoints/, samples/, metrics.jsonl, config.json."""
+  import orbax.checkpoint as ocp
+  from tqdm import tqdm
+
+  workdir = pathlib.Path(workdir)
+  (workdir / "samples").mkdir(parents=True, exist_ok=True)
+  config_path = workdir / "config.json"
+  if config_path.exists() and json.loads(config_path.read_text()) != json.loads(config.to_json()):
+    raise ValueError(f"{workdir} holds a run with a different config ({config_path}); use a new "
+                     "--workdir or the same config to resume.")
+  config_path.write_text(config.to_json(indent=2))
+
+  resolution, channels = data.CROP_SIZE, 4
+  g_config, d_config = model_configs(config, resolution, channels)
+  devices = jax.devices()
+  if config.batch_size % len(devices):
+    raise ValueError(f"batch_size {config.batch_size} must divide over {len(devices)} devices.")
+  mesh = Mesh(np.array(devices), ("data",))
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P("data"))
+
+  manager = _checkpoint_manager(workdir, config.keep_checkpoints)
+  state = init_state(config, g_config, d_config)
+  if manager.latest_step() is not None:
+    step0 = manager.latest_step()
+    state = manager.restore(step0, args=ocp.args.StandardRestore(state))
+    state = TrainState(*state) if not isinstance(state, TrainState) else state
+    log.info("Resumed %s at step %d.", workdir, step0)
+  state = jax.device_put(state, replicated)
+  g_step, d_plain, d_r1 = make_steps(config, g_config, d_config, mesh)
+
+  bank = training_set(config, resolution)
+  total_steps = int(round(config.total_kimg * 1000 / config.batch_size))
+  grid_z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (GRID_SEEDS, g_config.z_dim))
+  start = int(state.step)
+  bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
+             desc=f"train {workdir.name}")
+  metrics_file = open(workdir / "metrics.jsonl", "a")
+  t0 = time.time()
+  for step in range(start, total_steps):
+    rng = np.random.default_rng([config.seed, step])
+    real = data.to_model_range(bank[rng.integers(0, len(bank), config.batch_size)])
+    real = jax.device_put(real, batch_sharding)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
+    g_key, d_key = jax.random.split(key)
+    state, g_metrics = g_step(state, g_key, ema_beta(config, step))
+    d_fn = d_r1 if step % config.r1_interval == 0 else d_plain
+    state, d_metrics = d_fn(state, real, d_key)
+    done = step + 1
+    bar.update(1)
+    if done % config.log_every == 0 or done == total_steps:
+      record = {k: float(v) for k, v in {**g_metrics, **d_metrics}.items()}
+      if not all(map(math.isfinite, record.values())):
+        raise FloatingPointError(f"Non-finite loss at step {done}: {record}. Resume from the last "
+                                 "checkpoint with a lower learning rate or larger r1_gamma.")
+      record.update(step=done, kimg=done * config.batch_size / 1000,
+                    seconds=round(time.time() - t0, 1))
+      metrics_file.write(json.dumps(record) + "\n")
+      metrics_file.flush()
+      bar.set_postfix(g=f"{record['g_loss']:.3f}", d=f"{record['d_loss']:.3f}")
+    if done % config.sample_every == 0 or done == total_steps:
+      images = networks.synthesis(g_config, state.ema,
+                                  networks.mapping(g_config, state.ema, grid_z))
+      _grid_png(np.asarray(images), workdir / "samples" / f"step{done:06d}.png")
+    if done % config.checkpoint_every == 0 or done == total_steps:
+      manager.save(done, args=ocp.args.StandardSave(jax.device_get(state)))
+  manager.wait_until_finished()
+  bar.close()
+  metrics_file.close()
+  return state
+
+
+def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
+           metadata: dict | None = None) -> pathlib.Path:
+  """Write the latest checkpoint's G_ema and D of `workdir` as a native model at `out`."""
+  import orbax.checkpoint as ocp
+
+  workdir = pathlib.Path(workdir)
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  g_config, d_config = model_configs(config, data.CROP_SIZE, 4)
+  manager = _checkpoint_manager(workdir, config.keep_checkpoints)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to export.")
+  template = init_state(config, g_config, d_config)
+  state = TrainState(*manager.restore(step, args=ocp.args.StandardRestore(template)))
+  meta = {"training_steps": step, "kimg": step * config.batch_size / 1000,
+          "train_config": json.loads(config.to_json()), **(metadata or {})}
+  model = checkpoint.Model(g_config, state.ema, d_config, {"params": state.d_params}, meta)
+  return checkpoint.save(out, model, overwrite=True)
