@@ -9,9 +9,11 @@ SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtur
 
 
 def fixture_path(name: str) -> pathlib.Path:
+  """Path of a reference fixture in ../shared/fixtures (import-time safe: no pytest.fail)."""
   path = SHARED / name
   if not path.exists():
-    pytest.fail(f"Reference fixture {path} is missing; CI clones the repo next to shared/.")
+    raise FileNotFoundError(f"Reference fixture {path} is missing; the tests expect the "
+                            "repository checked out next to shared/ (as CI does).")
   return path
 
 

@@ -20,7 +20,9 @@ from generators.formats import (CheckpointError, KeyMismatchError, ShapeMismatch
 from generators.torch_io import RefusedGlobalError
 from tests import torch_format_writer as W
 
-FIXTURE = '/work/shared/fixtures/stylegan2_ref_32px.npz'
+from tests.conftest import fixture_path
+
+FIXTURE = str(fixture_path('stylegan2_ref_32px.npz'))
 
 G_KWARGS = dict(z_dim=64, c_dim=0, w_dim=64, img_resolution=32, img_channels=3,
                 mapping_kwargs=dict(num_layers=8),

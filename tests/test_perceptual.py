@@ -11,7 +11,9 @@ from inversion import lpips as lp
 from inversion import perceptual as P
 from inversion import vgg
 
-FIXTURE = pathlib.Path('/work/shared/fixtures/lpips_vgg_ref.npz')
+from tests.conftest import fixture_path
+
+FIXTURE = fixture_path('lpips_vgg_ref.npz')
 
 
 @pytest.fixture(scope='module')

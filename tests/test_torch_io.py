@@ -19,7 +19,9 @@ from generators import torch_io
 from generators.torch_io import CheckpointError, RefusedGlobalError
 from tests import torch_format_writer as W
 
-FIXTURE = '/work/shared/fixtures/stylegan2_ref_32px.npz'
+from tests.conftest import fixture_path
+
+FIXTURE = str(fixture_path('stylegan2_ref_32px.npz'))
 
 
 @pytest.fixture(scope='module')
