@@ -100,6 +100,13 @@ def _generate(g_config, g_params, g_buffers, key, batch, style_mixing_prob, batc
   return img, updates["buffers"]
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_steps(config_json: str, g_config, d_config, devices: tuple):
+  """make_steps, memoised so that resuming in the same process does not recompile."""
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  return make_steps(config, g_config, d_config, Mesh(np.array(devices), ("data",)))
+
+
 def make_steps(config, g_config, d_config, mesh: Mesh):
   """Compiled G step and D steps (without / with R1) for this mesh."""
   batch = config.batch_size
@@ -206,8 +213,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
                      "--workdir or the same config to resume.")
   config_path.write_text(config.to_json(indent=2))
 
-  resolution, channels = data.CROP_SIZE, 4
-  g_config, d_config = model_configs(config, resolution, channels)
+  resolution = config.data.resolution
+  g_config, d_config = model_configs(config, resolution, channels=4)
   devices = jax.devices()
   if config.batch_size % len(devices):
     raise ValueError(f"batch_size {config.batch_size} must divide over {len(devices)} devices.")
@@ -223,7 +230,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     state = TrainState(*state) if not isinstance(state, TrainState) else state
     log.info("Resumed %s at step %d.", workdir, step0)
   state = jax.device_put(state, replicated)
-  g_step, d_plain, d_r1 = make_steps(config, g_config, d_config, mesh)
+  step_config = config.copy_and_resolve_references()
+  step_config.total_kimg = 0.0  # the compiled steps do not depend on the run length
+  g_step, d_plain, d_r1 = _cached_steps(step_config.to_json(), g_config, d_config, tuple(devices))
 
   bank = training_set(config, resolution)
   total_steps = int(round(config.total_kimg * 1000 / config.batch_size))
@@ -273,7 +282,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
 
   workdir = pathlib.Path(workdir)
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  g_config, d_config = model_configs(config, data.CROP_SIZE, 4)
+  g_config, d_config = model_configs(config, config.data.resolution, channels=4)
   manager = _checkpoint_manager(workdir, config.keep_checkpoints)
   step = manager.latest_step()
   if step is None:
