@@ -1,0 +1,108 @@
+"""Shared pieces of the speed benchmarks: timing, the device's conv peak, analytic FLOP counts.
+
+FLOP convention: 2 FLOPs per multiply-add. Forward+backward w.r.t. the input counts as 3x the
+forward (one pass for the activations, two for the input and modulation gradients), the usual
+convention. Only useful work is counted: a stride-2 transposed 3x3 conv is 9·Cin·Cout MACs per
+*input* pixel, whatever the implementation computes on inserted zeros.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import platform
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from generators import networks, upfirdn
+
+FIR_FLOPS_PER_OUTPUT = 2 * 2 * len(upfirdn.DEFAULT_TAPS)  # two separable passes of 4 taps
+BACKWARD_FACTOR = 3  # forward + backward = 3 x forward
+
+
+def time_fn(fn: Callable, *args, repeats: int = 5, min_seconds: float = 0.0) -> float:
+  """Median seconds per call of a jitted `fn` (compile and one warm-up call excluded)."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  start = time.perf_counter()
+  while len(times) < repeats or time.perf_counter() - start < min_seconds:
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return float(np.median(times))
+
+
+def conv_peak(batch: int = 8, size: int = 32, channels: int = 256) -> dict:
+  """The device's dense 3x3 conv throughput, forward+backward (input and weight gradients).
+
+  A large, well-shaped convolution is the best case for every network here, so achieved
+  GFLOP/s divided by this peak says how much of the machine a network uses.
+  """
+  key1, key2 = jax.random.split(jax.random.PRNGKey(0))
+  x = jax.random.normal(key1, (batch, size, size, channels))
+  w = jax.random.normal(key2, (3, 3, channels, channels)) * 0.05
+  loss = lambda x, w: jnp.sum(upfirdn.conv2d(x, w, padding=1) ** 2)
+  step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  seconds = time_fn(step, x, w, min_seconds=1.0)
+  flops = BACKWARD_FACTOR * 2 * 9 * channels * channels * size * size * batch
+  return {"shape": f"[{batch},{size},{size},{channels}] 3x3", "seconds": seconds,
+          "gflops": flops / seconds / 1e9}
+
+
+def synthesis_flops(config: networks.GeneratorConfig) -> float:
+  """Forward FLOPs of synthesis for one image (convs, modulation, demodulation, FIR, toRGB)."""
+  flops = 0.0
+  w_dim = config.w_dim
+  prev = None
+  for res in config.block_resolutions:
+    out = config.channels(res)
+    pixels = res * res
+    layers = [(out, out, pixels)]  # conv1: (in channels, out channels, input pixels)
+    if prev is not None:  # conv0 (up): useful MACs at the input resolution, then FIR at res
+      layers.append((prev, out, pixels // 4))
+      flops += FIR_FLOPS_PER_OUTPUT * out * pixels
+    for cin, cout, pixels_in in layers:
+      flops += 2 * 9 * cin * cout * pixels_in  # the 3x3 convolution
+      flops += 2 * w_dim * cin + 2 * 9 * cin * cout  # affine, demodulation coefficients
+      flops += cin * pixels_in + 2 * cout * pixels  # modulation, demodulation, noise
+    if config.architecture == "skip" or res == config.img_resolution:
+      flops += 2 * out * config.img_channels * pixels + 2 * w_dim * out  # toRGB
+      if prev is not None:
+        flops += FIR_FLOPS_PER_OUTPUT * config.img_channels * pixels  # image up-sampling
+    prev = out
+  return flops
+
+
+def config_f(resolution: int) -> networks.GeneratorConfig:
+  """The FFHQ config-F shape at any resolution (z = w = 512, 8 mapping layers)."""
+  return networks.GeneratorConfig(z_dim=512, w_dim=512, img_resolution=resolution,
+                                  channel_base=32768, channel_max=512)
+
+
+def device_description() -> str:
+  device = jax.devices()[0]
+  return f"{device.platform}:{device.device_kind} x{len(jax.devices())} ({platform.processor() or platform.machine()})"
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+  widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+  print("  ".join(c.rjust(widths[c]) for c in columns))
+  for r in rows:
+    print("  ".join(_fmt(r.get(c)).rjust(widths[c]) for c in columns))
+
+
+def _fmt(value) -> str:
+  if isinstance(value, float):
+    return f"{value:.4g}"
+  return "" if value is None else str(value)
+
+
+def write_json(path: str | None, payload: dict) -> None:
+  if path:
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pathlib.Path(path).write_text(json.dumps(payload, indent=2))
+    print(f"wrote {path}")

@@ -1,0 +1,66 @@
+"""Synthesis speed: forward, and forward+backward w.r.t. ws (one inversion step's network cost).
+
+    python -m benchmarks.generator_speed --out out/bench/generator_speed.json
+    python -m benchmarks.generator_speed --quick        # 64 and 256 px only
+
+Config-F-shaped networks (z = w = 512, channel_base 32768, channel_max 512, random weights) at
+64, 256 and 1024 px, batch 1 and 8, on whatever device JAX sees. Each row: median seconds per
+call, images/s, achieved GFLOP/s from the analytic count in `benchmarks.common`, and the
+fraction of the device's measured dense-conv peak (forward+backward of a large 3x3 conv).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import common
+from generators import networks
+
+RESOLUTIONS = (64, 256, 1024)
+BATCHES = (1, 8)
+
+
+def measure(resolution: int, batch: int, peak_gflops: float) -> list[dict]:
+  config = common.config_f(resolution)
+  variables = networks.init_generator(config, jax.random.PRNGKey(0))
+  ws = networks.mapping(config, variables, jax.random.normal(jax.random.PRNGKey(1),
+                                                             (batch, config.z_dim)))
+  forward = jax.jit(lambda ws: networks.synthesis(config, variables, ws))
+  backward = jax.jit(jax.grad(lambda ws: jnp.mean(networks.synthesis(config, variables, ws) ** 2)))
+  flops = common.synthesis_flops(config) * batch
+  rows = []
+  for mode, fn, factor in [("forward", forward, 1), ("fwd+bwd", backward, common.BACKWARD_FACTOR)]:
+    seconds = common.time_fn(fn, ws, repeats=3)
+    gflops = factor * flops / seconds / 1e9
+    rows.append({"resolution": resolution, "batch": batch, "mode": mode, "seconds": seconds,
+                 "images_per_s": batch / seconds, "gflops": gflops,
+                 "peak_fraction": gflops / peak_gflops})
+  return rows
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--quick", action="store_true", help="64 and 256 px only")
+  parser.add_argument("--out", default=None, help="JSON output path")
+  args = parser.parse_args(argv)
+  peak = common.conv_peak()
+  print(f"device: {common.device_description()}")
+  print(f"dense 3x3 conv peak (fwd+bwd, {peak['shape']}): {peak['gflops']:.1f} GFLOP/s")
+  rows = []
+  for resolution in RESOLUTIONS[:2] if args.quick else RESOLUTIONS:
+    for batch in BATCHES:
+      rows.extend(measure(resolution, batch, peak["gflops"]))
+      common.print_table(rows[-2:], ["resolution", "batch", "mode", "seconds", "images_per_s",
+                                     "gflops", "peak_fraction"])
+  print()
+  common.print_table(rows, ["resolution", "batch", "mode", "seconds", "images_per_s", "gflops",
+                            "peak_fraction"])
+  common.write_json(args.out, {"device": common.device_description(), "conv_peak": peak,
+                               "rows": rows})
+
+
+if __name__ == "__main__":
+  main()
