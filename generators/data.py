@@ -116,19 +116,22 @@ def _apply_op(crops: np.ndarray, op: int) -> np.ndarray:
 
 def sample_coords(n: int, size: int = CROP_SIZE, seed: int | np.random.Generator = 0,
                   sources: Sequence[str] = SOURCES, flips: bool = True,
-                  rotations: bool = True) -> CropCoords:
-  """Random crop positions inside the training regions (see ``crop_bank``)."""
+                  rotations: bool = True, region: str = "train") -> CropCoords:
+  """Random crop positions inside the training regions (see ``crop_bank``), or inside the
+  held-out strips with ``region='heldout'`` (overlapping crops, for distribution metrics)."""
+  if region not in ("train", "heldout"):
+    raise ValueError(f"region must be 'train' or 'heldout', got {region!r}")
   rng = np.random.default_rng(seed)
   source = rng.integers(len(sources), size=n)
   y = np.empty(n, np.int64)
   x = np.empty(n, np.int64)
   for i, name in enumerate(sources):
-    train, _ = regions(load_source(name).shape)
-    if train.y1 - train.y0 < size or train.x1 - train.x0 < size:
-      raise ValueError(f"crop size {size} exceeds the training region {train} of {name!r}")
+    box = regions(load_source(name).shape)[0 if region == "train" else 1]
+    if box.y1 - box.y0 < size or box.x1 - box.x0 < size:
+      raise ValueError(f"crop size {size} exceeds the {region} region {box} of {name!r}")
     sel = source == i
-    y[sel] = rng.integers(train.y0, train.y1 - size + 1, size=sel.sum())
-    x[sel] = rng.integers(train.x0, train.x1 - size + 1, size=sel.sum())
+    y[sel] = rng.integers(box.y0, box.y1 - size + 1, size=sel.sum())
+    x[sel] = rng.integers(box.x0, box.x1 - size + 1, size=sel.sum())
   op = rng.integers(4, size=n) if rotations else np.zeros(n, np.int64)
   if flips:
     op = op + 4 * rng.integers(2, size=n)

@@ -242,3 +242,14 @@ def test_mvtec_errors(mvtec_root, tmp_path):
   open(bad, "wb").close()
   with pytest.raises(mvtec.MVTecError, match="001.png.*empty"):
     mvtec.load_mvtec(mvtec_root, "carpet")
+
+
+def test_heldout_random_crops_stay_in_the_heldout_strip():
+  coords = data.sample_coords(500, size=64, seed=3, region="heldout")
+  for i, name in enumerate(data.SOURCES):
+    _, held = data.regions(data.load_source(name).shape)
+    sel = coords.source == i
+    assert sel.any()
+    assert (coords.x[sel] >= held.x0).all() and (coords.x[sel] + 64 <= held.x1).all()
+  with pytest.raises(ValueError, match="region"):
+    data.sample_coords(2, region="test")

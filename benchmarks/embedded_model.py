@@ -1,0 +1,116 @@
+"""Evaluate the embedded model: SWD of its samples against held-out crops, with baselines.
+
+    python -m benchmarks.embedded_model --out out/bench/embedded_model.json \
+        [--workdir runs/embedded]     # also plots the training curve from metrics.jsonl
+
+Rows (RGB channels, 1k images each unless --num says otherwise):
+  real vs real      random held-out crops vs random training crops: the floor to aim for;
+  G_ema vs held-out the shipped model (truncation off, random noise);
+  untrained G       the same architecture at its random initialisation.
+Also reports the mask channel: the fraction of generated pixels marked as defect, beside the
+training set's. Writes a sample grid PNG next to the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+from generators import checkpoint, data, defects, networks, train
+
+SWD_KEY = 7
+
+
+def _samples(model: checkpoint.Model, variables, num: int, seed: int) -> np.ndarray:
+  config = model.g_config
+  out = []
+  sample = jax.jit(lambda z, k: networks.synthesis(
+      config, variables, networks.mapping(config, variables, z), "random", key=k))
+  for start in range(0, num, 100):
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), start)
+    z = jax.random.normal(key, (min(100, num - start), config.z_dim))
+    out.append(np.asarray(sample(z, jax.random.fold_in(key, 1))))
+  return np.concatenate(out)
+
+
+def _swd(a: np.ndarray, b: np.ndarray) -> dict:
+  from inversion import metrics
+
+  result = metrics.sliced_wasserstein(jnp.asarray(a[..., :3]), jnp.asarray(b[..., :3]),
+                                      jax.random.PRNGKey(SWD_KEY))
+  return {k: float(v) for k, v in result.items()}
+
+
+def _real(num: int, size: int, region: str, seed: int) -> np.ndarray:
+  coords = data.sample_coords(num, size, seed=seed, region=region)
+  return data.to_model_range(data.cut(coords, size))
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--checkpoint", default=None, help="default: the embedded model")
+  parser.add_argument("--num", type=int, default=1000)
+  parser.add_argument("--workdir", default=None, help="training run, for the loss curve")
+  parser.add_argument("--out", default="out/bench/embedded_model.json")
+  args = parser.parse_args(argv)
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+
+  model = checkpoint.load(args.checkpoint)
+  size = model.resolution
+  heldout = _real(args.num, size, "heldout", seed=1)
+  training = _real(args.num, size, "train", seed=2)
+  fakes = _samples(model, model.g_vars, args.num, seed=3)
+  untrained_vars = networks.init_generator(model.g_config, jax.random.PRNGKey(0))
+  untrained = _samples(model, untrained_vars, args.num, seed=3)
+  rows = [
+      {"pair": "real (train) vs held-out", **_swd(training, heldout)},
+      {"pair": "G_ema vs held-out", **_swd(fakes, heldout)},
+      {"pair": "untrained G vs held-out", **_swd(untrained, heldout)},
+  ]
+  columns = ["pair"] + [k for k in rows[0] if k != "pair"]
+  print(f"device: {common.device_description()}; {args.num} images per set, SWD x1e3")
+  common.print_table(rows, columns)
+  mask_fraction = float(np.mean(fakes[..., 3] > 0)) if model.channels == 4 else None
+  bank = defects.defect_dataset(2000, size=size, seed=0).images
+  train_mask_fraction = float(np.mean(bank[..., 3] > 127))
+  print(f"defect-mask pixels: generated {mask_fraction}, training set {train_mask_fraction:.4f}")
+  train._grid_png(fakes[:64], out.with_suffix(".png"))
+  payload = {"device": common.device_description(), "num": args.num, "rows": rows,
+             "mask_fraction_generated": mask_fraction,
+             "mask_fraction_training": train_mask_fraction, "metadata": model.metadata}
+  if args.workdir:
+    payload["curve_png"] = str(_plot_curve(pathlib.Path(args.workdir), out.with_name(
+        out.stem + "_curve.png")))
+  common.write_json(str(out), payload)
+
+
+def _plot_curve(workdir: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  kimg = [r["kimg"] for r in records]
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  for key in ("g_loss", "d_loss"):
+    ax.plot(kimg, [r[key] for r in records], label=key)
+  ax.set_xlabel("kimg")
+  ax.set_ylabel("loss")
+  ax.legend()
+  ax.set_title(f"training {workdir.name}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  print(f"wrote {path}")
+  return path
+
+
+if __name__ == "__main__":
+  main()
