@@ -242,6 +242,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
              desc=f"train {workdir.name}")
   metrics_file = open(workdir / "metrics.jsonl", "a")
   t0 = time.time()
+  last_r1 = jnp.full((), jnp.nan)  # the latest R1 penalty (it runs every r1_interval steps)
   for step in range(start, total_steps):
     rng = np.random.default_rng([config.seed, step])
     real = data.to_model_range(bank[rng.integers(0, len(bank), config.batch_size)])
@@ -249,13 +250,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     g_key, d_key = jax.random.split(key)
     state, g_metrics = g_step(state, g_key, ema_beta(config, step))
-    d_fn = d_r1 if step % config.r1_interval == 0 else d_plain
-    state, d_metrics = d_fn(state, real, d_key)
+    if step % config.r1_interval == 0:
+      state, d_metrics = d_r1(state, real, d_key)
+      last_r1 = d_metrics.pop("r1")  # logged with the next record
+    else:
+      state, d_metrics = d_plain(state, real, d_key)
+      d_metrics.pop("r1")
     done = step + 1
     bar.update(1)
     if done % config.log_every == 0 or done == total_steps:
-      record = {k: float(v) for k, v in {**g_metrics, **d_metrics}.items()}
-      if not all(map(math.isfinite, record.values())):
+      record = {k: float(v) for k, v in {**g_metrics, **d_metrics, "r1": last_r1}.items()}
+      r1_ok = not math.isinf(record["r1"])  # NaN = no R1 step since (re)starting
+      if not (r1_ok and all(math.isfinite(v) for k, v in record.items() if k != "r1")):
         raise FloatingPointError(f"Non-finite loss at step {done}: {record}. Resume from the last "
                                  "checkpoint with a lower learning rate or larger r1_gamma.")
       record.update(step=done, kimg=done * config.batch_size / 1000,
