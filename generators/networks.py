@@ -51,6 +51,14 @@ ARCHITECTURES = ("orig", "skip", "resnet")
 # Configs.
 
 
+def _check_resolution_and_architecture(resolution: int, architecture: str) -> None:
+  log2 = math.log2(resolution)
+  if not (log2.is_integer() and 2 <= log2 <= 12):
+    raise ValueError(f"img_resolution must be a power of two in 4..4096, got {resolution}.")
+  if architecture not in ARCHITECTURES:
+    raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class GeneratorConfig:
   """Architecture of a StyleGAN2 generator (the official `Generator` init kwargs)."""
@@ -73,11 +81,7 @@ class GeneratorConfig:
   resample_taps: tuple[int, ...] = upfirdn.DEFAULT_TAPS
 
   def __post_init__(self):
-    log2 = math.log2(self.img_resolution)
-    if not (log2.is_integer() and 2 <= log2 <= 12):
-      raise ValueError(f"img_resolution must be a power of two in 4..4096, got {self.img_resolution}.")
-    if self.architecture not in ARCHITECTURES:
-      raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}.")
+    _check_resolution_and_architecture(self.img_resolution, self.architecture)
     if self.z_dim <= 0 and self.c_dim <= 0:
       raise ValueError("A generator needs z_dim > 0 or c_dim > 0.")
 
@@ -124,11 +128,7 @@ class DiscriminatorConfig:
   resample_taps: tuple[int, ...] = upfirdn.DEFAULT_TAPS
 
   def __post_init__(self):
-    log2 = math.log2(self.img_resolution)
-    if not (log2.is_integer() and 2 <= log2 <= 12):
-      raise ValueError(f"img_resolution must be a power of two in 4..4096, got {self.img_resolution}.")
-    if self.architecture not in ARCHITECTURES:
-      raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}.")
+    _check_resolution_and_architecture(self.img_resolution, self.architecture)
 
   @property
   def block_resolutions(self) -> list[int]:

@@ -31,3 +31,20 @@ def official_g_state(stylegan2_ref):
 @pytest.fixture(scope="session")
 def official_d_state(stylegan2_ref):
   return {k[2:]: v for k, v in stylegan2_ref.items() if k.startswith("D/")}
+
+
+@pytest.fixture(scope="session")
+def lpips_ref():
+  """LPIPS reference arrays (VGG16 trunk, v0.1 linear weights, inputs, distances, activations)."""
+  d = np.load(fixture_path("lpips_vgg_ref.npz"))
+  return {k: d[k] for k in d.files}
+
+
+@pytest.fixture(scope="session")
+def lpips_fixture_params(lpips_ref):
+  """The fixture's LPIPS params through the same converter a user's file goes through."""
+  from inversion import lpips
+
+  sd = {k: v for k, v in lpips_ref.items() if k.startswith(("vgg/", "lpips/"))}
+  return lpips.lpips_params_from_state_dicts(sd, sd, net="vgg",
+                                             source=str(fixture_path("lpips_vgg_ref.npz")))

@@ -17,17 +17,13 @@ FIXTURE = fixture_path('lpips_vgg_ref.npz')
 
 
 @pytest.fixture(scope='module')
-def ref():
-  if not FIXTURE.exists():
-    pytest.skip(f'{FIXTURE} not present')
-  d = np.load(FIXTURE)
-  return {k: d[k] for k in d.files}
+def ref(lpips_ref):
+  return lpips_ref
 
 
 @pytest.fixture(scope='module')
-def lpips_params(ref):
-  sd = {k: v for k, v in ref.items() if k.startswith(('vgg/', 'lpips/'))}
-  return lp.lpips_params_from_state_dicts(sd, sd)
+def lpips_params(lpips_fixture_params):
+  return lpips_fixture_params
 
 
 def nhwc(a):

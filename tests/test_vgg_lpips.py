@@ -30,18 +30,13 @@ def nhwc(a):
 
 
 @pytest.fixture(scope='module')
-def ref():
-  if not FIXTURE.exists():
-    pytest.skip(f'{FIXTURE} not present')
-  d = np.load(FIXTURE)
-  return {k: d[k] for k in d.files}
+def ref(lpips_ref):
+  return lpips_ref
 
 
 @pytest.fixture(scope='module')
-def params(ref):
-  # Same converter a user's file goes through after weights.load_state_dict.
-  sd = {k: v for k, v in ref.items() if k.startswith(('vgg/', 'lpips/'))}
-  return lp.lpips_params_from_state_dicts(sd, sd, net='vgg', source=str(FIXTURE))
+def params(lpips_fixture_params):
+  return lpips_fixture_params
 
 
 def assert_rel(actual, expected, rtol=RTOL):
