@@ -1,0 +1,706 @@
+"""One compiled optimisation engine for StyleGAN2 inversion.
+
+A method (Image2StyleGAN, the NVlabs projector, ...) is a bundle of small pure pieces: a latent
+parametrisation (`space`), image loss terms (`ImageTerm`), optional latent terms (`LatentTerm`,
+the hook for e.g. an encoder regulariser) and an optax optimiser. The engine owns the loop:
+
+  1. every image has its own latents and optimiser state; one step is written for one image and
+     `vmap`ped over the batch, so a batch of 8 computes what 8 single runs compute;
+  2. `chunk_size` steps run inside one compiled program (`lax.scan`); between chunks the host
+     updates the progress bar, reports non-finite losses and may checkpoint;
+  3. everything that changes between batches (targets, masks, generator weights, loss-network
+     weights, keys, w_std) is an *argument* of the compiled program, and the last chunk is
+     padded with no-op steps, so a job compiles once per (spec, batch shape), never per image or
+     per chunk (`Engine.trace_count` counts traces);
+  4. a step whose loss or gradient is not finite is not applied: that image stops
+     (`failed`, `failed_step`) and keeps `last_finite`, its latents at the last finite step; the
+     other images go on;
+  5. the batch axis can be sharded over devices (`batch_mesh`, `shard`): a 1-D mesh, images split
+     across devices, networks replicated.
+
+Parametrisations (`LATENT_SPACES`), per image:
+
+  'z'      z [z_dim] through the mapping network (Image2StyleGAN's Z space);
+  'w'      one w [w_dim] broadcast to all num_ws layers (NVlabs projector);
+  'wplus'  ws [num_ws, w_dim], one w per layer (Image2StyleGAN's W+).
+  Any of them can also optimise the noise maps (`optimize_noise`): one [r, r] map per noise layer
+  (`GeneratorConfig.noise_layers`), unit-variance, replacing the generator's stored maps.
+
+Objective per image (all terms unweighted in the loss curves; `total` is the weighted sum):
+
+  total = sum_i weight_i * image_term_i(G(ws), target, mask)          # 1. reconstruction
+        + noise_regularize_weight * noise_regularizer(noise maps)      # 2. NVlabs noise regulariser
+        + sum_j weight_j * latent_term_j(params, LatentContext)        # 3. latent terms (hook)
+
+Image channels: image terms see the first `loss_channels` channels of both images (the RGB of an
+RGB + defect-mask generator: the mask channel is free). Terms flagged `all_channels` (networks that
+need the full input, e.g. the discriminator) get all C channels, with the channels outside the
+loss copied from the target into the generated image, so they add no difference and no gradient.
+
+Masks ([H, W, 1] per image, 1 = pixel counts, 0 = ignored): passed to every image term, which
+ignores masked-out pixels exactly (see `inversion.perceptual`); pixels outside the mask have no
+influence on the result.
+
+The NVlabs projector pieces (stylegan2-ada-pytorch `projector.py`): the cosine ramp-down / linear
+ramp-up learning-rate schedule (`projector_schedule`), Gaussian noise added to w with std
+`w_std * factor * max(0, 1 - t / ramp)^2` (`latent_noise_scale`), the multi-scale
+autocorrelation noise regulariser (`noise_regularizer`) and the per-step noise re-normalisation
+(`normalize_noise`).
+
+Most users call `inversion.api.invert`; this module is the layer underneath.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from generators import networks
+
+log = logging.getLogger(__name__)
+
+Array = jax.Array
+PyTree = Any
+
+__all__ = [
+    'LATENT_SPACES',
+    'Data',
+    'Engine',
+    'EngineSpec',
+    'EngineState',
+    'ImageTerm',
+    'LatentContext',
+    'LatentTerm',
+    'Latents',
+    'OptimizerSpec',
+    'WStats',
+    'batch_mesh',
+    'canonical_convs',
+    'estimate_w_stats',
+    'final_latents',
+    'latent_noise_scale',
+    'latent_shape',
+    'latent_to_ws',
+    'make_engine',
+    'make_optimizer',
+    'noise_regularizer',
+    'normalize_noise',
+    'projector_schedule',
+    'run',
+    'shard',
+    'stored_noise',
+]
+
+LATENT_SPACES = ('z', 'w', 'wplus')
+SCHEDULES = ('constant', 'projector')
+OPTIMIZERS = ('adam', 'sgd')
+NOISE_MODES = ('const', 'none')   # noise of layers whose maps are not optimised
+W_STATS_SEED = 123                 # NVlabs projector draws its w samples from RandomState(123)
+NORMALIZE_EPS = 1e-8
+
+
+# ----------------------------------------------------------------------------------------------
+# Latent parametrisations.
+
+
+def latent_shape(g_config: networks.GeneratorConfig, space: str) -> tuple[int, ...]:
+  """Per-image shape of the optimised latent: z [z_dim], w [w_dim] or ws [num_ws, w_dim]."""
+  shapes = {'z': (g_config.z_dim,), 'w': (g_config.w_dim,),
+            'wplus': (g_config.num_ws, g_config.w_dim)}
+  if space not in shapes:
+    raise ValueError(f'space must be one of {LATENT_SPACES}, got {space!r}')
+  return shapes[space]
+
+
+def latent_to_ws(g_config: networks.GeneratorConfig, g_vars: PyTree, space: str,
+                 latent: Array) -> Array:
+  """latent [B, *latent_shape] -> ws [B, num_ws, w_dim] (mapping for 'z', broadcast for 'w')."""
+  if space == 'z':
+    return networks.mapping(g_config, g_vars, latent)
+  if space == 'w':
+    return jnp.broadcast_to(latent[:, None, :], (latent.shape[0], g_config.num_ws,
+                                                 g_config.w_dim))
+  if space == 'wplus':
+    return latent
+  raise ValueError(f'space must be one of {LATENT_SPACES}, got {space!r}')
+
+
+def stored_noise(g_config: networks.GeneratorConfig, g_vars: PyTree) -> dict[str, Array]:
+  """The generator's stored `noise_const` maps, {layer name ('b8.conv0'): [r, r]}."""
+  synth = g_vars['buffers']['synthesis']
+  out = {}
+  for name in g_config.noise_layers:
+    block, layer = name.split('.')
+    out[name] = jnp.asarray(synth[block][layer]['noise_const'], jnp.float32)
+  return out
+
+
+class WStats(NamedTuple):
+  """Statistics of the mapping network's output, for initialisation and the projector."""
+  w_avg: Array   # [w_dim] mean w: the `w_avg` buffer, or the sample mean when it is all zero
+  w_std: Array   # [] RMS distance of sampled w from their mean (NVlabs projector's w_std)
+  z_mean: Array  # [z_dim] the sampled z whose w is nearest to w_avg ('mean' init in Z space)
+
+
+def estimate_w_stats(g_config: networks.GeneratorConfig, g_vars: PyTree,
+                     num_samples: int = 10_000, seed: int = W_STATS_SEED,
+                     chunk: int = 2048) -> WStats:
+  """Maps `num_samples` random z (PRNGKey(seed)) and returns `WStats`.
+
+  w_std = sqrt(sum_i ||w_i - mean(w)||^2 / N), as the NVlabs projector computes it from 10k
+  samples. w_avg is the generator's tracked `w_avg` buffer unless that is all zero (e.g. a
+  generator converted from a file without it), then the sample mean.
+  """
+  if num_samples < 1:
+    raise ValueError(f'num_samples must be >= 1, got {num_samples}')
+  if g_config.c_dim:
+    raise ValueError('Conditional generators (c_dim > 0) are not supported by the inversion '
+                     'engine yet.')
+  z = jax.random.normal(jax.random.PRNGKey(seed), (num_samples, g_config.z_dim))
+  chunk = min(chunk, num_samples)
+  pad = -num_samples % chunk
+  zp = jnp.concatenate([z, jnp.zeros((pad, g_config.z_dim))]) if pad else z
+  fn = _mapping_fn(g_config)
+  w = jnp.concatenate([fn(g_vars, zp[i:i + chunk]) for i in range(0, len(zp), chunk)])
+  w = w[:num_samples]
+  sample_mean = jnp.mean(w, axis=0)
+  w_std = jnp.sqrt(jnp.sum(jnp.square(w - sample_mean)) / num_samples)
+  buf = jnp.asarray(g_vars['buffers']['mapping']['w_avg'], jnp.float32)
+  w_avg = jnp.where(jnp.any(buf != 0), buf, sample_mean)
+  nearest = jnp.argmin(jnp.sum(jnp.square(w - w_avg), axis=1))
+  return WStats(w_avg, w_std, z[nearest])
+
+
+@functools.lru_cache(maxsize=16)
+def _mapping_fn(g_config):
+  return jax.jit(lambda v, z: networks.mapping(g_config, v, z)[:, 0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Noise maps (NVlabs projector).
+
+
+def noise_regularizer(noise: Mapping[str, Array]) -> Array:
+  """NVlabs multi-scale autocorrelation penalty of noise maps {name: [r, r]} -> [].
+
+  For each map n, at every scale (halving by 2x2 average pooling until the map is 8x8 or
+  smaller): mean(n * roll(n, 1, x))^2 + mean(n * roll(n, 1, y))^2, summed.
+  """
+  total = jnp.zeros((), jnp.float32)
+  for n in noise.values():
+    while True:
+      total = total + jnp.square(jnp.mean(n * jnp.roll(n, 1, axis=1)))
+      total = total + jnp.square(jnp.mean(n * jnp.roll(n, 1, axis=0)))
+      if n.shape[0] <= 8:
+        break
+      r = n.shape[0] // 2
+      n = n.reshape(r, 2, r, 2).mean(axis=(1, 3))
+  return total
+
+
+def normalize_noise(noise: Mapping[str, Array]) -> dict[str, Array]:
+  """Each map [r, r] -> zero mean, unit mean square (NVlabs: after every step)."""
+  out = {}
+  for name, n in noise.items():
+    n = n - jnp.mean(n)
+    out[name] = n * jax.lax.rsqrt(jnp.mean(jnp.square(n)) + NORMALIZE_EPS)
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules and optimisers.
+
+
+def projector_schedule(lr: float, num_steps: int, rampdown: float = 0.25,
+                       rampup: float = 0.05) -> optax.Schedule:
+  """NVlabs projector learning rate at step count c, t = c / num_steps:
+
+    lr * (0.5 - 0.5 cos(pi * min(1, (1 - t) / rampdown))) * min(1, t / rampup)
+  (a ramp length <= 0 switches that ramp off).
+  """
+  def schedule(count):
+    t = jnp.asarray(count, jnp.float32) / num_steps
+    ramp = jnp.ones_like(t)
+    if rampdown > 0:
+      ramp = jnp.minimum(1.0, (1.0 - t) / rampdown)
+      ramp = 0.5 - 0.5 * jnp.cos(ramp * jnp.pi)
+    if rampup > 0:
+      ramp = ramp * jnp.minimum(1.0, t / rampup)
+    return lr * ramp
+  return schedule
+
+
+def latent_noise_scale(step: Array, num_steps: int, factor: float, ramp: float) -> Array:
+  """NVlabs projector: std of the noise added to w, in units of w_std:
+  factor * max(0, 1 - t / ramp)^2, t = step / num_steps."""
+  t = jnp.asarray(step, jnp.float32) / num_steps
+  return factor * jnp.square(jnp.maximum(0.0, 1.0 - t / max(ramp, 1e-12)))
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """An optax optimiser with a schedule (hashable, so engines can be cached)."""
+  name: str = 'adam'           # 'adam' | 'sgd'
+  lr: float = 0.01             # peak learning rate
+  b1: float = 0.9              # Adam beta1 (sgd: momentum, 0 = none)
+  b2: float = 0.999            # Adam beta2
+  eps: float = 1e-8            # Adam epsilon
+  schedule: str = 'constant'   # 'constant' | 'projector' (cosine ramp-down, linear ramp-up)
+  rampdown: float = 0.25       # projector: fraction of steps of the cosine ramp-down
+  rampup: float = 0.05         # projector: fraction of steps of the linear ramp-up
+
+
+def make_optimizer(spec: OptimizerSpec, num_steps: int) -> optax.GradientTransformation:
+  """OptimizerSpec -> optax transformation (the schedule reads the optimiser's step count)."""
+  if spec.schedule == 'constant':
+    lr = spec.lr
+  elif spec.schedule == 'projector':
+    lr = projector_schedule(spec.lr, num_steps, spec.rampdown, spec.rampup)
+  else:
+    raise ValueError(f'schedule must be one of {SCHEDULES}, got {spec.schedule!r}')
+  if spec.name == 'adam':
+    return optax.adam(lr, b1=spec.b1, b2=spec.b2, eps=spec.eps)
+  if spec.name == 'sgd':
+    return optax.sgd(lr, momentum=spec.b1 or None)
+  raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got {spec.name!r}')
+
+
+# ----------------------------------------------------------------------------------------------
+# Terms.
+
+
+class ImageTerm(NamedTuple):
+  """One weighted image term. fn has the `inversion.perceptual` signature."""
+  fn: Callable[..., Array]      # (params, x [1, H, W, C'], y, mask [1, H, W, 1] | None) -> [1]
+  weight: float                 # multiplier in the total
+  params_key: Optional[str] = None  # key of its parameters in `Data.term_params`; None = none
+  all_channels: bool = False    # True: fn sees all C channels (outside the loss: the target's)
+
+
+class LatentContext(NamedTuple):
+  """What a latent term sees, for one image (the hook for e.g. an encoder regulariser)."""
+  latent: Array                 # optimised variable: [z_dim] | [w_dim] | [num_ws, w_dim]
+  ws: Array                     # [num_ws, w_dim] before the projector's latent perturbation
+  noise: dict                   # {layer: [r, r]} optimised noise maps ({} when not optimised)
+  image: Array                  # [H, W, C] generated image, about [-1, 1]
+  target: Array                 # [H, W, C] target image
+  mask: Optional[Array]         # [H, W, 1] or None
+  step: Array                   # [] int32 step index
+
+
+class LatentTerm(NamedTuple):
+  """One weighted latent term: fn(params, LatentContext) -> [] scalar."""
+  fn: Callable[[Any, LatentContext], Array]
+  weight: float
+  params_key: Optional[str] = None
+
+
+# ----------------------------------------------------------------------------------------------
+# State.
+
+
+class Latents(NamedTuple):
+  """The optimised variables of a batch."""
+  latent: Array                 # [B, z_dim] | [B, w_dim] | [B, num_ws, w_dim]
+  noise: dict                   # {layer: [B, r, r]}; {} when noise maps are not optimised
+
+
+class EngineState(NamedTuple):
+  """Everything the loop carries; every leaf has the batch axis first."""
+  latents: Latents              # current values
+  opt_state: Any                # optax state, leaves [B, ...]
+  last_finite: Latents          # latents at the last step with a finite loss and gradient
+  step: Array                   # [B] int32 steps applied
+  failed: Array                 # [B] bool: a non-finite loss/gradient stopped this image
+  failed_step: Array            # [B] int32 step of the failure, -1 = none
+  key: Array                    # [B, 2] uint32 per-image PRNG keys (folded with the step)
+
+
+class Data(NamedTuple):
+  """Inputs of the compiled program that are not optimised."""
+  g_vars: PyTree                # generator variables (replicated)
+  term_params: dict             # {params_key: params} of the loss networks (replicated)
+  targets: Array                # [B, H, W, C] in [-1, 1]
+  masks: Optional[Array]        # [B, H, W, 1] in [0, 1] or None (all pixels count)
+  w_std: Array                  # [] for the projector's latent perturbation
+
+
+def final_latents(state: EngineState) -> Latents:
+  """The result latents: the current ones, or the last finite ones for failed images."""
+  def pick(cur, good):
+    f = state.failed.reshape(state.failed.shape + (1,) * (cur.ndim - 1))
+    return jnp.where(f, good, cur)
+  return jax.tree_util.tree_map(pick, state.latents, state.last_finite)
+
+
+def _tree_where(cond, a, b):
+  return jax.tree_util.tree_map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+def _all_finite(tree) -> Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+# ----------------------------------------------------------------------------------------------
+# XLA:CPU workaround: canonical convolutions inside loops.
+#
+# Inside a while loop (lax.scan), XLA:CPU runs convolutions whose kernel is not in HWIO order with
+# a slow generic loop instead of its Eigen kernel (jax-ml/jax#12868; outside loops its layout
+# passes fix the order). Autodiff produces exactly such convolutions (the input gradient uses the
+# kernel as [H, W, O, I], reversed), which made a scanned inversion step 3-5x slower than the same
+# step jitted alone. `canonical_convs` re-evaluates a function's jaxpr with every 2-D convolution
+# written as transpose(inputs) -> conv(NHWC, HWIO -> NHWC) -> transpose(output); the kernel
+# transpose sits behind an optimization_barrier so XLA cannot fold it back into the convolution.
+# The arithmetic is unchanged (same convolution, same order of sums). Only used on CPU.
+
+_NHWC = (0, 3, 1, 2)   # lax.ConvDimensionNumbers spec of NHWC: (batch, feature, H, W) axes
+_HWIO = (3, 2, 0, 1)   # (out feature, in feature, H, W) axes of an HWIO kernel
+
+
+def _canonical_conv(lhs, rhs, **params):
+  """One conv_general_dilated, rewritten to NHWC/HWIO/NHWC with explicit transposes."""
+  dn = params['dimension_numbers']
+  if len(dn.lhs_spec) != 4 or (dn.lhs_spec == _NHWC and dn.rhs_spec == _HWIO
+                               and dn.out_spec == _NHWC):
+    return jax.lax.conv_general_dilated_p.bind(lhs, rhs, **params)
+  ls, rs, os_ = dn.lhs_spec, dn.rhs_spec, dn.out_spec
+  lhs_perm = (ls[0], ls[2], ls[3], ls[1])  # -> N, H, W, C
+  rhs_perm = (rs[2], rs[3], rs[1], rs[0])  # -> H, W, I, O
+  if lhs_perm != (0, 1, 2, 3):
+    lhs = jnp.transpose(lhs, lhs_perm)
+  if rhs_perm != (0, 1, 2, 3):
+    rhs = jax.lax.optimization_barrier(jnp.transpose(rhs, rhs_perm))
+  params = dict(params, dimension_numbers=jax.lax.ConvDimensionNumbers(_NHWC, _HWIO, _NHWC))
+  out = jax.lax.conv_general_dilated_p.bind(lhs, rhs, **params)  # [N, H, W, C]
+  # Output axis os_[k] holds N, C, H, W for k = 0..3; our axes are N=0, H=1, W=2, C=3.
+  src = {os_[0]: 0, os_[1]: 3, os_[2]: 1, os_[3]: 2}
+  out_perm = tuple(src[i] for i in range(4))
+  return out if out_perm == (0, 1, 2, 3) else jnp.transpose(out, out_perm)
+
+
+def _eval_canonical(jaxpr, consts, args):
+  from jax.extend import core as jcore  # pylint: disable=import-outside-toplevel
+  env = {}
+
+  def read(v):
+    return v.val if isinstance(v, jcore.Literal) else env[v]
+
+  env.update(zip(jaxpr.constvars, consts))
+  env.update(zip(jaxpr.invars, args))
+  for eqn in jaxpr.eqns:
+    invals = [read(v) for v in eqn.invars]
+    name = eqn.primitive.name
+    if name == 'conv_general_dilated':
+      outs = [_canonical_conv(*invals, **eqn.params)]
+    elif name in ('pjit', 'jit') and 'jaxpr' in eqn.params:
+      sub = eqn.params['jaxpr']
+      outs = _eval_canonical(sub.jaxpr, sub.consts, invals)
+    else:
+      bind_params = eqn.primitive.get_bind_params(eqn.params)
+      subfuns = []
+      if isinstance(bind_params, tuple):  # older jax: (subfuns, params)
+        subfuns, bind_params = bind_params
+      with eqn.ctx.manager:
+        outs = eqn.primitive.bind(*subfuns, *invals, **bind_params)
+      if not eqn.primitive.multiple_results:
+        outs = [outs]
+    env.update(zip(eqn.outvars, outs))
+  return [read(v) for v in jaxpr.outvars]
+
+
+def canonical_convs(fn: Callable) -> Callable:
+  """fn with every 2-D convolution in NHWC/HWIO/NHWC form (see the section comment).
+
+  Traces fn to a jaxpr at each call (at trace time of an enclosing jit), so use it inside jit.
+  Convolutions inside pjit sub-jaxprs are rewritten too; those inside other higher-order
+  primitives (scan, cond) are left as they are.
+  """
+  def wrapped(*args):
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    out = _eval_canonical(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), out)
+  return wrapped
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine.
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+  """Everything that shapes the compiled program (hashable: engines are cached by it)."""
+  g_config: networks.GeneratorConfig
+  image_terms: tuple[tuple[str, ImageTerm], ...]   # (name, term) pairs, in order
+  space: str = 'wplus'                 # 'z' | 'w' | 'wplus'
+  num_steps: int = 1000                # optimisation steps
+  chunk_size: int = 50                 # steps per compiled chunk (lax.scan length)
+  optimizer: OptimizerSpec = OptimizerSpec()
+  latent_terms: tuple[tuple[str, LatentTerm], ...] = ()
+  loss_channels: Optional[int] = None  # image terms see channels [:loss_channels]; None = all
+  optimize_noise: bool = False         # also optimise the noise maps
+  normalize_noise: bool = False        # re-normalise noise maps after each step (NVlabs)
+  noise_regularize_weight: float = 0.0  # weight of `noise_regularizer` (NVlabs: 1e5)
+  latent_noise_factor: float = 0.0     # projector: initial std of w noise, x w_std (0.05)
+  latent_noise_ramp: float = 0.75      # projector: fraction of steps until the w noise is 0
+  noise_mode: str = 'const'            # noise of layers not optimised: 'const' | 'none'
+
+  def __post_init__(self):
+    latent_shape(self.g_config, self.space)
+    if self.num_steps < 0 or self.chunk_size < 1:
+      raise ValueError(f'need num_steps >= 0 and chunk_size >= 1, got {self.num_steps}, '
+                       f'{self.chunk_size}')
+    if self.noise_mode not in NOISE_MODES:
+      raise ValueError(f'noise_mode must be one of {NOISE_MODES}, got {self.noise_mode!r}')
+    if not self.image_terms and not self.latent_terms:
+      raise ValueError('the objective has no terms; give at least one image term')
+    if self.optimize_noise and not self.g_config.noise_layers:
+      raise ValueError('optimize_noise: this generator has no noise inputs (use_noise=False)')
+    names = [n for n, _ in self.image_terms + self.latent_terms]
+    if len(set(names)) != len(names) or {'total', 'noise_reg'} & set(names):
+      raise ValueError(f'term names must be unique and not total/noise_reg, got {names}')
+
+  @property
+  def num_chunks(self) -> int:
+    return max(1, math.ceil(self.num_steps / self.chunk_size))
+
+  @property
+  def term_names(self) -> tuple[str, ...]:
+    """Names of the recorded loss curves, 'total' first."""
+    names = ['total'] + [n for n, _ in self.image_terms]
+    if self.optimize_noise and self.noise_regularize_weight:
+      names.append('noise_reg')
+    return tuple(names + [n for n, _ in self.latent_terms])
+
+
+class Engine:
+  """The compiled pieces for one `EngineSpec`: `init`, `run_chunk`, `render`.
+
+  Get one with `make_engine(spec)` (cached), so repeated jobs reuse its compiled programs.
+  `trace_count` counts traces of the chunk program (one per distinct input shape/sharding).
+  """
+
+  def __init__(self, spec: EngineSpec):
+    self.spec = spec
+    self.optimizer = make_optimizer(spec.optimizer, max(spec.num_steps, 1))
+    self.trace_count = 0
+    # XLA:CPU runs non-HWIO convolutions inside loops slowly (see `canonical_convs`).
+    self.canonicalize_convs = jax.default_backend() == 'cpu'
+    self.run_chunk = jax.jit(self._chunk, donate_argnums=0)
+    self.render = jax.jit(self._render)
+    self.init = jax.jit(self._init)
+
+  # 1. initial state
+  def _init(self, latents: Latents, keys: Array) -> EngineState:
+    """latents (batch-first) and keys [B, 2] -> the state before step 0."""
+    if self.spec.optimize_noise and self.spec.normalize_noise:
+      latents = latents._replace(noise=jax.vmap(normalize_noise)(latents.noise))
+    b = latents.latent.shape[0]
+    # Fresh buffers (jnp.copy): the state is donated to run_chunk, and jit would otherwise
+    # forward the caller's arrays (or one array twice) into it.
+    copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)
+    return EngineState(
+        latents=copy(latents), opt_state=jax.vmap(self.optimizer.init)(latents),
+        last_finite=copy(latents), step=jnp.zeros((b,), jnp.int32),
+        failed=jnp.zeros((b,), bool), failed_step=jnp.full((b,), -1, jnp.int32),
+        key=jnp.copy(keys.astype(jnp.uint32)))
+
+  # 2. objective for one image
+  def loss(self, latents: Latents, step: Array, key: Array, target: Array,
+           mask: Optional[Array], data: Data) -> tuple[Array, tuple[dict, Array]]:
+    """One image: latents (no batch axis) -> (total [], ({term: []}, image [H, W, C]))."""
+    spec = self.spec
+    cfg = spec.g_config
+    ws = latent_to_ws(cfg, data.g_vars, spec.space, latents.latent[None])[0]  # [num_ws, w_dim]
+    ws_in = ws
+    if spec.latent_noise_factor > 0:
+      scale = data.w_std * latent_noise_scale(step, spec.num_steps, spec.latent_noise_factor,
+                                              spec.latent_noise_ramp)
+      shape = (cfg.w_dim,) if spec.space in ('z', 'w') else ws.shape  # 'w': one draw, broadcast
+      ws_in = ws + scale * jax.random.normal(jax.random.fold_in(key, step), shape)
+    noise = {k: v[None] for k, v in latents.noise.items()} or None
+    image = networks.synthesis(cfg, data.g_vars, ws_in[None], spec.noise_mode, noise)  # [1,H,W,C]
+    y = target[None]
+    m = None if mask is None else mask[None]
+    k = spec.loss_channels or cfg.img_channels
+    x_loss, y_loss = image[..., :k], y[..., :k]
+    x_full = image if k == cfg.img_channels else jnp.concatenate([x_loss, y[..., k:]], -1)
+    parts = {}
+    total = jnp.zeros((), jnp.float32)
+    # 1. reconstruction
+    for name, t in spec.image_terms:
+      p = None if t.params_key is None else data.term_params[t.params_key]
+      xi, yi = (x_full, y) if t.all_channels else (x_loss, y_loss)
+      parts[name] = t.fn(p, xi, yi, m)[0]
+      total = total + t.weight * parts[name]
+    # 2. noise regulariser
+    if spec.optimize_noise and spec.noise_regularize_weight:
+      parts['noise_reg'] = noise_regularizer(latents.noise)
+      total = total + spec.noise_regularize_weight * parts['noise_reg']
+    # 3. latent terms
+    if spec.latent_terms:
+      ctx = LatentContext(latents.latent, ws, dict(latents.noise), image[0], target, mask, step)
+      for name, t in spec.latent_terms:
+        p = None if t.params_key is None else data.term_params[t.params_key]
+        parts[name] = t.fn(p, ctx)
+        total = total + t.weight * parts[name]
+    return total, (parts, image[0])
+
+  # 3. one optimisation step for one image
+  def _image_step(self, latents, opt_state, last_finite, step, failed, failed_step, key,
+                  target, mask, data):
+    spec = self.spec
+    grad_fn = jax.value_and_grad(self.loss, has_aux=True)
+    (total, (parts, _)), grads = grad_fn(latents, step, key, target, mask, data)
+    ok = jnp.isfinite(total) & _all_finite(grads)
+    active = (step < spec.num_steps) & ~failed
+    go = active & ok
+    updates, new_opt = self.optimizer.update(grads, opt_state, latents)
+    new_latents = optax.apply_updates(latents, updates)
+    if spec.optimize_noise and spec.normalize_noise:
+      new_latents = new_latents._replace(noise=normalize_noise(new_latents.noise))
+    newly_failed = active & ~ok
+    record = {'total': total, **parts}
+    record = {n: jnp.where(active, record[n], jnp.nan) for n in spec.term_names}
+    return (_tree_where(go, new_latents, latents), _tree_where(go, new_opt, opt_state),
+            _tree_where(go, latents, last_finite), step + go.astype(jnp.int32),
+            failed | newly_failed, jnp.where(newly_failed, step, failed_step), record)
+
+  def step(self, state: EngineState, data: Data) -> tuple[EngineState, dict]:
+    """One step for the batch (vmap of the per-image step). Records {term: [B]}."""
+    mask_axis = None if data.masks is None else 0
+    fn = jax.vmap(self._image_step, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, mask_axis, None))
+    shared = data._replace(targets=None, masks=None)
+    *new, record = fn(state.latents, state.opt_state, state.last_finite, state.step,
+                      state.failed, state.failed_step, state.key, data.targets, data.masks,
+                      shared)
+    return EngineState(*new, key=state.key), record
+
+  # 4. a chunk of steps, compiled
+  def _chunk(self, state: EngineState, data: Data) -> tuple[EngineState, dict]:
+    self.trace_count += 1  # Python side effect: runs once per trace, not per call
+    step = self.step
+    if self.canonicalize_convs:
+      step = canonical_convs(step)
+    state, records = jax.lax.scan(lambda s, _: step(s, data), state, None,
+                                  length=self.spec.chunk_size)
+    return state, records  # records {term: [chunk_size, B]}
+
+  # 5. images from latents
+  def _render(self, latents: Latents, g_vars: PyTree) -> Array:
+    """Latents (batch-first) -> images [B, H, W, C] (no latent perturbation)."""
+    cfg = self.spec.g_config
+    ws = latent_to_ws(cfg, g_vars, self.spec.space, latents.latent)
+    return networks.synthesis(cfg, g_vars, ws, self.spec.noise_mode, latents.noise or None)
+
+  def ws(self, latents: Latents, g_vars: PyTree) -> Array:
+    """Latents -> ws [B, num_ws, w_dim]."""
+    return latent_to_ws(self.spec.g_config, g_vars, self.spec.space, latents.latent)
+
+
+@functools.lru_cache(maxsize=32)
+def make_engine(spec: EngineSpec) -> Engine:
+  """The (cached) engine of a spec: equal specs share compiled programs."""
+  return Engine(spec)
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices.
+
+
+def batch_mesh(batch_size: int, devices: Optional[Sequence[Any]] = None) -> jax.sharding.Mesh:
+  """A 1-D mesh ('batch',) over the largest number of `devices` (default: all) that divides
+  batch_size, so no padding is needed."""
+  devices = list(jax.devices() if devices is None else devices)
+  n = max(k for k in range(1, len(devices) + 1) if batch_size % k == 0)
+  return jax.sharding.Mesh(np.asarray(devices[:n]), ('batch',))
+
+
+def shard(state: EngineState, data: Data, mesh: jax.sharding.Mesh) -> tuple[EngineState, Data]:
+  """Places batch-first arrays split over the mesh and the networks replicated."""
+  P = jax.sharding.PartitionSpec
+  split = jax.sharding.NamedSharding(mesh, P('batch'))
+  repl = jax.sharding.NamedSharding(mesh, P())
+  put = lambda tree, s: jax.tree_util.tree_map(lambda x: jax.device_put(x, s), tree)
+  state = put(state, split)
+  data = Data(g_vars=put(data.g_vars, repl), term_params=put(data.term_params, repl),
+              targets=put(data.targets, split),
+              masks=None if data.masks is None else put(data.masks, split),
+              w_std=put(data.w_std, repl))
+  return state, data
+
+
+# ----------------------------------------------------------------------------------------------
+# The host loop.
+
+
+class ChunkInfo(NamedTuple):
+  """What `run` tells `on_chunk` after each chunk (host values)."""
+  chunk: int                    # index of the chunk just finished (0-based)
+  num_chunks: int
+  steps_done: int               # steps finished so far (<= num_steps)
+  state: EngineState            # device state after this chunk (do not keep: it is donated)
+  curves: dict                  # {term: np [steps_done, B]} recorded so far
+  newly_failed: np.ndarray      # [B] bool: images that failed in this chunk
+
+
+def run(engine: Engine, state: EngineState, data: Data, *, start_chunk: int = 0,
+        curves: Optional[Mapping[str, np.ndarray]] = None, progress: bool = True,
+        on_chunk: Optional[Callable[[ChunkInfo], None]] = None,
+        names: Optional[Sequence[str]] = None, desc: str = 'invert'
+        ) -> tuple[EngineState, dict[str, np.ndarray]]:
+  """Runs chunks `start_chunk .. num_chunks-1`; returns (state, curves {term: [steps, B]}).
+
+  Between chunks: progress bar, a loud log line for every image whose loss or gradient became
+  non-finite (that image stops at its last finite latents; the others go on), then `on_chunk`
+  (checkpointing, user callbacks; an exception there stops the run after this chunk).
+  `curves` are those of a resumed run's earlier chunks.
+  """
+  spec = engine.spec
+  b = state.step.shape[0]
+  names = list(names) if names is not None else [str(i) for i in range(b)]
+  curves = {n: np.asarray(v) for n, v in (curves or {}).items()}
+  if not curves:
+    curves = {n: np.zeros((0, b), np.float32) for n in spec.term_names}
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm(total=spec.num_steps, desc=desc, unit='step',
+               initial=min(start_chunk * spec.chunk_size, spec.num_steps))
+  failed_before = np.asarray(jax.device_get(state.failed))
+  try:
+    for c in range(start_chunk, spec.num_chunks):
+      state, rec = engine.run_chunk(state, data)
+      rec = jax.device_get(rec)
+      done = min((c + 1) * spec.chunk_size, spec.num_steps)
+      keep = done - c * spec.chunk_size
+      curves = {n: np.concatenate([curves[n], np.asarray(rec[n][:keep], np.float32)])
+                for n in spec.term_names}
+      failed = np.asarray(jax.device_get(state.failed))
+      newly = failed & ~failed_before
+      failed_before = failed
+      if newly.any():
+        fstep = np.asarray(jax.device_get(state.failed_step))
+        for i in np.flatnonzero(newly):
+          log.warning('image %s: non-finite loss or gradient at step %d; stopped it and kept '
+                      'its last finite latent (the other images go on). Check the target for '
+                      'NaN/inf pixels, or lower the learning rate.', names[i], fstep[i])
+      if bar is not None:
+        last = curves['total'][-1] if len(curves['total']) else np.full(b, np.nan)
+        ok = last[~failed] if (~failed).any() else last
+        bar.set_postfix(loss=f'{float(np.nanmean(ok)):.4g}', failed=int(failed.sum()))
+        bar.update(done - bar.n)
+      if on_chunk is not None:
+        on_chunk(ChunkInfo(c, spec.num_chunks, done, state, curves, newly))
+  finally:
+    if bar is not None:
+      bar.close()
+  return state, curves
