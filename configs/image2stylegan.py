@@ -10,7 +10,8 @@
 plus the VGG16 perceptual loss on conv1_1, conv1_2, conv3_2, conv4_2 (weight 1). Without VGG16
 weights on the machine the perceptual term falls back to the checkpoint's discriminator features
 (`loss.fallback`); 'wplus_noise' also optimises the noise maps (Image2StyleGAN++-style), starting
-from the generator's stored maps, with the NVlabs regulariser and re-normalisation.
+from the generator's stored maps, re-normalised every step, without the NVlabs autocorrelation
+regulariser (`--config.noise.regularize_weight=1e5` turns it on; configs/projector.py uses it).
 
 This file also defines every field the inversion engine reads (configs/projector.py starts from
 it), one per line with its meaning.
@@ -65,7 +66,9 @@ def get_config(arg=None):
   config.noise.optimize = space == 'wplus_noise'  # also optimise the per-layer noise maps
   config.noise.init = 'const'        # 'const' (the generator's stored maps) | 'random'
   config.noise.normalize = True      # re-normalise maps to zero mean, unit variance each step
-  config.noise.regularize_weight = 1e5  # NVlabs autocorrelation regulariser weight
+  config.noise.regularize_weight = 0.0  # NVlabs autocorrelation regulariser weight (its
+                                     # projector: 1e5); 0 = pure reconstruction, as
+                                     # Image2StyleGAN++ optimises noise
   config.noise.mode = 'const'        # noise of layers not optimised: 'const' | 'none'
 
   # Loss. Image terms see config.loss.channels of both images ('rgb': channels [:3], the mask

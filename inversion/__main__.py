@@ -1,0 +1,125 @@
+"""Command line: invert images, edit inverted latents, run the demo.
+
+    python -m inversion invert --checkpoint G.pkl --images DIR_OR_FILES --method wplus \
+        --steps 1000 --out out/run [--batch-size 8] [--mask M.png] [--config.optimizer.lr=0.02]
+    python -m inversion edit interpolate --a out/run/latents/a.npz --b out/run/latents/b.npz \
+        --num 8 --out morph.png [--checkpoint G.pkl]
+    python -m inversion edit crossover --content A.npz --style B.npz [--cutoff 4] --out mix.png
+    python -m inversion edit expression --a A.npz --b B.npz --c C.npz [--strength 1] --out e.png
+    python -m inversion demo [--out out/demo] [--steps 600]
+
+Without --checkpoint the embedded default model is used. Methods: z, w, wplus, wplus_noise
+(configs/image2stylegan.py) and projector (configs/projector.py); any config field can be set
+with --config.field=value. `invert` is resumable: rerun the same command after an interruption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+METHODS = {'z': 'image2stylegan:z', 'w': 'image2stylegan:w', 'wplus': 'image2stylegan:wplus',
+           'wplus_noise': 'image2stylegan:wplus_noise', 'projector': 'projector'}
+
+
+def _load_generator(path):
+  from generators import checkpoint  # pylint: disable=import-outside-toplevel
+  try:
+    return checkpoint.load(path)
+  except FileNotFoundError as e:
+    raise SystemExit(f'error: {e}') from None
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog='python -m inversion', description=__doc__.split('\n')[0])
+  sub = p.add_subparsers(dest='command', required=True)
+
+  inv = sub.add_parser('invert', help='invert images (a folder, files), resumable')
+  inv.add_argument('--checkpoint', default=None, help='generator file/dir (default: embedded)')
+  inv.add_argument('--images', nargs='+', required=True, help='a folder or image files')
+  inv.add_argument('--method', choices=sorted(METHODS), default='wplus')
+  inv.add_argument('--steps', type=int, default=None, help='optimisation steps (config.steps)')
+  inv.add_argument('--out', required=True, help='output folder')
+  inv.add_argument('--batch-size', type=int, default=8, help='images per compiled batch')
+  inv.add_argument('--mask', default=None, help='mask image for every image (white = counts)')
+  inv.add_argument('--seed', type=int, default=None, help='PRNG seed (config.seed)')
+  inv.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+  ed = sub.add_parser('edit', help='edit inverted latents, write an image strip')
+  ed.add_argument('kind', choices=['interpolate', 'crossover', 'expression'])
+  ed.add_argument('--checkpoint', default=None, help='generator the latents belong to')
+  ed.add_argument('--a', help='latents file (interpolate, expression)')
+  ed.add_argument('--b', help='latents file (interpolate, expression)')
+  ed.add_argument('--c', help='latents file (expression)')
+  ed.add_argument('--content', help='latents file (crossover)')
+  ed.add_argument('--style', help='latents file (crossover)')
+  ed.add_argument('--num', type=int, default=8, help='interpolate: frames, ends included')
+  ed.add_argument('--cutoff', type=int, default=None, help='crossover: first style layer')
+  ed.add_argument('--strength', type=float, default=1.0, help='expression: scale of c - b')
+  ed.add_argument('--out', required=True, help='output PNG')
+
+  dm = sub.add_parser('demo', help='invert examples/*.png with Z, W, W+ on the embedded model')
+  dm.add_argument('--out', default='out/demo')
+  dm.add_argument('--steps', type=int, default=None)
+  dm.add_argument('--checkpoint', default=None, help='another generator (default: embedded)')
+  dm.add_argument('--no-progress', action='store_true')
+  return p
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  overrides = [a for a in argv if a.startswith('--config.')]
+  args = _parser().parse_args([a for a in argv if not a.startswith('--config.')])
+  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+  for noisy in ('absl', 'jax._src.xla_bridge'):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  from inversion import api, editing  # pylint: disable=import-outside-toplevel
+
+  if args.command == 'invert':
+    extra = []
+    if args.steps is not None:
+      extra.append(f'--config.steps={args.steps}')
+    if args.seed is not None:
+      extra.append(f'--config.seed={args.seed}')
+    config = api.as_config(METHODS[args.method], extra + overrides)
+    model = _load_generator(args.checkpoint)
+    images = args.images[0] if len(args.images) == 1 else args.images
+    res = api.invert_folder(images, model, config, args.out, args.batch_size, mask=args.mask,
+                            progress=not args.no_progress)
+    cols = [c for c in ('mse', 'psnr', 'ssim', 'lpips') if any(c in r for r in res.rows)]
+    print(api.format_table(res.rows, ['name'] + cols + ['status']))
+    print(f'{len(res.inverted)} inverted, {len(res.skipped)} already done, '
+          f'{len(res.failed)} failed; outputs in {res.out_dir}')
+    return 1 if res.failed else 0
+
+  if args.command == 'edit':
+    if overrides:
+      raise SystemExit('error: --config.* options only apply to invert/demo')
+    files = {'interpolate': [args.a, args.b], 'crossover': [args.content, args.style],
+             'expression': [args.a, args.b, args.c]}[args.kind]
+    if any(f is None for f in files):
+      flags = {'interpolate': '--a, --b', 'crossover': '--content, --style',
+               'expression': '--a, --b, --c'}[args.kind]
+      raise SystemExit(f'error: edit {args.kind} needs {flags}')
+    model = _load_generator(args.checkpoint)
+    try:
+      path = editing.run_edit(args.kind, model, files, args.out, num=args.num,
+                              cutoff=args.cutoff, strength=args.strength)
+    except api.LatentsError as e:
+      raise SystemExit(f'error: {e}') from None
+    print(f'wrote {path}')
+    return 0
+
+  model = _load_generator(args.checkpoint)
+  steps = api.DEMO_STEPS if args.steps is None else args.steps
+  out = api.demo(args.out, model, steps=steps, overrides=overrides,
+                 progress=not args.no_progress)
+  print(out['table'])
+  print(f'wrote {out["out_dir"]}/grid.png (target | Z | W | W+), metrics.csv, metrics.json, '
+        'losses.png')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
