@@ -494,8 +494,8 @@ class Engine:
     self.trace_count = 0
     # XLA:CPU runs non-HWIO convolutions inside loops slowly (see `canonical_convs`).
     self.canonicalize_convs = jax.default_backend() == 'cpu'
-    self.run_chunk = jax.jit(self._chunk, donate_argnums=0)
-    self.render = jax.jit(self._render)
+    self._chunk_fns = {}  # mesh -> jitted chunk program
+    self.render = _render_fn(spec.g_config, spec.space, spec.noise_mode)
     self.init = jax.jit(self._init)
 
   # 1. initial state
@@ -585,6 +585,24 @@ class Engine:
     return EngineState(*new, key=state.key), record
 
   # 4. a chunk of steps, compiled
+  def run_chunk(self, state: EngineState, data: Data) -> tuple[EngineState, dict]:
+    """`chunk_size` steps in one compiled call (state is donated). Outputs keep the batch
+    split over the mesh the state lives on, so the next call hits the same compiled program."""
+    mesh = getattr(state.step.sharding, 'mesh', None)
+    if mesh not in self._chunk_fns:
+      if mesh is None:
+        self._chunk_fns[mesh] = jax.jit(self._chunk, donate_argnums=0)
+      else:
+        P = jax.sharding.PartitionSpec
+        out = (jax.sharding.NamedSharding(mesh, P('batch')),
+               jax.sharding.NamedSharding(mesh, P(None, 'batch')))
+        self._chunk_fns[mesh] = jax.jit(self._chunk, donate_argnums=0, out_shardings=out)
+    return self._chunk_fns[mesh](state, data)
+
+  def compiled_count(self) -> int:
+    """Number of compiled chunk programs (one per batch shape and mesh)."""
+    return sum(f._cache_size() for f in self._chunk_fns.values())  # pylint: disable=protected-access
+
   def _chunk(self, state: EngineState, data: Data) -> tuple[EngineState, dict]:
     self.trace_count += 1  # Python side effect: runs once per trace, not per call
     step = self.step
@@ -594,16 +612,19 @@ class Engine:
                                   length=self.spec.chunk_size)
     return state, records  # records {term: [chunk_size, B]}
 
-  # 5. images from latents
-  def _render(self, latents: Latents, g_vars: PyTree) -> Array:
-    """Latents (batch-first) -> images [B, H, W, C] (no latent perturbation)."""
-    cfg = self.spec.g_config
-    ws = latent_to_ws(cfg, g_vars, self.spec.space, latents.latent)
-    return networks.synthesis(cfg, g_vars, ws, self.spec.noise_mode, latents.noise or None)
-
   def ws(self, latents: Latents, g_vars: PyTree) -> Array:
     """Latents -> ws [B, num_ws, w_dim]."""
     return latent_to_ws(self.spec.g_config, g_vars, self.spec.space, latents.latent)
+
+
+@functools.lru_cache(maxsize=32)
+def _render_fn(g_config, space, noise_mode):
+  """Jitted latents (batch-first) -> images [B, H, W, C], shared by specs that differ only in
+  their objective or optimiser."""
+  def render(latents: Latents, g_vars: PyTree) -> Array:
+    ws = latent_to_ws(g_config, g_vars, space, latents.latent)
+    return networks.synthesis(g_config, g_vars, ws, noise_mode, latents.noise or None)
+  return jax.jit(render)
 
 
 @functools.lru_cache(maxsize=32)

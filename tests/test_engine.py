@@ -1,0 +1,272 @@
+"""The inversion engine on the official 32 px fixture generator: quality, batching, compiles,
+sharding, NaN handling, masks.
+
+The fixture's weights are random (with randomised biases), so its images span about [-6, 8]
+instead of [-1, 1]. PSNR assumes a range of 2, so the quality tests use the fixture with its
+toRGB layers scaled by 1/4 (images then span about [-0.5, 1.4]); the optimisation problem is the
+same up to that output scale (Adam is invariant to it). Targets are generated from known
+latents z ~ N(0, I) with truncation psi = 0.5 (this random network's landscape is rough far from
+w_avg: from the mean w, W+ stalls near 29 dB for psi = 1 targets in 3000 steps).
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from generators import checkpoint, convert
+from inversion import api, engine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUALITY_STEPS = 600        # Image2StyleGAN preset (Adam, lr 0.01, mean-w init), fewer steps
+TORGB_SCALE = 0.25
+
+
+def scaled_fixture_model(g_state, d_state=None, scale=TORGB_SCALE):
+  gc, gv = convert.generator_from_state(g_state, conv_clamp=256)
+  gv = jax.tree_util.tree_map(jnp.asarray, gv)
+  for block in gv['params']['synthesis'].values():
+    if 'torgb' in block:
+      block['torgb']['weight'] = block['torgb']['weight'] * scale
+      block['torgb']['bias'] = block['torgb']['bias'] * scale
+  dc = dv = None
+  if d_state is not None:
+    dc, dv = convert.discriminator_from_state(d_state, conv_clamp=256)
+    dv = jax.tree_util.tree_map(jnp.asarray, dv)
+  return checkpoint.Model(gc, gv, dc, dv, {'source': 'fixture x toRGB/4'})
+
+
+@pytest.fixture(scope='module')
+def model(official_g_state, official_d_state):
+  return scaled_fixture_model(official_g_state, official_d_state)
+
+
+def generated(model, n, seed=5, psi=0.5):
+  z = jax.random.normal(jax.random.PRNGKey(seed), (n, model.g_config.z_dim))
+  ws = model.mapping(z, psi=psi)
+  return np.asarray(model.synthesis(ws)), np.asarray(ws)
+
+
+def cfg(name, *overrides):
+  return api.as_config(name, ['--config.loss.perceptual=none', '--config.metrics.lpips=off',
+                              '--config.w_avg_samples=2000', *overrides])
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Quality: W+ >= 35 dB, Z >= W >= W+ in error, noise optimisation does not hurt.
+
+
+def quality_config(space, *overrides):
+  return cfg(f'image2stylegan:{space}', f'--config.steps={QUALITY_STEPS}',
+             '--config.chunk_size=100', *overrides)
+
+
+@pytest.fixture(scope='module')
+def quality(model):
+  x, _ = generated(model, 2)
+  out = {'targets': x, 'after_chunk_0': []}
+  for space in ('z', 'w', 'wplus', 'wplus_noise'):
+    def keep(info, space=space):  # W+ latents after the first chunk (100 steps), for the NaN test
+      if space == 'wplus' and info.chunk == 0:
+        out['after_chunk_0'].append(np.asarray(info.state.latents.latent))
+    out[space] = api.invert(x, model, quality_config(space), progress=False, callback=keep)
+  return out
+
+
+def test_wplus_reaches_35db(quality):
+  psnr = quality['wplus'].metrics['psnr']
+  print('W+ PSNR', psnr)  # measured 38.8, 36.3 dB
+  assert np.all(psnr >= 35.0), psnr
+
+
+def test_error_ordering_z_w_wplus(quality):
+  mse = {s: quality[s].metrics['mse'] for s in ('z', 'w', 'wplus')}
+  print({s: v.tolist() for s, v in mse.items()})  # measured mean 8.7e-3 >= 4.8e-3 >= 7.4e-4
+  assert np.all(mse['z'] >= mse['w']) and np.all(mse['w'] >= mse['wplus']), mse
+
+
+def test_noise_optimisation_does_not_increase_error(quality):
+  with_noise, without = quality['wplus_noise'].metrics['mse'], quality['wplus'].metrics['mse']
+  print('W+ + noise', with_noise, 'W+', without)  # measured PSNR 44.9, 40.7 vs 38.8, 36.3 dB
+  assert np.all(with_noise <= without)
+  assert set(quality['wplus_noise'].noise) == set(quality['wplus_noise'].noise)
+  for v in quality['wplus_noise'].noise.values():  # re-normalised every step
+    np.testing.assert_allclose(v.mean(axis=(1, 2)), 0, atol=1e-4)
+    np.testing.assert_allclose((v ** 2).mean(axis=(1, 2)), 1, atol=1e-3)
+
+
+def test_result_layout(quality, model):
+  r = quality['wplus']
+  gc = model.g_config
+  assert r.latents.shape == r.ws.shape == (2, gc.num_ws, gc.w_dim)
+  assert quality['w'].latents.shape == (2, gc.w_dim)
+  assert quality['z'].latents.shape == (2, gc.z_dim)
+  assert r.reconstructions.shape == r.targets.shape == (2, 32, 32, 3)
+  assert set(r.losses) == {'total', 'mse'} and r.losses['total'].shape == (2, QUALITY_STEPS)
+  assert set(r.metrics) == {'mse', 'psnr', 'ssim'}  # no LPIPS weights on this machine
+  assert r.losses['total'][:, -1].max() < r.losses['total'][:, 0].min()
+  # the recorded loss is the loss of the latents before each step: the last one is close to
+  # the final reconstruction's MSE
+  np.testing.assert_allclose(r.losses['mse'][:, -1], r.metrics['mse'], rtol=0.05)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Batching, compiles.
+
+# W+ and random noise maps with the projector's w noise and lr schedule: every random and
+# per-image piece. Adam eps is 1e-3 here, not 1e-8: batch, single and sharded runs differ only by
+# float rounding inside the convolutions (batch size and thread count change the summation
+# order; measured ~1e-6 relative on the loss curves), but with a small eps Adam divides a
+# gradient that is at rounding level (a few coordinates) by its own size, which turns that
+# rounding into +-lr steps (measured after 10 steps: 4e-3 on one noise pixel with eps 1e-8,
+# 3e-5 on one w coordinate with eps 1e-5; 6e-8 everywhere with eps 1e-3). That is Adam, not
+# batching or sharding.
+BATCH_CFG = ('--config.steps=10', '--config.chunk_size=4', '--config.noise.init=random',
+             '--config.latent_noise.factor=0.05', '--config.optimizer.schedule=projector',
+             '--config.optimizer.lr=0.01', '--config.optimizer.eps=1e-3')
+
+
+def test_batch_equals_single_runs_and_compiles_once(model):
+  """8 images in one batch == 8 single runs (own latents, optimiser state, keys), and the
+  chunk program is traced once per batch shape, not per image or chunk."""
+  x, _ = generated(model, 8, seed=11)
+  c = cfg('image2stylegan:wplus_noise', *BATCH_CFG)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(3), i))(jnp.arange(8))
+  batch = api.invert(x, model, c, key=keys, progress=False)
+  eng = api.Inverter(model, c).engine
+  traces = eng.trace_count
+  singles = [api.invert(x[i:i + 1], model, c, key=keys[i:i + 1], progress=False)
+             for i in range(8)]
+  assert eng.trace_count == traces + 1  # 8 images x 3 chunks: one trace for batch size 1
+  assert eng.compiled_count() == 2  # B = 8 and B = 1, whatever the number of chunks
+  for i, s in enumerate(singles):
+    np.testing.assert_allclose(batch.latents[i], s.latents[0], rtol=1e-5, atol=1e-5)
+    for k in batch.noise:
+      np.testing.assert_allclose(batch.noise[k][i], s.noise[k][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(batch.reconstructions[i], s.reconstructions[0], atol=1e-5)
+    np.testing.assert_allclose(batch.losses['total'][i], s.losses['total'][0], rtol=1e-5)
+
+
+SHARD_SCRIPT = textwrap.dedent('''
+    import os, sys
+    sys.path.insert(0, {root!r}); sys.path.insert(0, os.path.join({root!r}, 'tests'))
+    import jax, numpy as np
+    assert jax.device_count() == 8, jax.devices()
+    from tests import test_engine as t
+    from tests.conftest import fixture_path
+    ref = dict(np.load(fixture_path('stylegan2_ref_32px.npz')))
+    model = t.scaled_fixture_model({{k[2:]: v for k, v in ref.items() if k.startswith('G/')}})
+    x, _ = t.generated(model, 8, seed=11)
+    c = t.cfg('image2stylegan:wplus_noise', *t.BATCH_CFG)
+    seen = []
+    cb = lambda info: seen.append(len(info.state.latents.latent.sharding.device_set))
+    sharded = t.api.invert(x, model, c, progress=False, callback=cb)
+    single = t.api.invert(x, model, c, progress=False, devices=jax.devices()[:1])
+    assert seen == [8, 8, 8], seen
+    np.testing.assert_allclose(sharded.latents, single.latents, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sharded.reconstructions, single.reconstructions, atol=1e-5)
+    for k in single.noise:
+      np.testing.assert_allclose(sharded.noise[k], single.noise[k], rtol=1e-5, atol=1e-5)
+    print('SHARDED_OK', float(np.abs(sharded.latents - single.latents).max()))
+''')
+
+
+def test_sharded_over_8_devices_equals_single_device():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-c', SHARD_SCRIPT.format(root=ROOT)], env=env,
+                        capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert proc.returncode == 0 and 'SHARDED_OK' in proc.stdout, proc.stdout + proc.stderr[-4000:]
+
+
+def test_canonical_convs_preserve_values():
+  """The XLA:CPU loop workaround is the same arithmetic: grads agree with plain autodiff."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 5))
+
+  def f(x, w):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = jax.lax.conv_transpose(y, w.transpose(0, 1, 3, 2), (2, 2), 'SAME',
+                               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))  # [2, 16, 16, 4]
+    y = jax.lax.conv_general_dilated(y.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), (2, 1),
+                                     'VALID', dimension_numbers=('NCHW', 'OIHW', 'NCHW'))
+    return jnp.sum(jnp.sin(y))
+
+  g = jax.jit(jax.grad(f))
+  g2 = jax.jit(engine.canonical_convs(jax.grad(f)))
+  np.testing.assert_allclose(g2(x, w), g(x, w), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Non-finite losses, latent terms, masks.
+
+
+def test_nan_stops_only_that_image_and_keeps_last_finite_latent(model, quality):
+  """A latent term that turns NaN from step 101 for image 1 only: image 1 stops with the last
+  latents whose loss was finite (after 100 steps); image 0 runs on and matches the run without
+  the term. (Reuses the quality W+ run, same targets and schedule.)"""
+  x = quality['targets']
+
+  def nan_from_step_101(params, ctx):
+    del params
+    bad = (ctx.step >= 101) & (ctx.target[0, 0, 0] == x[1, 0, 0, 0])
+    return jnp.where(bad, jnp.nan, 0.0)
+
+  hooked = api.invert(x, model, quality_config('wplus'), progress=False,
+                      latent_terms={'trap': engine.LatentTerm(nan_from_step_101, 1.0)})
+  assert hooked.failed.tolist() == [False, True]
+  assert hooked.failed_step.tolist() == [-1, 101]
+  assert 'non-finite loss at step 101' in hooked.status(1)
+  np.testing.assert_allclose(hooked.latents[1], quality['after_chunk_0'][0][1], rtol=1e-6,
+                             atol=1e-6)
+  np.testing.assert_allclose(hooked.latents[0], quality['wplus'].latents[0], rtol=1e-6,
+                             atol=1e-6)
+  assert np.isfinite(hooked.reconstructions).all()
+  assert np.isnan(hooked.losses['total'][1, 101:]).all()
+  assert np.isfinite(hooked.losses['total'][1, :101]).all()
+  assert np.isfinite(hooked.losses['total'][0]).all()
+  assert np.all(hooked.losses['trap'][0] == 0)
+
+
+def test_masked_inversion_ignores_pixels_outside_the_mask(model):
+  """Exact equality: changing target pixels where the mask is 0 changes nothing (pixel MSE and
+  discriminator-feature terms both see the mask)."""
+  x, _ = generated(model, 2, seed=9)
+  mask = np.zeros((32, 32), np.float32)
+  mask[:, :20] = 1.0
+  y = x.copy()
+  y[:, :, 20:] = np.random.default_rng(0).uniform(-1, 1, y[:, :, 20:].shape)
+  c = cfg('image2stylegan:wplus', '--config.steps=6', '--config.chunk_size=3',
+          '--config.loss.perceptual=discriminator', '--config.loss.discriminator_layers=b32,b16')
+  a = api.invert(x, model, c, mask=mask, progress=False)
+  b = api.invert(y, model, c, mask=mask, progress=False)
+  assert set(a.losses) == {'total', 'mse', 'discriminator'}
+  np.testing.assert_array_equal(a.latents, b.latents)
+  np.testing.assert_array_equal(a.reconstructions, b.reconstructions)
+  np.testing.assert_array_equal(a.losses['total'], b.losses['total'])
+  assert 'masked_psnr' in a.metrics
+  # and the mask matters: with an all-ones mask (same program) the changed pixels do count
+  d = api.invert(y, model, c, mask=np.ones((32, 32), np.float32), progress=False)
+  assert not np.allclose(a.latents, d.latents)
+
+
+def test_noise_regularizer_and_schedule():
+  """NVlabs pieces: the regulariser is 0-ish for white noise and large for smooth maps; the
+  projector lr ramps up, holds, and ramps down to 0."""
+  white = {'a': jax.random.normal(jax.random.PRNGKey(0), (32, 32))}
+  smooth = {'a': jnp.outer(jnp.linspace(-1, 1, 32), jnp.ones(32))}
+  assert float(engine.noise_regularizer(white)) < 0.01
+  assert float(engine.noise_regularizer(smooth)) > 0.5
+  n = engine.normalize_noise(smooth)['a']
+  assert abs(float(n.mean())) < 1e-6 and abs(float((n ** 2).mean()) - 1) < 1e-5
+  sched = engine.projector_schedule(0.1, 1000)
+  lrs = np.asarray([sched(c) for c in (0, 25, 50, 500, 875, 1000)])
+  np.testing.assert_allclose(lrs, [0, 0.05, 0.1, 0.1, 0.05, 0], atol=1e-6)
+  scale = [float(engine.latent_noise_scale(s, 1000, 0.05, 0.75)) for s in (0, 375, 750, 900)]
+  np.testing.assert_allclose(scale, [0.05, 0.0125, 0, 0], atol=1e-7)
