@@ -1,0 +1,232 @@
+"""inversion.api: folder jobs (skip, checkpoint, resume), outputs and latents files, NaN targets,
+bad inputs, and the `python -m inversion invert` command. Fixture generator, few steps."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from generators import checkpoint
+from inversion import api, images, weights
+from tests.test_engine import ROOT, generated, scaled_fixture_model
+
+STEPS, CHUNK = 12, 3   # 4 chunks per batch
+
+
+def folder_config():
+  return api.as_config('image2stylegan:w', [
+      f'--config.steps={STEPS}', f'--config.chunk_size={CHUNK}', '--config.optimizer.lr=0.05',
+      '--config.loss.perceptual=none', '--config.metrics.lpips=off'])
+
+
+@pytest.fixture(scope='module')
+def model(official_g_state, official_d_state):
+  return scaled_fixture_model(official_g_state, official_d_state)
+
+
+@pytest.fixture(scope='module')
+def image_dir(tmp_path_factory, model):
+  d = tmp_path_factory.mktemp('images')
+  x, _ = generated(model, 3, seed=21)
+  for i, im in enumerate(np.clip(x, -1, 1)):
+    images.save_image(str(d / f'img{i}.png'), im)
+  (d / 'notes.txt').write_text('not an image: skipped with a log line')
+  return d
+
+
+class Interrupt(Exception):
+  pass
+
+
+@pytest.fixture(scope='module')
+def folder_runs(tmp_path_factory, model, image_dir):
+  """An uninterrupted folder job, and one killed after chunk 2 of 4 of the first batch and
+  rerun (3 images, batches of 2: the second batch is padded)."""
+  base = tmp_path_factory.mktemp('runs')
+  full = api.invert_folder(image_dir, model, folder_config(), base / 'full', batch_size=2,
+                           progress=False)
+  calls = []
+
+  def kill(info):
+    calls.append(info.chunk)
+    if len(calls) == 2:
+      raise Interrupt()
+
+  with pytest.raises(Interrupt):
+    api.invert_folder(image_dir, model, folder_config(), base / 'resumed', batch_size=2,
+                      progress=False, callback=kill)
+  state_file = base / 'resumed' / '_work' / 'state.npz'
+  killed = {'checkpoint': state_file.exists(),
+            'latents': sorted(os.listdir(base / 'resumed' / 'latents'))
+                       if (base / 'resumed' / 'latents').exists() else []}
+  later = []
+  resumed = api.invert_folder(image_dir, model, folder_config(), base / 'resumed', batch_size=2,
+                              progress=False, callback=lambda info: later.append(info.chunk))
+  again = api.invert_folder(image_dir, model, folder_config(), base / 'resumed', batch_size=2,
+                            progress=False)
+  return dict(base=base, full=full, resumed=resumed, killed=killed, later=later, again=again,
+              state_file=state_file)
+
+
+def test_resume_after_kill_equals_uninterrupted(folder_runs, model):
+  r = folder_runs
+  assert r['killed'] == {'checkpoint': True, 'latents': []}  # killed inside batch 1
+  assert r['later'] == [2, 3, 0, 1, 2, 3]  # batch 1 resumed at chunk 2 (nothing redone), batch 2
+  assert not r['state_file'].exists()      # removed once its batch was saved
+  assert r['resumed'].inverted == ['img0', 'img1', 'img2'] and r['resumed'].skipped == []
+  for name in ('img0', 'img1', 'img2'):
+    a = api.load_latents(r['base'] / 'full' / 'latents' / f'{name}.npz', model)
+    b = api.load_latents(r['base'] / 'resumed' / 'latents' / f'{name}.npz', model)
+    np.testing.assert_array_equal(a.latent, b.latent)
+    np.testing.assert_array_equal(a.losses['total'], b.losses['total'])
+  # a third run finds everything done
+  assert r['again'].skipped == ['img0', 'img1', 'img2'] and r['again'].inverted == []
+
+
+def test_folder_outputs_and_latents_layout(folder_runs, model):
+  out = folder_runs['base'] / 'full'
+  for f in ('grid.png', 'metrics.csv', 'metrics.json', 'losses.png'):
+    assert (out / f).is_file(), f
+  assert sorted(os.listdir(out / 'reconstructions')) == ['img0.png', 'img1.png', 'img2.png']
+  with open(out / 'metrics.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [r['name'] for r in rows] == ['img0', 'img1', 'img2']
+  assert set(rows[0]) == {'name', 'mse', 'psnr', 'ssim', 'status'}
+  assert all(r['status'] == 'ok' for r in rows)
+  doc = json.loads((out / 'metrics.json').read_text())
+  assert doc['generator_id'] == api.generator_fingerprint(model)
+  assert set(doc['mean_over_ok_images']) == {'mse', 'psnr', 'ssim'}
+  with np.load(out / 'latents' / 'img1.npz') as z:
+    keys = set(z.files)
+  assert {'format', 'version', 'name', 'space', 'latent', 'ws', 'generator_id', 'generator_json',
+          'config_json', 'metrics_json', 'status', 'loss/total', 'loss/mse'} == keys
+  rec = api.load_latents(out / 'latents' / 'img1.npz', model)
+  gc = model.g_config
+  assert rec.space == 'w' and rec.latent.shape == (gc.w_dim,)
+  assert rec.ws.shape == (gc.num_ws, gc.w_dim) and np.allclose(rec.ws, rec.latent)
+  assert rec.losses['total'].shape == (STEPS,)
+  assert float(rows[1]['psnr']) == pytest.approx(rec.metrics['psnr'], rel=1e-5)
+  # the grid: 3 rows of target | reconstruction, 2 px padding
+  with Image.open(out / 'grid.png') as im:
+    assert im.size == (2 * 34 - 2, 3 * 34 - 2)
+
+
+def test_nan_target_pixel_stops_that_image_only(tmp_path, model):
+  x, _ = generated(model, 2, seed=21)
+  x = np.clip(x, -1, 1)
+  x[1, 5, 7, 0] = np.nan
+  res = api.invert(x, model, folder_config(), names=['good', 'bad'], out_dir=tmp_path,
+                   progress=False)
+  assert res.failed.tolist() == [False, True] and res.failed_step.tolist() == [-1, 0]
+  w_avg = np.asarray(model.g_vars['buffers']['mapping']['w_avg'])
+  np.testing.assert_array_equal(res.latents[1], w_avg)  # its last finite latent: the start
+  assert np.isfinite(res.reconstructions).all() and res.metrics['psnr'][0] > 15
+  with open(tmp_path / 'metrics.csv') as f:
+    rows = {r['name']: r for r in csv.DictReader(f)}
+  assert rows['good']['status'] == 'ok'
+  assert rows['bad']['status'].startswith('non-finite loss at step 0')
+  rec = api.load_latents(tmp_path / 'latents' / 'bad.npz', model)
+  assert rec.status.startswith('non-finite loss at step 0') and np.isfinite(rec.latent).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad inputs.
+
+
+def test_bad_image_files_name_the_file(tmp_path, model, image_dir):
+  for name, data in (('empty.png', b''), ('corrupt.png', b'\x89PNG\r\n\x1a\n' + b'\x00' * 40)):
+    d = tmp_path / name.split('.')[0]
+    d.mkdir()
+    (d / name).write_bytes(data)
+    with pytest.raises(images.ImageError) as e:
+      api.invert_folder(d, model, folder_config(), tmp_path / 'out', progress=False)
+    assert name in str(e.value) and 'Fix or remove' in str(e.value)
+  only_text = tmp_path / 'text'
+  only_text.mkdir()
+  (only_text / 'readme.txt').write_text('hi')
+  with pytest.raises(images.ImageError, match='no images in folder'):
+    api.invert_folder(only_text, model, folder_config(), tmp_path / 'out', progress=False)
+  with pytest.raises(ValueError, match=r'\[B, 32, 32, 3\].*load_images'):
+    api.invert(np.zeros((1, 64, 64, 3), np.float32), model, folder_config(), progress=False)
+  with pytest.raises(ValueError, match='NCHW'):
+    api.invert(np.zeros((1, 3, 32, 32), np.float32), model, folder_config(), progress=False)
+  with pytest.raises(ValueError, match='0..255'):
+    api.invert(np.full((1, 32, 32, 3), 200.0, np.float32), model, folder_config(),
+               progress=False)
+
+
+def test_latents_of_another_generator_are_refused(tmp_path, folder_runs, model,
+                                                  official_g_state, image_dir):
+  other = scaled_fixture_model(official_g_state, scale=0.5)  # same shapes, other weights
+  path = folder_runs['base'] / 'full' / 'latents' / 'img0.npz'
+  with pytest.raises(api.LatentsError) as e:
+    api.load_latents(path, other)
+  msg = str(e.value)
+  assert str(path) in msg and api.generator_fingerprint(model) in msg
+  assert api.generator_fingerprint(other) in msg and 'pass that checkpoint' in msg
+  # a folder job into an out_dir holding another generator's latents stops before any work
+  with pytest.raises(api.LatentsError, match='img0.npz'):
+    api.invert_folder(image_dir, other, folder_config(), folder_runs['base'] / 'full',
+                      progress=False)
+  bad = tmp_path / 'bad.npz'
+  bad.write_bytes(b'not a zip file')
+  with pytest.raises(api.LatentsError, match='bad.npz.*not a readable'):
+    api.load_latents(bad)
+  np.savez(tmp_path / 'plain.npz', w=np.zeros(3))
+  with pytest.raises(api.LatentsError, match='plain.npz is not a'):
+    api.load_latents(tmp_path / 'plain.npz')
+  with pytest.raises(api.LatentsError, match='does not exist'):
+    api.load_latents(tmp_path / 'missing.npz')
+
+
+def test_config_and_weights_errors(model):
+  g_only = checkpoint.Model(model.g_config, model.g_vars)
+  # VGG weights are not on this machine: 'error' raises, 'discriminator' needs a D
+  with pytest.raises(weights.WeightsNotFoundError):
+    api.Inverter(model, api.as_config('image2stylegan', ['--config.loss.fallback=error']))
+  with pytest.raises(weights.WeightsNotFoundError, match='perceptual=none'):
+    api.Inverter(g_only, 'image2stylegan')
+  inv = api.Inverter(model, 'image2stylegan')  # falls back to D features, with a warning
+  assert [n for n, _ in inv.spec.image_terms] == ['mse', 'discriminator']
+  assert inv.spec.loss_channels == 3
+  with pytest.raises(ValueError, match='perceptual must be one of'):
+    api.Inverter(model, api.as_config('image2stylegan', ['--config.loss.perceptual=alex']))
+  with pytest.raises(ValueError, match='no field'):
+    api.as_config('projector', ['--config.optimizer.learning_rate=1'])
+  with pytest.raises(ValueError, match='needs latents'):
+    inv2 = api.Inverter(model, api.as_config('image2stylegan:w', ['--config.init=given']))
+    inv2.initial_latents(jnp.zeros((1, 2), jnp.uint32))
+
+
+def test_embedded_model_missing_gives_clear_cli_error(tmp_path, monkeypatch, image_dir):
+  from inversion import __main__ as cli
+  monkeypatch.setattr(checkpoint, 'EMBEDDED_DIR', tmp_path / 'nowhere')
+  with pytest.raises(SystemExit, match='embedded model is missing'):
+    cli.main(['invert', '--images', str(image_dir), '--out', str(tmp_path / 'o')])
+
+
+def test_cli_invert_smoke(tmp_path, model, image_dir):
+  """`python -m inversion invert` on 2 tiny PNGs with a saved fixture checkpoint."""
+  ckpt = checkpoint.save(tmp_path / 'ckpt', model)
+  out = tmp_path / 'out'
+  cmd = [sys.executable, '-m', 'inversion', 'invert', '--checkpoint', str(ckpt), '--images',
+         str(image_dir / 'img0.png'), str(image_dir / 'img1.png'), '--method', 'wplus',
+         '--steps', '4', '--out', str(out), '--batch-size', '2', '--no-progress',
+         '--config.chunk_size=2', '--config.loss.perceptual=none']
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+  assert '2 inverted, 0 already done, 0 failed' in proc.stdout
+  assert 'psnr' in proc.stdout
+  for f in ('grid.png', 'metrics.csv', 'metrics.json', 'losses.png', 'latents/img0.npz',
+            'latents/img1.npz', 'reconstructions/img1.png'):
+    assert (out / f).is_file(), f
+  rec = api.load_latents(out / 'latents' / 'img0.npz', model)
+  assert rec.space == 'wplus' and rec.losses['total'].shape == (4,)
+  assert json.loads(rec.config_json)['steps'] == 4
