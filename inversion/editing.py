@@ -22,12 +22,15 @@ CLI: `python -m inversion edit {interpolate,crossover,expression} ...` writes th
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Mapping, Optional, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from generators import networks
 from inversion import images as images_lib
 
 __all__ = [
@@ -94,11 +97,17 @@ def expression_transfer(ws_a, ws_b, ws_c, strength: float = 1.0) -> np.ndarray:
   return a + strength * (c - b)
 
 
+@functools.lru_cache(maxsize=8)
+def _synthesis_fn(g_config):
+  return jax.jit(lambda v, ws, noise: networks.synthesis(g_config, v, ws, 'const', noise))
+
+
 def render(generator, ws, noise: Optional[Mapping[str, np.ndarray]] = None,
-           batch_size: int = 16) -> np.ndarray:
+           batch_size: int = 8) -> np.ndarray:
   """ws [N, num_ws, w_dim] (or one [num_ws, w_dim]) -> images [N, H, W, C] in about [-1, 1].
 
   noise: {layer: [N, r, r] or [r, r]} maps replacing the stored ones (None = stored maps).
+  Compiled once per generator (batches are padded to batch_size).
   """
   ws = np.asarray(ws, np.float32)
   if ws.ndim == 2:
@@ -107,14 +116,17 @@ def render(generator, ws, noise: Optional[Mapping[str, np.ndarray]] = None,
   if ws.shape[1:] != (gc.num_ws, gc.w_dim):
     raise ValueError(f'ws must be [N, {gc.num_ws}, {gc.w_dim}] for this generator, got '
                      f'{ws.shape}')
+  n = len(ws)
+  fn = _synthesis_fn(gc)
   out = []
-  for s in range(0, len(ws), batch_size):
+  for s in range(0, n, batch_size):
+    take = np.arange(s, s + batch_size).clip(max=n - 1)  # pad with the last code
     nz = None
     if noise:
-      nz = {k: jnp.asarray(v if np.ndim(v) == 2 else np.asarray(v)[s:s + batch_size])
+      nz = {k: jnp.asarray(np.broadcast_to(v, (n,) + np.shape(v)[-2:])[take])
             for k, v in noise.items()}
-    out.append(np.asarray(generator.synthesis(jnp.asarray(ws[s:s + batch_size]), noise=nz)))
-  return np.concatenate(out)
+    out.append(np.asarray(fn(generator.g_vars, jnp.asarray(ws[take]), nz)))
+  return np.concatenate(out)[:n]
 
 
 def morph(generator, a, b, num: int = 8) -> np.ndarray:
