@@ -1,0 +1,1 @@
+"""Benchmarks: programs that time the real entry points and write JSON (see each module)."""

@@ -1,0 +1,232 @@
+"""Inversion speed: seconds per step and image-steps per second of the compiled engine.
+
+Run:
+  python -m benchmarks.inversion_speed --quick --out /tmp/inversion_speed.json   # 64/256 px, B 1/4
+  python -m benchmarks.inversion_speed --out inversion_speed.json                # + 1024 px, B 16
+
+What is timed: the engine's compiled chunk (`Engine.run_chunk`, `--chunk` steps under
+`lax.scan`), exactly what `inversion.api.invert` runs, for W+ inversion with the Image2StyleGAN
+objective (pixel MSE + VGG16 conv1_1/1_2/3_2/4_2 perceptual loss, Adam). The first chunk
+(compile + run) is reported as `first_chunk_s`; then the median of `--iters` chunks.
+
+Networks: config-F-shaped StyleGAN2 generators (z = w = 512, 8 mapping layers, channel_base
+32768, channel_max 512, 'skip') at 64, 256 and 1024 px with RANDOM weights (NVlabs init), and a
+VGG16 with RANDOM weights (inversion.vgg.init_random_params; no VGG weights are downloaded):
+the arithmetic, and so the speed, is that of real weights; the losses are meaningless.
+
+FLOPs (analytic, 2 per multiply-add, per image and step):
+  generator  forward: every modulated 3x3 conv (the up-sampling conv0 counted at its useful
+             cost, (r/2)^2 * 9 * Cin * Cout MACs, not the zero-inserted convolution the
+             transposed conv executes), toRGB 1x1 convs and the affine layers; FIR filters,
+             bias/activation and demodulation are left out (< 2 %). Backward: the gradient
+             w.r.t. activations only (weights are constants), as much as the forward again.
+  VGG16      conv1_1 .. conv4_2 (what the loss needs) at min(R, 256) px (larger images are
+             area-downsampled to 256, as the loss does): forward of the reconstruction and
+             the target, backward of the reconstruction = 3 forwards.
+Peak: a dense 3x3 convolution [8, 56, 56, 256] -> 256 channels, forward plus gradients w.r.t.
+input and kernel (3 x its forward FLOPs), median of --peak-iters runs. `pct_peak` = achieved
+GFLOP/s / that peak.
+
+Memory: 1024 px at batch 16 needs tens of GB on the host (activations for the backward pass);
+run it on a GPU or drop it with --sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from generators import checkpoint, networks
+from inversion import api, engine, vgg
+
+Z_DIM = W_DIM = 512
+CHANNEL_BASE, CHANNEL_MAX = 32768, 512
+VGG_SIZE = 256                     # the perceptual loss area-downsamples larger images to this
+VGG_LAYERS_USED = 9                # conv1_1 .. conv4_2 (conv4_2 is the deepest layer the loss reads)
+PEAK_SHAPE = (8, 56, 56, 256, 256)  # B, H, W, Cin, Cout of the peak convolution
+
+
+def _device_description() -> str:
+  d = jax.devices()[0]
+  kind = getattr(d, 'device_kind', d.platform)
+  cpu = platform.processor() or platform.machine()
+  return f'{d.platform}:{kind} x{jax.device_count()} ({cpu}, {os.cpu_count()} logical CPUs)'
+
+
+def generator_config(resolution: int) -> networks.GeneratorConfig:
+  return networks.GeneratorConfig(z_dim=Z_DIM, w_dim=W_DIM, img_resolution=resolution,
+                                  img_channels=3, mapping_layers=8, channel_base=CHANNEL_BASE,
+                                  channel_max=CHANNEL_MAX)
+
+
+# ----------------------------------------------------------------------------------------------
+# Analytic FLOPs.
+
+
+def generator_forward_flops(cfg: networks.GeneratorConfig) -> float:
+  """Synthesis forward FLOPs per image (see the module docstring)."""
+  total = 0.0
+  for r in cfg.block_resolutions:
+    cout = cfg.channels(r)
+    if r == 4:
+      total += 2 * 16 * 9 * cout * cout            # conv1 on the const
+      total += 2 * cfg.w_dim * cout                # its affine
+    else:
+      cin = cfg.channels(r // 2)
+      total += 2 * (r // 2) ** 2 * 9 * cin * cout  # conv0, 2x up (useful MACs)
+      total += 2 * r * r * 9 * cout * cout         # conv1
+      total += 2 * cfg.w_dim * (cin + cout)        # their affines
+    total += 2 * r * r * cout * cfg.img_channels   # toRGB
+    total += 2 * cfg.w_dim * cout                  # its affine
+  return total
+
+
+def vgg_forward_flops(resolution: int) -> float:
+  """VGG16 conv1_1 .. conv4_2 forward FLOPs per image at min(resolution, 256) px."""
+  s = min(resolution, VGG_SIZE)
+  total = 0.0
+  for name, _, cin, cout in vgg.VGG16_CONVS[:VGG_LAYERS_USED]:
+    level = int(name[4]) - 1                       # conv<level+1>_k: after `level` poolings
+    side = s // 2 ** level
+    total += 2 * side * side * 9 * cin * cout
+  return total
+
+
+def step_flops(resolution: int) -> dict:
+  g = generator_forward_flops(generator_config(resolution))
+  v = vgg_forward_flops(resolution)
+  return {'generator_fwd': g, 'vgg_fwd': v, 'per_image_step': 2 * g + 3 * v}
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing.
+
+
+def measure_peak(iters: int) -> dict:
+  """GFLOP/s of a large dense 3x3 convolution, forward + both gradients."""
+  b, h, w, cin, cout = PEAK_SHAPE
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((b, h, w, cin)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((3, 3, cin, cout)) * 0.05, jnp.float32)
+
+  def loss(x, k):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jnp.sum(y * y)
+
+  fn = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  jax.block_until_ready(fn(x, k))
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(x, k))
+    times.append(time.perf_counter() - t0)
+  flops = 3 * 2 * b * h * w * 9 * cin * cout
+  med = statistics.median(times)
+  return {'shape': list(PEAK_SHAPE), 'gflop': flops / 1e9, 's': med, 'gflops': flops / med / 1e9}
+
+
+@functools.lru_cache(maxsize=4)
+def _init_fn(cfg):
+  return jax.jit(lambda key: networks.init_generator(cfg, key))
+
+
+def bench(resolution: int, batch: int, chunk: int, iters: int, vgg_params, peak: float) -> dict:
+  """Times W+ inversion steps for one (resolution, batch); returns a result row."""
+  cfg = generator_config(resolution)
+  model = checkpoint.Model(cfg, _init_fn(cfg)(jax.random.PRNGKey(0)),
+                           metadata={'source': 'random config-F-shaped weights'})
+  config = api.as_config('image2stylegan:wplus', [
+      f'--config.steps={chunk * (iters + 1)}', f'--config.chunk_size={chunk}',
+      '--config.loss.perceptual=vgg', '--config.loss.fallback=error',
+      '--config.metrics.lpips=off'])
+  inv = api.Inverter(model, config, term_params={'vgg': vgg_params})
+  rng = np.random.default_rng(batch)
+  targets = rng.uniform(-1, 1, (batch, resolution, resolution, 3)).astype(np.float32)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(batch))
+  state, data = inv.start(targets, None, keys)
+  state, data = engine.shard(state, data, engine.batch_mesh(batch))
+  t0 = time.perf_counter()
+  state, _ = inv.engine.run_chunk(state, data)
+  jax.block_until_ready(state)
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    state, _ = inv.engine.run_chunk(state, data)
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - t0)
+  s_step = statistics.median(times) / chunk
+  flops = step_flops(resolution)
+  gflops = flops['per_image_step'] * batch / s_step / 1e9
+  return {'resolution': resolution, 'batch': batch, 'chunk': chunk, 'iters': iters,
+          'first_chunk_s': first, 's_per_step': s_step, 'image_steps_per_s': batch / s_step,
+          'gflop_per_image_step': flops['per_image_step'] / 1e9,
+          'gflop_generator_fwd': flops['generator_fwd'] / 1e9,
+          'gflop_vgg_fwd': flops['vgg_fwd'] / 1e9, 'gflops': gflops,
+          'pct_peak': 100 * gflops / peak}
+
+
+def format_rows(rows) -> str:
+  head = (f"{'res':>5} {'batch':>5} {'s/step':>9} {'img*step/s':>11} {'GFLOP/img*step':>15} "
+          f"{'GFLOP/s':>9} {'% peak':>7} {'1st chunk s':>12}")
+  lines = [head, '-' * len(head)]
+  for r in rows:
+    lines.append(f"{r['resolution']:>5} {r['batch']:>5} {r['s_per_step']:>9.3f} "
+                 f"{r['image_steps_per_s']:>11.3f} {r['gflop_per_image_step']:>15.1f} "
+                 f"{r['gflops']:>9.1f} {r['pct_peak']:>7.1f} {r['first_chunk_s']:>12.1f}")
+  return '\n'.join(lines)
+
+
+def main(argv=None) -> dict:
+  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  ap.add_argument('--quick', action='store_true', help='only 64/256 px, batch 1/4, 1 chunk')
+  ap.add_argument('--sizes', type=int, nargs='+', default=None)     # default 64 256 1024
+  ap.add_argument('--batch', type=int, nargs='+', default=None)     # default 1 4 16
+  ap.add_argument('--chunk', type=int, default=None)                # steps per timed chunk
+  ap.add_argument('--iters', type=int, default=None)                # timed chunks (median)
+  ap.add_argument('--peak-iters', type=int, default=5)
+  ap.add_argument('--note', default='', help='free text stored in the JSON (e.g. "contended")')
+  ap.add_argument('--out', default=None, help='JSON file for the results')
+  args = ap.parse_args(argv)
+  sizes = args.sizes or ([64, 256] if args.quick else [64, 256, 1024])
+  batches = args.batch or ([1, 4] if args.quick else [1, 4, 16])
+  chunk = args.chunk or (1 if args.quick else 5)
+  iters = args.iters or (1 if args.quick else 3)
+
+  print(f'device: {_device_description()}')
+  peak = measure_peak(args.peak_iters)
+  print(f"peak: {peak['gflops']:.1f} GFLOP/s (3x3 conv {PEAK_SHAPE}, fwd + grads)")
+  vgg_params = vgg.init_random_params(0)
+  rows = []
+  for res in sizes:
+    for b in batches:
+      row = bench(res, b, chunk, iters, vgg_params, peak['gflops'])
+      rows.append(row)
+      print(format_rows([row]).splitlines()[-1], flush=True)
+  print()
+  print(format_rows(rows))
+  result = {'device': _device_description(), 'jax': jax.__version__, 'peak': peak,
+            'rows': rows, 'note': args.note,
+            'weights': 'random generator and VGG16 weights (speed only)',
+            'objective': 'W+, pixel MSE + Image2StyleGAN VGG16 perceptual, Adam',
+            'flop_count': 'analytic, see benchmarks/inversion_speed.py docstring'}
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+      json.dump(result, f, indent=2)
+    print(f'wrote {args.out}')
+  return result
+
+
+if __name__ == '__main__':
+  main()
