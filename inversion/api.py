@@ -26,7 +26,8 @@ to do: 'discriminator' (default: use D features, with a warning), 'none' (pixel 
 Output folder (`out_dir`):
 
     reconstructions/<name>.png   G(latent), 8-bit (RGB + mask generators also <name>_mask.png)
-    grid.png                     one row per image: target | reconstruction
+    grid.png                     one row per image: target | reconstruction (RGB + mask
+                                 generators: the mask is overlaid only if the loss saw it)
     latents/<name>.npz           see LATENTS_LAYOUT
     metrics.csv, metrics.json    per image MSE, PSNR (dB), SSIM on the loss channels (LPIPS only
                                  where its weights exist), status; means
@@ -294,6 +295,7 @@ class InversionResult:
   steps: int                         # optimisation steps configured
   generator_id: str = ''
   config_json: str = ''
+  loss_channels: int = 0             # channels the image terms saw (0 = all)
 
   def __len__(self):
     return len(self.names)
@@ -540,7 +542,7 @@ class Inverter:
         metrics=self.metrics(recon, targets, masks),
         failed=np.asarray(state.failed), failed_step=np.asarray(state.failed_step),
         steps=self.spec.num_steps, generator_id=self.generator_id,
-        config_json=self.config.to_json())
+        config_json=self.config.to_json(), loss_channels=self.spec.loss_channels)
 
   def metrics(self, recon: np.ndarray, targets: np.ndarray,
               masks: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
@@ -738,11 +740,16 @@ def load_latents(path: str | os.PathLike, generator=None) -> LatentRecord:
 # Saving outputs.
 
 
-def _grid_rows(targets, recons) -> np.ndarray:
+def _grid_mask_mode(loss_channels: int, channels: int) -> str:
+  """RGB + mask images: overlay the mask only when the loss saw it (else it is unconstrained)."""
+  return 'drop' if 0 < loss_channels < channels else 'overlay'
+
+
+def _grid_rows(targets, recons, mask: str = 'overlay') -> np.ndarray:
   pairs = []
   for t, r in zip(targets, recons):
     pairs += [np.nan_to_num(t, nan=0.0), np.nan_to_num(r, nan=0.0)]
-  return images_lib.image_grid(pairs, rows=len(targets))
+  return images_lib.image_grid(pairs, rows=len(targets), mask=mask)
 
 
 def _write_metrics(out_dir: pathlib.Path, rows: list[dict], extra: Mapping[str, Any]) -> None:
@@ -804,9 +811,10 @@ def save_result(result: InversionResult, out_dir: str | os.PathLike, generator) 
     images_lib.save_image(str(out / 'reconstructions' / f'{name}.png'),
                           np.nan_to_num(result.reconstructions[i]))
     save_latents(out / 'latents' / f'{name}.npz', result, i, generator)
+  mask_mode = _grid_mask_mode(result.loss_channels, result.targets.shape[-1])
   images_lib.save_image(str(out / 'grid.png'),
                         _grid_rows(result.targets[:MAX_GRID_ROWS],
-                                   result.reconstructions[:MAX_GRID_ROWS]))
+                                   result.reconstructions[:MAX_GRID_ROWS], mask_mode))
   _write_metrics(out, result.metric_rows(),
                  {'generator_id': result.generator_id, 'space': result.space,
                   'steps': result.steps, 'config': json.loads(result.config_json or '{}')})
@@ -1024,7 +1032,8 @@ def _summarise(out: pathlib.Path, paths, names, inv: Inverter, generator) -> lis
     return rows
   _write_metrics(out, rows, {'generator_id': inv.generator_id, 'space': inv.spec.space,
                              'steps': inv.spec.num_steps, 'config': inv.config.to_dict()})
-  images_lib.save_image(str(out / 'grid.png'), _grid_rows(np.stack(grid_t), np.stack(grid_r)))
+  images_lib.save_image(str(out / 'grid.png'), _grid_rows(
+      np.stack(grid_t), np.stack(grid_r), _grid_mask_mode(inv.spec.loss_channels, ch)))
   lengths = {len(c) for v in curves.values() for c in v}
   if len(lengths) == 1:
     plot_losses(out / 'losses.png', {k: np.stack(v) for k, v in curves.items()}, labels,
@@ -1081,7 +1090,9 @@ def demo(out_dir: str | os.PathLike = 'out/demo', generator=None, *, steps: int 
   for i in range(len(names)):
     cells.append(targets[i])
     cells += [np.nan_to_num(results[s].reconstructions[i]) for s in spaces]
-  images_lib.save_image(str(out / 'grid.png'), images_lib.image_grid(cells, rows=len(names)))
+  mask_mode = _grid_mask_mode(results[spaces[0]].loss_channels, generator.channels)
+  images_lib.save_image(str(out / 'grid.png'),
+                        images_lib.image_grid(cells, rows=len(names), mask=mask_mode))
   # 2. metrics: per image and method, then means per method
   metric_cols = [c for c in ('mse', 'psnr', 'ssim', 'lpips') if any(c in r for r in rows)]
   means = []

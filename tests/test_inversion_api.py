@@ -230,3 +230,21 @@ def test_cli_invert_smoke(tmp_path, model, image_dir):
   rec = api.load_latents(out / 'latents' / 'img0.npz', model)
   assert rec.space == 'wplus' and rec.losses['total'].shape == (4,)
   assert json.loads(rec.config_json)['steps'] == 4
+
+
+def test_demo_writes_grid_table_and_curves(tmp_path, model):
+  """`python -m inversion demo`'s library function on the fixture generator (the committed
+  64 px example crops are resized to its 32 px), 2 steps per method."""
+  out = api.demo(tmp_path / 'demo', model, steps=2, progress=False,
+                 overrides=['--config.chunk_size=2', '--config.loss.perceptual=none',
+                            '--config.metrics.lpips=off', '--config.w_avg_samples=500'])
+  names = sorted(p.stem for p in api.EXAMPLES_DIR.glob('*.png'))
+  assert len(names) == 6
+  for f in ('grid.png', 'metrics.csv', 'metrics.json', 'losses.png'):
+    assert (tmp_path / 'demo' / f).is_file(), f
+  for space in ('z', 'w', 'wplus'):
+    assert sorted(p.stem for p in (tmp_path / 'demo' / space / 'latents').glob('*.npz')) == names
+  with Image.open(tmp_path / 'demo' / 'grid.png') as im:  # 6 rows x (target | Z | W | W+)
+    assert im.size == (4 * 34 - 2, 6 * 34 - 2)
+  assert [r['method'] for r in out['rows']][-3:] == ['Z', 'W', 'W+']
+  assert 'psnr' in out['table'] and 'lpips' not in out['table']  # no LPIPS weights here
