@@ -51,7 +51,7 @@ from inversion import api, engine, vgg
 Z_DIM = W_DIM = 512
 CHANNEL_BASE, CHANNEL_MAX = 32768, 512
 VGG_SIZE = 256                     # the perceptual loss area-downsamples larger images to this
-VGG_LAYERS_USED = 9                # conv1_1 .. conv4_2 (conv4_2 is the deepest layer the loss reads)
+VGG_LAYERS_USED = 9                # conv1_1 .. conv4_2, the deepest layer the loss reads
 PEAK_SHAPE = (8, 56, 56, 256, 256)  # B, H, W, Cin, Cout of the peak convolution
 
 

@@ -3,7 +3,7 @@
     python -m inversion invert --images examples --method wplus --out out/i2s
     python -m inversion invert --images examples --method w --steps 1000 --out out/i2s_w \
         --config.optimizer.lr=0.02
-    python -m inversion invert --images examples --method wplus --out /tmp/q --config.steps=20  # smoke
+    python -m inversion invert --images examples --method wplus --out /tmp/q --steps 20  # smoke
 
 `get_config(arg)`: arg = 'z' | 'w' | 'wplus' (default) | 'wplus_noise', optionally with ',quick'
 (e.g. 'w,quick': 20 steps, 1000 w samples). The objective is the paper's: pixel MSE (weight 1)

@@ -10,7 +10,8 @@ regularised (multi-scale autocorrelation, weight 1e5); the loss is LPIPS (VGG16,
 than 256 area-downsampled to 256) and no pixel term. Differences from NVlabs: the initial w is the
 generator's tracked w_avg (NVlabs: the mean of its 10k samples; we use that only when the buffer
 is zero); without LPIPS weights the perceptual term falls back to discriminator features
-(`loss.fallback`). `get_config('quick')` is a 20-step smoke variant. Fields: configs/image2stylegan.py.
+(`loss.fallback`). `get_config('quick')` is a 20-step smoke variant. Fields:
+configs/image2stylegan.py.
 """
 
 from configs import image2stylegan

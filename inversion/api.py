@@ -44,7 +44,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import pathlib
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -280,7 +279,8 @@ class InversionResult:
   """What `invert` returns (numpy arrays, batch first)."""
   names: list[str]                   # image names
   space: str                         # 'z' | 'w' | 'wplus'
-  latents: np.ndarray                # optimised variable [B, z_dim] | [B, w_dim] | [B, num_ws, w_dim]
+  latents: np.ndarray                # optimised variable: [B, z_dim] | [B, w_dim] |
+                                     # [B, num_ws, w_dim]
                                      # (the last finite one for failed images)
   ws: np.ndarray                     # [B, num_ws, w_dim]
   noise: dict[str, np.ndarray]       # {layer: [B, r, r]}; {} = the generator's stored maps

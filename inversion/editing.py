@@ -13,7 +13,8 @@ crossover and expression transfer use the first (content / a) code's maps; other
 generator's stored maps are used.
 
     from inversion import api, editing
-    a, b = api.load_latents('out/latents/a.npz', model), api.load_latents('out/latents/b.npz', model)
+    a = api.load_latents('out/latents/a.npz', model)
+    b = api.load_latents('out/latents/b.npz', model)
     frames = editing.morph(model, a, b, num=8)          # [8, H, W, C]
     editing.write_strip('morph.png', frames)
 
@@ -137,9 +138,14 @@ def morph(generator, a, b, num: int = 8) -> np.ndarray:
   return render(generator, interpolate(ws_a, ws_b, num), noise)
 
 
-def write_strip(path: str | os.PathLike, frames: Sequence[np.ndarray] | np.ndarray) -> str:
-  """Frames [N, H, W, C] in [-1, 1] -> one row PNG (RGB + mask generators: mask overlaid)."""
-  grid = images_lib.image_grid(np.asarray(frames), rows=1)
+def write_strip(path: str | os.PathLike, frames: Sequence[np.ndarray] | np.ndarray,
+                mask: str = 'drop') -> str:
+  """Frames [N, H, W, C] in [-1, 1] -> one row PNG.
+
+  mask: for RGB + defect-mask generators, 'drop' (default: RGB only; ordinary inversion leaves
+  the mask channel unconstrained) or 'overlay' (paint the generated mask over the RGB).
+  """
+  grid = images_lib.image_grid(np.asarray(frames), rows=1, mask=mask)
   images_lib.save_image(os.fspath(path), grid)
   return os.fspath(path)
 

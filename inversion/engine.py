@@ -72,6 +72,7 @@ PyTree = Any
 
 __all__ = [
     'LATENT_SPACES',
+    'ChunkInfo',
     'Data',
     'Engine',
     'EngineSpec',
@@ -601,7 +602,8 @@ class Engine:
 
   def compiled_count(self) -> int:
     """Number of compiled chunk programs (one per batch shape and mesh)."""
-    return sum(f._cache_size() for f in self._chunk_fns.values())  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    return sum(f._cache_size() for f in self._chunk_fns.values())
 
   def _chunk(self, state: EngineState, data: Data) -> tuple[EngineState, dict]:
     self.trace_count += 1  # Python side effect: runs once per trace, not per call

@@ -173,7 +173,8 @@ DEVICES_SCRIPT = textwrap.dedent('''
         losses={{k: np.concatenate([r.losses[k] for r in rs]) for k in rs[0].losses}})
     print('RESULT', json.dumps({{
         'devices': jax.device_count(), 'sharded_device_sets': seen,
-        'sharded_vs_one_device': diff(sharded, batch), 'batch_vs_singles': diff(batch, cat(singles)),
+        'sharded_vs_one_device': diff(sharded, batch),
+        'batch_vs_singles': diff(batch, cat(singles)),
         'traces_added_by_singles': eng.trace_count - traces,
         'compiled_after_singles': eng.compiled_count(), 'compiled_before_singles': compiled}}))
 ''')
