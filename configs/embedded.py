@@ -14,6 +14,7 @@ IMG_CHANNELS = 4  # RGB + defect-mask channel (-1 = no defect, +1 = defect)
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.init_from = ""  # a native model path: start G, G_ema, D from it (fresh optimisers)
 
   # Data: crops of the skimage texture photos, half of them with procedural defects.
   config.data = ml_collections.ConfigDict()
@@ -47,8 +48,6 @@ def get_config(arg=None):
   config.log_every = 20  # steps
   config.sample_every = 100  # steps; sample grid PNG
   config.checkpoint_every = 100  # steps; orbax checkpoint (resumable)
-  
-
   config.keep_checkpoints = 2
 
   if arg == "quick":  # seconds-scale smoke run for tests

@@ -6,6 +6,9 @@ for G and one for D (two variants: with and without R1). Data-parallel over all 
 the batch axis is sharded over a 1-D `jax.sharding.Mesh`, parameters are replicated, and XLA
 inserts the gradient all-reduce.
 
+`init_from` (a native model path) starts a new run from a trained G_ema and D, with fresh
+optimiser states, as NVlabs' `--resume=network.pkl` does (G and G_ema both start from G_ema).
+
 Resuming is exact: the state (params, EMA, optimiser moments, step) is an orbax checkpoint, the
 crop bank is a pure function of the seed, and every step's randomness is derived from
 (seed, step).
@@ -77,6 +80,22 @@ def init_state(config, g_config, d_config) -> TrainState:
   ema = jax.tree_util.tree_map(jnp.copy, g_vars)  # its own buffers: the steps donate the state
   return TrainState(jnp.zeros((), jnp.int32), g_vars["params"], g_vars["buffers"], ema,
                     d_vars["params"], g_opt.init(g_vars["params"]), d_opt.init(d_vars["params"]))
+
+
+def init_state_from(config, g_config, d_config, path: str | pathlib.Path) -> TrainState:
+  """A fresh TrainState whose G, G_ema and D are a saved model's G_ema and D (fine-tuning)."""
+  model = checkpoint.load(path)
+  if model.g_config != g_config or model.d_config != d_config:
+    raise ValueError(f"init_from model {path} does not match the config's networks:\n"
+                     f"  model:  {model.g_config}\n          {model.d_config}\n"
+                     f"  config: {g_config}\n          {d_config}\n"
+                     "Set config.model (and data.resolution) to the model's architecture.")
+  g_opt, d_opt = _optimizers(config)
+  copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)  # own buffers: steps donate them
+  g_vars, d_params = model.g_vars, model.d_vars["params"]
+  return TrainState(jnp.zeros((), jnp.int32), copy(g_vars["params"]), copy(g_vars["buffers"]),
+                    copy(g_vars), copy(d_params), g_opt.init(g_vars["params"]),
+                    d_opt.init(d_params))
 
 
 def _generate(g_config, g_params, g_buffers, key, batch, style_mixing_prob, batch_sharding):
@@ -223,7 +242,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   batch_sharding = NamedSharding(mesh, P("data"))
 
   manager = _checkpoint_manager(workdir, config.keep_checkpoints)
-  state = init_state(config, g_config, d_config)
+  if config.get("init_from"):
+    state = init_state_from(config, g_config, d_config, config.init_from)
+  else:
+    state = init_state(config, g_config, d_config)
   if manager.latest_step() is not None:
     step0 = manager.latest_step()
     state = manager.restore(step0, args=ocp.args.StandardRestore(state))
@@ -231,7 +253,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     log.info("Resumed %s at step %d.", workdir, step0)
   state = jax.device_put(state, replicated)
   step_config = config.copy_and_resolve_references()
-  step_config.total_kimg = 0.0  # the compiled steps do not depend on the run length
+  step_config.total_kimg = 0.0  # the compiled steps depend on neither the run length
+  step_config.init_from = None  # nor the initialisation
   g_step, d_plain, d_r1 = _cached_steps(step_config.to_json(), g_config, d_config, tuple(devices))
 
   bank = training_set(config, resolution)
@@ -297,5 +320,11 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   state = TrainState(*manager.restore(step, args=ocp.args.StandardRestore(template)))
   meta = {"training_steps": step, "kimg": step * config.batch_size / 1000,
           "train_config": json.loads(config.to_json()), **(metadata or {})}
+  if config.get("init_from"):  # a fine-tuning run: count the steps of the model it started from
+    previous = checkpoint.load(config.init_from).metadata
+    meta["init_from"] = {"path": str(config.init_from),
+                         **{k: previous[k] for k in ("training_steps", "kimg") if k in previous}}
+    meta["total_kimg_trained"] = previous.get("total_kimg_trained", previous.get("kimg", 0.0)) \
+        + meta["kimg"]
   model = checkpoint.Model(g_config, state.ema, d_config, {"params": state.d_params}, meta)
   return checkpoint.save(out, model, overwrite=True)

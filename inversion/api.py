@@ -31,7 +31,7 @@ Output folder (`out_dir`):
     latents/<name>.npz           see LATENTS_LAYOUT
     metrics.csv, metrics.json    per image MSE, PSNR (dB), SSIM on the loss channels (LPIPS only
                                  where its weights exist), status; means
-    losses.png                   per-step loss curves per term (needs matplotlib)
+    losses.png                   per-step loss curves per term
     _work/state.npz              invert_folder's checkpoint of the running batch (removed when
                                  the batch is done)
 """
@@ -769,17 +769,11 @@ def _write_metrics(out_dir: pathlib.Path, rows: list[dict], extra: Mapping[str, 
 
 
 def plot_losses(path: str | os.PathLike, curves: Mapping[str, np.ndarray],
-                labels: Optional[Sequence[str]] = None, title: str = '') -> Optional[str]:
-  """Loss curves {term: [N, steps]} -> PNG, one panel per term (log y). Needs matplotlib;
-  without it, logs how to install it and returns None."""
-  try:
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    log.warning('losses.png not written: matplotlib is not installed '
-                '(pip install matplotlib, or pip install "stylegan-inversion-jax[plots]").')
-    return None
+                labels: Optional[Sequence[str]] = None, title: str = '') -> str:
+  """Loss curves {term: [N, steps]} -> PNG, one panel per term (log y); returns the path."""
+  import matplotlib  # pylint: disable=import-outside-toplevel  (slow import, only when plotting)
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   terms = list(curves)
   fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)
   for ax, term in zip(axes[0], terms):

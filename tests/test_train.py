@@ -46,6 +46,25 @@ def test_train_resume_is_exact_and_exports(tmp_path, quick_config):
   jax.tree_util.tree_map(np.testing.assert_array_equal, model.g_vars, straight.ema)
   assert model.metadata["training_steps"] == 4
 
+  # Fine-tuning from the exported model: G, G_ema and D start as its G_ema and D.
+  g_config, d_config = train.model_configs(quick_config, 16, 4)
+  start = train.init_state_from(quick_config, g_config, d_config, tmp_path / "model")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, start.ema, model.g_vars)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, start.g_params, model.g_vars["params"])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, start.d_params, model.d_vars["params"])
+  assert int(start.step) == 0
+  wider = train.model_configs(configs.load_config("embedded:quick", ["--config.model.channel_max=8"]),
+                              16, 4)
+  with pytest.raises(ValueError, match="does not match the config"):
+    train.init_state_from(quick_config, *wider, tmp_path / "model")
+  tuned_config = configs.load_config("embedded:quick", [f"--config.init_from={tmp_path / 'model'}",
+                                                        "--config.total_kimg=0.008"])
+  tuned = train.train(tuned_config, tmp_path / "tuned")
+  assert int(tuned.step) == 2
+  tuned_model = checkpoint.load(train.export(tmp_path / "tuned", tmp_path / "tuned_model"))
+  assert tuned_model.metadata["init_from"]["training_steps"] == 4
+  assert tuned_model.metadata["total_kimg_trained"] == pytest.approx(0.016 + 0.008)
+
 
 _SHARDED = r"""
 import jax, numpy as np, configs
