@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import platform
 import statistics
@@ -45,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
 from generators import checkpoint, networks
 from inversion import api, engine, vgg
 
@@ -220,11 +220,7 @@ def main(argv=None) -> dict:
             'weights': 'random generator and VGG16 weights (speed only)',
             'objective': 'W+, pixel MSE + Image2StyleGAN VGG16 perceptual, Adam',
             'flop_count': 'analytic, see benchmarks/inversion_speed.py docstring'}
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-      json.dump(result, f, indent=2)
-    print(f'wrote {args.out}')
+  common.write_json(args.out, result)
   return result
 
 

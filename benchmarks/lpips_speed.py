@@ -16,7 +16,6 @@ device unless --precision is given (on GPUs the default may use TF32 for float32
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -25,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
 from inversion import lpips as lpips_lib
 
 
@@ -96,10 +96,7 @@ def main(argv=None) -> dict:
   result = {'benchmark': 'lpips_vgg_forward_backward', 'weights': 'random (timing only)',
             'device': device, 'jax_version': jax.__version__,
             'precision': args.precision or 'default', 'rows': rows}
-  if args.out:
-    with open(args.out, 'w') as f:
-      json.dump(result, f, indent=2)
-    print(f'wrote {args.out}')
+  common.write_json(args.out, result)
   return result
 
 

@@ -18,7 +18,7 @@ import logging
 import os
 import pathlib
 import shutil
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from generators import checkpoint, networks
+from generators import checkpoint
 from tests import torch_format_writer as W
 from tests.test_formats import D_KWARGS, G_KWARGS, TF_D, TF_G
 from tests.test_networks import PARITY_RTOL, nchw, rel_err

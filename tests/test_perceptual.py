@@ -1,6 +1,5 @@
 """Perceptual loss terms: reference layers, masking rule, D-feature distance, composition."""
 
-import pathlib
 
 import jax
 import jax.numpy as jnp

@@ -5,7 +5,6 @@ about 1e-7 (LPIPS) and 1e-6 (VGG activations).
 """
 
 import logging
-import pathlib
 
 import jax
 import jax.numpy as jnp
