@@ -1,14 +1,18 @@
 """Shared pieces of the speed benchmarks: timing, the device's conv peak, analytic FLOP counts.
 
-FLOP convention: 2 FLOPs per multiply-add. Forward+backward w.r.t. the input counts as 3x the
-forward (one pass for the activations, two for the input and modulation gradients), the usual
-convention. Only useful work is counted: a stride-2 transposed 3x3 conv is 9·Cin·Cout MACs per
-*input* pixel, whatever the implementation computes on inserted zeros.
+FLOP convention: 2 FLOPs per multiply-add; only useful work is counted (a stride-2 transposed
+3x3 conv is 9·Cin·Cout MACs per *input* pixel, whatever an implementation spends on inserted
+zeros). An inversion step differentiates w.r.t. the latents only: the network weights are
+constants, so its backward pass is the input gradient alone, as much work as the forward
+(`WS_BACKWARD_FACTOR` = 2 forwards in all). The conv peak is measured on the same kind of work:
+forward + input gradient of a large dense 3x3 convolution. (XLA's CPU weight-gradient
+convolution runs at about half that rate; training pays it, inversion does not.)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import platform
 import time
@@ -21,7 +25,8 @@ import numpy as np
 from generators import networks, upfirdn
 
 FIR_FLOPS_PER_OUTPUT = 2 * 2 * len(upfirdn.DEFAULT_TAPS)  # two separable passes of 4 taps
-BACKWARD_FACTOR = 3  # forward + backward = 3 x forward
+WS_BACKWARD_FACTOR = 2  # forward + input gradient = 2 x forward (weights are constants)
+PEAK_SHAPE = (8, 32, 32, 512, 512)  # B, H, W, Cin, Cout: config-F's widest layers
 
 
 def time_fn(fn: Callable, *args, repeats: int = 5, min_seconds: float = 0.0) -> float:
@@ -36,21 +41,21 @@ def time_fn(fn: Callable, *args, repeats: int = 5, min_seconds: float = 0.0) -> 
   return float(np.median(times))
 
 
-def conv_peak(batch: int = 8, size: int = 32, channels: int = 256) -> dict:
-  """The device's dense 3x3 conv throughput, forward+backward (input and weight gradients).
+def conv_peak() -> dict:
+  """The device's dense 3x3 conv throughput, forward + input gradient.
 
   A large, well-shaped convolution is the best case for every network here, so achieved
   GFLOP/s divided by this peak says how much of the machine a network uses.
   """
+  batch, height, width, cin, cout = PEAK_SHAPE
   key1, key2 = jax.random.split(jax.random.PRNGKey(0))
-  x = jax.random.normal(key1, (batch, size, size, channels))
-  w = jax.random.normal(key2, (3, 3, channels, channels)) * 0.05
-  loss = lambda x, w: jnp.sum(upfirdn.conv2d(x, w, padding=1) ** 2)
-  step = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  seconds = time_fn(step, x, w, min_seconds=1.0)
-  flops = BACKWARD_FACTOR * 2 * 9 * channels * channels * size * size * batch
-  return {"shape": f"[{batch},{size},{size},{channels}] 3x3", "seconds": seconds,
-          "gflops": flops / seconds / 1e9}
+  x = jax.random.normal(key1, (batch, height, width, cin))
+  w = jax.random.normal(key2, (3, 3, cin, cout)) * 0.05
+  step = jax.jit(jax.grad(lambda x: jnp.sum(upfirdn.conv2d(x, w, padding=1) ** 2)))
+  seconds = time_fn(step, x, min_seconds=1.0)
+  flops = WS_BACKWARD_FACTOR * 2 * 9 * cin * cout * height * width * batch
+  return {"shape": f"[{batch},{height},{width},{cin}] 3x3 -> {cout}, forward + input gradient",
+          "seconds": seconds, "gflops": flops / seconds / 1e9}
 
 
 def synthesis_flops(config: networks.GeneratorConfig) -> float:
@@ -85,7 +90,9 @@ def config_f(resolution: int) -> networks.GeneratorConfig:
 
 def device_description() -> str:
   device = jax.devices()[0]
-  return f"{device.platform}:{device.device_kind} x{len(jax.devices())} ({platform.processor() or platform.machine()})"
+  cpu = platform.processor() or platform.machine()
+  return (f"{device.platform}:{device.device_kind} x{len(jax.devices())} "
+          f"({cpu}, {os.cpu_count()} logical CPUs)")
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

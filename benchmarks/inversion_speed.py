@@ -15,17 +15,14 @@ VGG16 with RANDOM weights (inversion.vgg.init_random_params; no VGG weights are 
 the arithmetic, and so the speed, is that of real weights; the losses are meaningless.
 
 FLOPs (analytic, 2 per multiply-add, per image and step):
-  generator  forward: every modulated 3x3 conv (the up-sampling conv0 counted at its useful
-             cost, (r/2)^2 * 9 * Cin * Cout MACs, not the zero-inserted convolution the
-             transposed conv executes), toRGB 1x1 convs and the affine layers; FIR filters,
-             bias/activation and demodulation are left out (< 2 %). Backward: the gradient
-             w.r.t. activations only (weights are constants), as much as the forward again.
+  generator  forward: `benchmarks.common.synthesis_flops` (useful MACs of every modulated conv,
+             toRGB, affines, FIR filters). Backward: the gradient w.r.t. activations only
+             (weights are constants), as much as the forward again.
   VGG16      conv1_1 .. conv4_2 (what the loss needs) at min(R, 256) px (larger images are
              area-downsampled to 256, as the loss does): forward of the reconstruction and
              the target, backward of the reconstruction = 3 forwards.
-Peak: a dense 3x3 convolution [8, 56, 56, 256] -> 256 channels, forward plus gradients w.r.t.
-input and kernel (3 x its forward FLOPs), median of --peak-iters runs. `pct_peak` = achieved
-GFLOP/s / that peak.
+Peak: `benchmarks.common.conv_peak` (forward + input gradient of a dense 3x3 convolution
+[8, 32, 32, 512] -> 512). `pct_peak` = achieved GFLOP/s / that peak.
 
 Memory: 1024 px at batch 16 needs tens of GB on the host (activations for the backward pass);
 run it on a GPU or drop it with --sizes.
@@ -35,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import platform
 import statistics
 import time
 
@@ -52,14 +47,6 @@ Z_DIM = W_DIM = 512
 CHANNEL_BASE, CHANNEL_MAX = 32768, 512
 VGG_SIZE = 256                     # the perceptual loss area-downsamples larger images to this
 VGG_LAYERS_USED = 9                # conv1_1 .. conv4_2, the deepest layer the loss reads
-PEAK_SHAPE = (8, 56, 56, 256, 256)  # B, H, W, Cin, Cout of the peak convolution
-
-
-def _device_description() -> str:
-  d = jax.devices()[0]
-  kind = getattr(d, 'device_kind', d.platform)
-  cpu = platform.processor() or platform.machine()
-  return f'{d.platform}:{kind} x{jax.device_count()} ({cpu}, {os.cpu_count()} logical CPUs)'
 
 
 def generator_config(resolution: int) -> networks.GeneratorConfig:
@@ -70,24 +57,6 @@ def generator_config(resolution: int) -> networks.GeneratorConfig:
 
 # ----------------------------------------------------------------------------------------------
 # Analytic FLOPs.
-
-
-def generator_forward_flops(cfg: networks.GeneratorConfig) -> float:
-  """Synthesis forward FLOPs per image (see the module docstring)."""
-  total = 0.0
-  for r in cfg.block_resolutions:
-    cout = cfg.channels(r)
-    if r == 4:
-      total += 2 * 16 * 9 * cout * cout            # conv1 on the const
-      total += 2 * cfg.w_dim * cout                # its affine
-    else:
-      cin = cfg.channels(r // 2)
-      total += 2 * (r // 2) ** 2 * 9 * cin * cout  # conv0, 2x up (useful MACs)
-      total += 2 * r * r * 9 * cout * cout         # conv1
-      total += 2 * cfg.w_dim * (cin + cout)        # their affines
-    total += 2 * r * r * cout * cfg.img_channels   # toRGB
-    total += 2 * cfg.w_dim * cout                  # its affine
-  return total
 
 
 def vgg_forward_flops(resolution: int) -> float:
@@ -102,37 +71,13 @@ def vgg_forward_flops(resolution: int) -> float:
 
 
 def step_flops(resolution: int) -> dict:
-  g = generator_forward_flops(generator_config(resolution))
+  g = common.synthesis_flops(generator_config(resolution))
   v = vgg_forward_flops(resolution)
   return {'generator_fwd': g, 'vgg_fwd': v, 'per_image_step': 2 * g + 3 * v}
 
 
 # ----------------------------------------------------------------------------------------------
 # Timing.
-
-
-def measure_peak(iters: int) -> dict:
-  """GFLOP/s of a large dense 3x3 convolution, forward + both gradients."""
-  b, h, w, cin, cout = PEAK_SHAPE
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((b, h, w, cin)), jnp.float32)
-  k = jnp.asarray(rng.standard_normal((3, 3, cin, cout)) * 0.05, jnp.float32)
-
-  def loss(x, k):
-    y = jax.lax.conv_general_dilated(x, k, (1, 1), 'SAME',
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    return jnp.sum(y * y)
-
-  fn = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  jax.block_until_ready(fn(x, k))
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(x, k))
-    times.append(time.perf_counter() - t0)
-  flops = 3 * 2 * b * h * w * 9 * cin * cout
-  med = statistics.median(times)
-  return {'shape': list(PEAK_SHAPE), 'gflop': flops / 1e9, 's': med, 'gflops': flops / med / 1e9}
 
 
 @functools.lru_cache(maxsize=4)
@@ -194,7 +139,6 @@ def main(argv=None) -> dict:
   ap.add_argument('--batch', type=int, nargs='+', default=None)     # default 1 4 16
   ap.add_argument('--chunk', type=int, default=None)                # steps per timed chunk
   ap.add_argument('--iters', type=int, default=None)                # timed chunks (median)
-  ap.add_argument('--peak-iters', type=int, default=5)
   ap.add_argument('--note', default='', help='free text stored in the JSON (e.g. "contended")')
   ap.add_argument('--out', default=None, help='JSON file for the results')
   args = ap.parse_args(argv)
@@ -203,9 +147,9 @@ def main(argv=None) -> dict:
   chunk = args.chunk or (1 if args.quick else 5)
   iters = args.iters or (1 if args.quick else 3)
 
-  print(f'device: {_device_description()}')
-  peak = measure_peak(args.peak_iters)
-  print(f"peak: {peak['gflops']:.1f} GFLOP/s (3x3 conv {PEAK_SHAPE}, fwd + grads)")
+  print(f'device: {common.device_description()}')
+  peak = common.conv_peak()
+  print(f"dense conv peak ({peak['shape']}): {peak['gflops']:.1f} GFLOP/s")
   vgg_params = vgg.init_random_params(0)
   rows = []
   for res in sizes:
@@ -215,7 +159,7 @@ def main(argv=None) -> dict:
       print(format_rows([row]).splitlines()[-1], flush=True)
   print()
   print(format_rows(rows))
-  result = {'device': _device_description(), 'jax': jax.__version__, 'peak': peak,
+  result = {'device': common.device_description(), 'jax': jax.__version__, 'peak': peak,
             'rows': rows, 'note': args.note,
             'weights': 'random generator and VGG16 weights (speed only)',
             'objective': 'W+, pixel MSE + Image2StyleGAN VGG16 perceptual, Adam',

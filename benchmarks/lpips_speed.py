@@ -16,7 +16,6 @@ device unless --precision is given (on GPUs the default may use TF32 for float32
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -26,12 +25,6 @@ import numpy as np
 
 from benchmarks import common
 from inversion import lpips as lpips_lib
-
-
-def _device_description() -> str:
-  d = jax.devices()[0]
-  kind = getattr(d, 'device_kind', d.platform)
-  return f'{d.platform}:{kind} x{jax.device_count()} ({platform.processor() or platform.machine()})'
 
 
 def bench(batch: int, size: int, iters: int, warmup: int, precision: str | None) -> dict:
@@ -83,7 +76,7 @@ def main(argv=None) -> dict:
   ap.add_argument('--out', default=None)                            # JSON path; None = no file
   args = ap.parse_args(argv)
 
-  device = _device_description()
+  device = common.device_description()
   rows = [bench(b, args.size, args.iters, args.warmup, args.precision) for b in args.batch]
   print(f'LPIPS-VGG forward+backward (grad w.r.t. first image), {args.size}x{args.size}, '
         f'RANDOM weights (timing only), precision={args.precision or "default"}')
