@@ -119,6 +119,8 @@ def save(path: str | os.PathLike, model: Model, overwrite: bool = False) -> path
 def _load_native(path: pathlib.Path) -> Model:
   import orbax.checkpoint as ocp
 
+  path = path.resolve()  # orbax needs an absolute path
+
   meta = json.loads((path / "model.json").read_text())
   if meta.get("format") != FORMAT_NAME:
     raise ValueError(f"{path}/model.json is not a {FORMAT_NAME} model description.")
