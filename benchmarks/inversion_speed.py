@@ -19,8 +19,9 @@ FLOPs (analytic, 2 per multiply-add, per image and step):
              toRGB, affines, FIR filters). Backward: the gradient w.r.t. activations only
              (weights are constants), as much as the forward again.
   VGG16      conv1_1 .. conv4_2 (what the loss needs) at min(R, 256) px (larger images are
-             area-downsampled to 256, as the loss does): forward of the reconstruction and
-             the target, backward of the reconstruction = 3 forwards.
+             area-downsampled to 256, as the loss does): forward and input gradient of the
+             reconstruction = 2 forwards. The target's features are loop-invariant: computed
+             once per chunk, not per step, so not counted.
 Peak: `benchmarks.common.conv_peak` (forward + input gradient of a dense 3x3 convolution
 [8, 32, 32, 512] -> 512). `pct_peak` = achieved GFLOP/s / that peak.
 
@@ -73,7 +74,7 @@ def vgg_forward_flops(resolution: int) -> float:
 def step_flops(resolution: int) -> dict:
   g = common.synthesis_flops(generator_config(resolution))
   v = vgg_forward_flops(resolution)
-  return {'generator_fwd': g, 'vgg_fwd': v, 'per_image_step': 2 * g + 3 * v}
+  return {'generator_fwd': g, 'vgg_fwd': v, 'per_image_step': 2 * g + 2 * v}
 
 
 # ----------------------------------------------------------------------------------------------

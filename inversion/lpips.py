@@ -142,15 +142,15 @@ def lpips(params: Mapping[str, Any],
   y = vgg_lib.prepare_images(y, resize=resize)
   if x.shape != y.shape:
     raise ValueError(f'x and y must have the same shape, got {x.shape} and {y.shape}')
-  b, h, w, _ = x.shape
-  # 1. scaling layer; 2. both batches through the trunk at once
-  xy = vgg_lib.normalize_input(jnp.concatenate([x, y], axis=0), 'lpips')
-  feats = trunk_features(params, xy, precision)
+  _, h, w, _ = x.shape
+  # 1. scaling layer; 2. trunk, one call per image batch (the target's features are then
+  # loop-invariant inside an optimisation scan: XLA hoists them, and backward skips them)
+  feats_x, feats_y = (trunk_features(params, vgg_lib.normalize_input(im, 'lpips'), precision)
+                      for im in (x, y))
   per_layer = []
-  for k, f in enumerate(feats):
+  for k, (fx, fy) in enumerate(zip(feats_x, feats_y)):
     # 3. unit-normalise channels; 4. squared difference
-    f = normalize_channels(f)
-    d = jnp.square(f[:b] - f[b:])
+    d = jnp.square(normalize_channels(fx) - normalize_channels(fy))
     # 5. 1x1 linear layer
     wk = params['lin'][f'lin{k}']
     m = jnp.einsum('bhwc,c->bhw', d, wk.astype(d.dtype), precision=precision)[..., None]

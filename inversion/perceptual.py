@@ -136,14 +136,15 @@ def vgg_feature_mse(params: Any, x: jax.Array, y: jax.Array, mask: jax.Array | N
   w = (1.0,) * len(layers) if layer_weights is None else tuple(layer_weights)
   if len(w) != len(layers):
     raise ValueError(f'{len(layers)} layers but {len(w)} layer_weights')
-  b = x.shape[0]
-  xy = jnp.concatenate([apply_mask(x, mask), apply_mask(y, mask)], axis=0)
-  feats = vgg_lib.vgg16_features(params, xy, layers, preprocess=preprocess, resize=resize,
-                                 precision=precision)
+  # Two trunk calls, not one on [x; y]: inside the engine's scan the target's features are
+  # loop-invariant, so XLA computes them once per chunk, and the backward pass skips them.
+  features = lambda im: vgg_lib.vgg16_features(params, apply_mask(im, mask), layers,
+                                               preprocess=preprocess, resize=resize,
+                                               precision=precision)
+  fx, fy = features(x), features(y)
   total = 0.0
   for wj, name in zip(w, layers):
-    f = feats[name]
-    total = total + wj * jnp.mean(jnp.square(f[:b] - f[b:]), axis=(1, 2, 3))
+    total = total + wj * jnp.mean(jnp.square(fx[name] - fy[name]), axis=(1, 2, 3))
   return total
 
 
