@@ -2,6 +2,7 @@
 
     python -m inversion invert --checkpoint G.pkl --images DIR_OR_FILES --method wplus \
         --steps 1000 --out out/run [--batch-size 8] [--mask M.png] [--config.optimizer.lr=0.02]
+        [--align my_module:detect_landmarks]     # FFHQ face alignment (inversion/align.py)
     python -m inversion edit interpolate --a out/run/latents/a.npz --b out/run/latents/b.npz \
         --num 8 --out morph.png [--checkpoint G.pkl]
     python -m inversion edit crossover --content A.npz --style B.npz [--cutoff 4] --out mix.png
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
   inv.add_argument('--batch-size', type=int, default=8, help='images per compiled batch')
   inv.add_argument('--mask', default=None, help='mask image for every image (white = counts)')
   inv.add_argument('--seed', type=int, default=None, help='PRNG seed (config.seed)')
+  inv.add_argument('--align', default=None, metavar='MODULE:FUNCTION',
+                   help='FFHQ-align faces first, with your landmark detector: a function '
+                        'image [H, W, 3] -> [68, 2] (x, y) or None (see inversion/align.py)')
   inv.add_argument('--no-progress', action='store_true', help='no progress bar')
 
   ed = sub.add_parser('edit', help='edit inverted latents, write an image strip')
@@ -85,8 +89,15 @@ def main(argv=None) -> int:
     config = api.as_config(METHODS[args.method], extra + overrides)
     model = _load_generator(args.checkpoint)
     images = args.images[0] if len(args.images) == 1 else args.images
+    align = None
+    if args.align:
+      from inversion import align as align_lib  # pylint: disable=import-outside-toplevel
+      try:
+        align = align_lib.aligner_from_spec(args.align, model.resolution)
+      except ValueError as e:
+        raise SystemExit(f'error: {e}') from None
     res = api.invert_folder(images, model, config, args.out, args.batch_size, mask=args.mask,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, align=align)
     cols = [c for c in ('mse', 'psnr', 'ssim', 'lpips') if any(c in r for r in res.rows)]
     print(api.format_table(res.rows, ['name'] + cols + ['status']))
     print(f'{len(res.inverted)} inverted, {len(res.skipped)} already done, '

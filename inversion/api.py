@@ -876,7 +876,9 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
                   mask=None, key=None, checkpoint_every: Optional[int] = None,
                   progress: bool = True,
                   callback: Optional[Callable[[eng.ChunkInfo], None]] = None,
-                  latent_terms=None, term_params=None, devices=None) -> FolderResult:
+                  latent_terms=None, term_params=None, devices=None,
+                  align: Optional[Callable[[np.ndarray, str], np.ndarray]] = None
+                  ) -> FolderResult:
   """Inverts every image of a folder (or a list of files) in batches; resumable.
 
   - Images whose latents file exists in out_dir/latents are skipped (it must belong to this
@@ -898,6 +900,8 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     mask: optional mask for every image: a file (white = pixel counts) or an array as `invert`.
     key: PRNG key; image k of the job uses fold_in(key, k). None = PRNGKey(config.seed).
     callback: after every chunk (after the checkpoint), with an `engine.ChunkInfo`.
+    align: optional image pre-processing, as `inversion.images.load_image` (e.g. an
+      `inversion.align.FaceAligner` for FFHQ models).
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
@@ -941,7 +945,7 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     targets = []
     for i in padded:
       try:
-        targets.append(images_lib.load_image(paths[i], res, ch))
+        targets.append(images_lib.load_image(paths[i], res, ch, align=align))
       except images_lib.ImageError as e:
         raise images_lib.ImageError(
             f'{e}\nFix or remove {paths[i]} and rerun the same command: finished images are '
@@ -981,7 +985,7 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     inverted += result.names
     if work.exists():
       work.unlink()
-  rows = _summarise(out, paths, names, inv, generator)
+  rows = _summarise(out, paths, names, inv, generator, align)
   for name, status in failed.items():
     log.warning('%s: %s', name, status)
   return FolderResult(out, names, inverted, skipped, failed, rows)
@@ -999,7 +1003,8 @@ def _take(result: InversionResult, n: int) -> InversionResult:
       failed_step=cut(result.failed_step))
 
 
-def _summarise(out: pathlib.Path, paths, names, inv: Inverter, generator) -> list[dict]:
+def _summarise(out: pathlib.Path, paths, names, inv: Inverter, generator, align=None
+               ) -> list[dict]:
   """metrics.csv/json, grid.png and losses.png over every finished image of a folder job."""
   rows, curves, grid_t, grid_r, labels = [], {}, [], [], []
   res, ch = generator.resolution, generator.channels
@@ -1013,7 +1018,7 @@ def _summarise(out: pathlib.Path, paths, names, inv: Inverter, generator) -> lis
       curves.setdefault(k, []).append(v)
     labels.append(n)
     if len(grid_t) < MAX_GRID_ROWS:
-      grid_t.append(images_lib.load_image(p, res, ch))
+      grid_t.append(images_lib.load_image(p, res, ch, align=align))
       r = images_lib.load_image(str(out / 'reconstructions' / f'{n}.png'), res, 3)
       if ch == 4:
         m = out / 'reconstructions' / f'{n}_mask.png'

@@ -44,7 +44,7 @@ import logging
 import os
 import re
 import struct
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -288,7 +288,8 @@ def _to_grey(x: np.ndarray) -> np.ndarray:
 
 
 def load_image(path: str, resolution: int, channels: int = 3,
-               mask: str | np.ndarray | None = None) -> np.ndarray:
+               mask: str | np.ndarray | None = None,
+               align: Callable[[np.ndarray, str], np.ndarray] | None = None) -> np.ndarray:
   """Read one image file for a generator of ``channels`` channels at ``resolution``.
 
   Args:
@@ -297,6 +298,9 @@ def load_image(path: str, resolution: int, channels: int = 3,
     channels: 1 (grey), 3 (RGB) or 4 (RGB + defect mask).
     mask: only for ``channels == 4``: a defect mask (file path, or array [H, W] of the image's
       size; non-zero / bright = defect). None = no defect: the 4th channel is -1.
+    align: optional pre-processing of the decoded image before the centre crop and resize,
+      ``align(image [H, W, 1 | 3] float32 in 0..255, file name) -> [h, w, 1 | 3]``, e.g. an
+      ``inversion.align.FaceAligner`` (FFHQ face alignment with your landmark detector).
 
   Returns:
     float32 [R, R, channels] in [-1, 1] (a mask channel is exactly -1 or +1).
@@ -314,6 +318,12 @@ def load_image(path: str, resolution: int, channels: int = 3,
   path = os.fspath(path)
   name = os.path.basename(path)
   raw, offset, scale = _read(path)
+  if align is not None:
+    if mask is not None:
+      raise ValueError("align and mask together are not supported: the mask would need the "
+                       "same warp. Align the image and its mask first, then invert without align.")
+    raw = align((raw.astype(np.float32) - np.float32(offset)) * np.float32(255 * scale), name)
+    offset, scale = 0.0, 1 / 255
   x = _to_model(_crop_resize(raw, resolution, name), offset, scale)
   # 4. channels.
   if channels == 1 and x.shape[-1] == 3:
@@ -398,7 +408,8 @@ def list_images(paths_or_dir: str | Sequence[str]) -> list[str]:
   return paths
 
 
-def load_images(paths_or_dir: str | Sequence[str], resolution: int, channels: int = 3
+def load_images(paths_or_dir: str | Sequence[str], resolution: int, channels: int = 3,
+                align: Callable[[np.ndarray, str], np.ndarray] | None = None
                 ) -> tuple[np.ndarray, list[str]]:
   """Read a folder, a file or a list of files with ``load_image``.
 
@@ -411,7 +422,7 @@ def load_images(paths_or_dir: str | Sequence[str], resolution: int, channels: in
     (the stem, e.g. "brick_y064_x384"; the full base name or a "-k" suffix where stems collide).
   """
   paths = list_images(paths_or_dir)
-  batch = np.stack([load_image(p, resolution, channels) for p in paths])
+  batch = np.stack([load_image(p, resolution, channels, align=align) for p in paths])
   return batch, _unique_names(paths)
 
 
