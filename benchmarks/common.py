@@ -41,21 +41,25 @@ def time_fn(fn: Callable, *args, repeats: int = 5, min_seconds: float = 0.0) -> 
   return float(np.median(times))
 
 
+def conv_rate(batch: int, size: int, cin: int, cout: int) -> dict:
+  """GFLOP/s of a plain 3x3 conv [batch, size, size, cin] -> cout, forward + input gradient."""
+  key1, key2 = jax.random.split(jax.random.PRNGKey(0))
+  x = jax.random.normal(key1, (batch, size, size, cin))
+  w = jax.random.normal(key2, (3, 3, cin, cout)) * 0.05
+  step = jax.jit(jax.grad(lambda x: jnp.sum(upfirdn.conv2d(x, w, padding=1) ** 2)))
+  seconds = time_fn(step, x, repeats=3, min_seconds=1.0)
+  flops = WS_BACKWARD_FACTOR * 2 * 9 * cin * cout * size * size * batch
+  return {"shape": f"[{batch},{size},{size},{cin}] 3x3 -> {cout}, forward + input gradient",
+          "seconds": seconds, "gflops": flops / seconds / 1e9}
+
+
 def conv_peak() -> dict:
-  """The device's dense 3x3 conv throughput, forward + input gradient.
+  """The device's dense 3x3 conv throughput (`conv_rate` at `PEAK_SHAPE`).
 
   A large, well-shaped convolution is the best case for every network here, so achieved
   GFLOP/s divided by this peak says how much of the machine a network uses.
   """
-  batch, height, width, cin, cout = PEAK_SHAPE
-  key1, key2 = jax.random.split(jax.random.PRNGKey(0))
-  x = jax.random.normal(key1, (batch, height, width, cin))
-  w = jax.random.normal(key2, (3, 3, cin, cout)) * 0.05
-  step = jax.jit(jax.grad(lambda x: jnp.sum(upfirdn.conv2d(x, w, padding=1) ** 2)))
-  seconds = time_fn(step, x, min_seconds=1.0)
-  flops = WS_BACKWARD_FACTOR * 2 * 9 * cin * cout * height * width * batch
-  return {"shape": f"[{batch},{height},{width},{cin}] 3x3 -> {cout}, forward + input gradient",
-          "seconds": seconds, "gflops": flops / seconds / 1e9}
+  return conv_rate(*PEAK_SHAPE)
 
 
 def synthesis_flops(config: networks.GeneratorConfig) -> float:

@@ -7,7 +7,10 @@ Config-F-shaped networks (z = w = 512, channel_base 32768, channel_max 512, rand
 64, 256 and 1024 px, batch 1 and 8, on whatever device JAX sees. Each row: median seconds per
 call, images/s, achieved GFLOP/s from the analytic count in `benchmarks.common`, and the
 fraction of the device's measured dense-conv peak (forward + input gradient of a large 3x3
-conv: the same kind of work as a backward pass w.r.t. ws; see `benchmarks.common`).
+conv: the same kind of work as a backward pass w.r.t. ws; see `benchmarks.common`). Also the
+rate of a plain conv shaped like the top block's layers at that batch (`top_layer_conv_gflops`):
+at high resolution the layers have few channels and many pixels, and XLA's convolution itself
+runs well below the peak there, so this is the ceiling for the network.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from generators import networks
 
 RESOLUTIONS = (64, 256, 1024)
 BATCHES = (1, 8)
+COLUMNS = ["resolution", "batch", "mode", "seconds", "images_per_s", "gflops", "peak_fraction",
+           "top_layer_conv_gflops", "of_top_layer_conv"]
 
 
 def measure(resolution: int, batch: int, peak_gflops: float) -> list[dict]:
@@ -32,13 +37,18 @@ def measure(resolution: int, batch: int, peak_gflops: float) -> list[dict]:
   forward = jax.jit(lambda ws: networks.synthesis(config, variables, ws))
   backward = jax.jit(jax.grad(lambda ws: jnp.mean(networks.synthesis(config, variables, ws) ** 2)))
   flops = common.synthesis_flops(config) * batch
+  # The ceiling the layer shapes allow: a plain conv shaped like the top block's layers, where
+  # most of the time goes at high resolution (few channels, many pixels).
+  top = common.conv_rate(batch, resolution, config.channels(resolution),
+                         config.channels(resolution))["gflops"]
   rows = []
   for mode, fn, factor in [("forward", forward, 1), ("fwd+bwd", backward, common.WS_BACKWARD_FACTOR)]:
     seconds = common.time_fn(fn, ws, repeats=3)
     gflops = factor * flops / seconds / 1e9
     rows.append({"resolution": resolution, "batch": batch, "mode": mode, "seconds": seconds,
                  "images_per_s": batch / seconds, "gflops": gflops,
-                 "peak_fraction": gflops / peak_gflops})
+                 "peak_fraction": gflops / peak_gflops, "top_layer_conv_gflops": top,
+                 "of_top_layer_conv": gflops / top})
   return rows
 
 
@@ -54,11 +64,9 @@ def main(argv=None) -> None:
   for resolution in RESOLUTIONS[:2] if args.quick else RESOLUTIONS:
     for batch in BATCHES:
       rows.extend(measure(resolution, batch, peak["gflops"]))
-      common.print_table(rows[-2:], ["resolution", "batch", "mode", "seconds", "images_per_s",
-                                     "gflops", "peak_fraction"])
+      common.print_table(rows[-2:], COLUMNS)
   print()
-  common.print_table(rows, ["resolution", "batch", "mode", "seconds", "images_per_s", "gflops",
-                            "peak_fraction"])
+  common.print_table(rows, COLUMNS)
   common.write_json(args.out, {"device": common.device_description(), "conv_peak": peak,
                                "rows": rows})
 
