@@ -1,7 +1,9 @@
 """Write generators/embedded/MODEL_CARD.md from an evaluation JSON (benchmarks.embedded_model).
 
     python -m benchmarks.embedded_model --workdir runs/embedded --out out/bench/embedded_model.json
-    python -m benchmarks.model_card out/bench/embedded_model.json
+    python -m benchmarks.model_card out/bench/embedded_model.json [EARLIER_EVAL.json ...]
+
+Earlier evaluations (of checkpoints along the way) add rows to the card's SWD-over-training table.
 """
 
 from __future__ import annotations
@@ -18,13 +20,45 @@ CARD = checkpoint.EMBEDDED_DIR / "MODEL_CARD.md"
 
 def main(argv=None) -> None:
   argv = sys.argv[1:] if argv is None else argv
-  if len(argv) != 1:
-    raise SystemExit("usage: python -m benchmarks.model_card EVAL_JSON")
-  evaluation = json.loads(pathlib.Path(argv[0]).read_text())
+  if not argv:
+    raise SystemExit("usage: python -m benchmarks.model_card EVAL_JSON [EARLIER_EVAL_JSON ...]")
+  evaluations = [json.loads(pathlib.Path(p).read_text()) for p in argv]
+  evaluation = evaluations[0]
   meta = evaluation["metadata"]
   cfg = meta["train_config"]
   samples = pathlib.Path(argv[0]).with_suffix(".png")
   shutil.copy(samples, checkpoint.EMBEDDED_DIR / "samples.png")
+  curve = ""
+  if evaluation.get("curve_png"):
+    shutil.copy(evaluation["curve_png"], checkpoint.EMBEDDED_DIR / "training_curve.png")
+    curve = "\n![G and D losses over the last training run](training_curve.png)\n"
+  progress = "\n".join(
+      f"| {_total_kimg(e['metadata']):.1f} | "
+      + " | ".join(f"{v:.1f}" for k, v in _row(e, 'G_ema')["values"]) + " |"
+      for e in sorted(evaluations, key=lambda e: _total_kimg(e["metadata"])))
+  reproduce = ("python -m generators train --config embedded --workdir runs/embedded\n"
+               "python -m generators export --workdir runs/embedded --out "
+               + ("runs/base_model\n" if meta.get("init_from") else "generators/embedded/model\n"))
+  workdir = "runs/embedded"
+  if meta.get("init_from"):
+    workdir = "runs/finetune"
+    reproduce += ("python -m generators train --config embedded --workdir runs/finetune "
+                  f"--config.init_from=runs/base_model --config.total_kimg={meta['kimg']:g}\n"
+                  "python -m generators export --workdir runs/finetune "
+                  "--out generators/embedded/model\n")
+  reproduce += (f"python -m benchmarks.embedded_model --workdir {workdir} "
+                "--out out/bench/embedded_model.json\n"
+                "python -m benchmarks.model_card out/bench/embedded_model.json")
+  if meta.get("init_from"):
+    start = meta["init_from"]
+    history = (f"Trained in two runs on 2 CPU cores: {start.get('kimg', 0):.1f} kimg "
+               f"({start.get('training_steps')} steps) from scratch, then **{meta['kimg']:.1f} "
+               f"kimg ({meta['training_steps']} steps)** from that model's G_ema and D with fresh "
+               f"optimiser states (`--config.init_from`, as NVlabs' `--resume`): "
+               f"**{_total_kimg(meta):.1f} kimg** in all.")
+  else:
+    history = (f"Trained for **{meta['training_steps']} steps ({meta['kimg']:.1f} kimg)** on 2 CPU "
+               "cores.")
   rows = "\n".join(
       f"| {r['pair']} | " + " | ".join(f"{r[k]:.1f}" for k in r if k != "pair") + " |"
       for r in evaluation["rows"])
@@ -52,9 +86,9 @@ G EMA (half-life {cfg['ema_kimg']} kimg, ramp-up {cfg['ema_rampup']}), Adam (lr 
 betas 0/0.99), batch {cfg['batch_size']}. z = w = {cfg['model']['z_dim']},
 {cfg['model']['mapping_layers']} mapping layers, channel_base {cfg['model']['channel_base']},
 channel_max {cfg['model']['channel_max']}, conv_clamp {cfg['model']['conv_clamp']}.
-Trained for **{meta['training_steps']} steps ({meta['kimg']:.1f} kimg)** of a planned
-{cfg['total_kimg']} kimg on 2 CPU cores; `python -m generators train --config embedded
---workdir runs/embedded` resumes it.
+{history} `python -m generators train --config embedded --workdir runs/embedded` trains the
+first run (and resumes it after a kill).
+{curve}
 
 ## Evaluation
 Sliced Wasserstein distance (x1e3, ProGAN's Laplacian-pyramid patches, RGB channels) on
@@ -67,11 +101,29 @@ Sliced Wasserstein distance (x1e3, ProGAN's Laplacian-pyramid patches, RGB chann
 Defect-mask pixels: {evaluation['mask_fraction_generated']:.4f} of generated pixels vs
 {evaluation['mask_fraction_training']:.4f} in the training set.
 
-Reproduce: `python -m benchmarks.embedded_model --workdir runs/embedded` then
-`python -m benchmarks.model_card out/bench/embedded_model.json`.
+SWD (x1e3) of G_ema vs held-out crops along training:
+
+| kimg | {' | '.join(levels)} |
+|---|{'---|' * len(levels)}
+{progress}
+
+Reproduce (each step resumes after a kill):
+
+```bash
+{reproduce}
+```
 """
   CARD.write_text(card)
   print(f"wrote {CARD}")
+
+
+def _total_kimg(meta: dict) -> float:
+  return float(meta.get("total_kimg_trained", meta.get("kimg", 0.0)))
+
+
+def _row(evaluation: dict, prefix: str) -> dict:
+  row = next(r for r in evaluation["rows"] if r["pair"].startswith(prefix))
+  return {"values": [(k, v) for k, v in row.items() if k != "pair"]}
 
 
 if __name__ == "__main__":
