@@ -26,7 +26,7 @@ from generators import networks, upfirdn
 
 FIR_FLOPS_PER_OUTPUT = 2 * 2 * len(upfirdn.DEFAULT_TAPS)  # two separable passes of 4 taps
 WS_BACKWARD_FACTOR = 2  # forward + input gradient = 2 x forward (weights are constants)
-PEAK_SHAPE = (8, 32, 32, 512, 512)  # B, H, W, Cin, Cout: config-F's widest layers
+PEAK_SHAPE = (8, 32, 512, 512)  # batch, side, Cin, Cout: config-F's widest layers
 
 
 def time_fn(fn: Callable, *args, repeats: int = 5, min_seconds: float = 0.0) -> float:
