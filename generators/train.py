@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 ADAM_BETAS = (0.0, 0.99)  # StyleGAN2's Adam: no first-moment momentum
 ADAM_EPS = 1e-8
 GRID_SEEDS = 16  # images in the periodic sample grid (4 x 4)
+INIT_FROM_FILE = "init_from.json"  # in a workdir: metadata of the model a fine-tuning run began at
 
 
 class TrainState(NamedTuple):
@@ -82,11 +83,13 @@ def init_state(config, g_config, d_config) -> TrainState:
                     d_vars["params"], g_opt.init(g_vars["params"]), d_opt.init(d_vars["params"]))
 
 
-def init_state_from(config, g_config, d_config, path: str | pathlib.Path) -> TrainState:
+def init_state_from(config, g_config, d_config,
+                    path_or_model: str | pathlib.Path | checkpoint.Model) -> TrainState:
   """A fresh TrainState whose G, G_ema and D are a saved model's G_ema and D (fine-tuning)."""
-  model = checkpoint.load(path)
+  model = (path_or_model if isinstance(path_or_model, checkpoint.Model)
+           else checkpoint.load(path_or_model))
   if model.g_config != g_config or model.d_config != d_config:
-    raise ValueError(f"init_from model {path} does not match the config's networks:\n"
+    raise ValueError("The init_from model does not match the config's networks:\n"
                      f"  model:  {model.g_config}\n          {model.d_config}\n"
                      f"  config: {g_config}\n          {d_config}\n"
                      "Set config.model (and data.resolution) to the model's architecture.")
@@ -242,10 +245,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   batch_sharding = NamedSharding(mesh, P("data"))
 
   manager = _checkpoint_manager(workdir, config.keep_checkpoints)
-  if config.get("init_from"):
-    state = init_state_from(config, g_config, d_config, config.init_from)
+  if config.get("init_from") and manager.latest_step() is None:
+    start_model = checkpoint.load(config.init_from)
+    state = init_state_from(config, g_config, d_config, start_model)
+    # What export records about the starting model, kept here in case that model moves.
+    start = start_model.metadata
+    (workdir / INIT_FROM_FILE).write_text(json.dumps({"path": str(config.init_from), **{
+        k: start[k] for k in ("training_steps", "kimg", "total_kimg_trained") if k in start}}))
   else:
-    state = init_state(config, g_config, d_config)
+    state = init_state(config, g_config, d_config)  # a fresh start, or the restore template
   if manager.latest_step() is not None:
     step0 = manager.latest_step()
     state = manager.restore(step0, args=ocp.args.StandardRestore(state))
@@ -320,11 +328,10 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   state = TrainState(*manager.restore(step, args=ocp.args.StandardRestore(template)))
   meta = {"training_steps": step, "kimg": step * config.batch_size / 1000,
           "train_config": json.loads(config.to_json()), **(metadata or {})}
-  if config.get("init_from"):  # a fine-tuning run: count the steps of the model it started from
-    previous = checkpoint.load(config.init_from).metadata
-    meta["init_from"] = {"path": str(config.init_from),
-                         **{k: previous[k] for k in ("training_steps", "kimg") if k in previous}}
-    meta["total_kimg_trained"] = previous.get("total_kimg_trained", previous.get("kimg", 0.0)) \
+  if (workdir / INIT_FROM_FILE).exists():  # a fine-tuning run: add the starting model's kimg
+    start = json.loads((workdir / INIT_FROM_FILE).read_text())
+    meta["total_kimg_trained"] = start.pop("total_kimg_trained", start.get("kimg", 0.0)) \
         + meta["kimg"]
+    meta["init_from"] = start
   model = checkpoint.Model(g_config, state.ema, d_config, {"params": state.d_params}, meta)
   return checkpoint.save(out, model, overwrite=True)
