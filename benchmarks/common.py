@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from generators import networks, upfirdn
+from generators import networks, upfirdn, xla_cpu
 
 FIR_FLOPS_PER_OUTPUT = 2 * 2 * len(upfirdn.DEFAULT_TAPS)  # two separable passes of 4 taps
 WS_BACKWARD_FACTOR = 2  # forward + input gradient = 2 x forward (weights are constants)
@@ -95,8 +95,11 @@ def config_f(resolution: int) -> networks.GeneratorConfig:
 def device_description() -> str:
   device = jax.devices()[0]
   cpu = platform.processor() or platform.machine()
-  return (f"{device.platform}:{device.device_kind} x{len(jax.devices())} "
-          f"({cpu}, {os.cpu_count()} logical CPUs)")
+  description = (f"{device.platform}:{device.device_kind} x{len(jax.devices())} "
+                 f"({cpu}, {os.cpu_count()} logical CPUs)")
+  if device.platform == "cpu":  # the conv library changes rates up to 3x (generators.xla_cpu)
+    description += ", Eigen convs" if xla_cpu.EIGEN_PREFERRED else ", XLA default convs"
+  return description
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

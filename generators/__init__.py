@@ -6,6 +6,7 @@
     images = model.sample(range(8), psi=0.7)   # [8, H, W, C] in [-1, 1], NHWC
 """
 
+from generators import xla_cpu  # first: sets XLA:CPU flags before JAX starts (see its docstring)
 from generators.checkpoint import Model, load, load_embedded, save
 from generators.networks import (Discriminator, DiscriminatorConfig, Generator, GeneratorConfig,
                                  mapping, synthesis)
