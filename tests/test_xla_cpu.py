@@ -47,3 +47,13 @@ def test_opt_out_and_a_users_own_setting_are_respected():
   own = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
   preferred, flags, ynn_in_program = _probe(XLA_FLAGS=own)
   assert flags == own and ynn_in_program
+
+
+def test_jax_started_before_import_gets_a_warning_with_the_fix():
+  script = ("import logging, jax, jax.numpy as jnp; logging.basicConfig(); jnp.ones(1).block_until_ready()\n"
+            "import generators; print(generators.xla_cpu.EIGEN_PREFERRED)")
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT_ENV)}
+  run = subprocess.run([sys.executable, "-c", script], env=dict(env, JAX_PLATFORMS="cpu"),
+                       capture_output=True, text=True, timeout=300, check=True)
+  assert run.stdout.strip().splitlines()[-1] == "False"
+  assert "JAX started before" in run.stderr and xla_cpu.YNN_FLAG in run.stderr
