@@ -41,25 +41,26 @@ def time_fn(fn: Callable, *args, repeats: int = 5, min_seconds: float = 0.0) -> 
   return float(np.median(times))
 
 
-def conv_rate(batch: int, size: int, cin: int, cout: int) -> dict:
+def conv_rate(batch: int, size: int, cin: int, cout: int, dtype=jnp.float32) -> dict:
   """GFLOP/s of a plain 3x3 conv [batch, size, size, cin] -> cout, forward + input gradient."""
   key1, key2 = jax.random.split(jax.random.PRNGKey(0))
-  x = jax.random.normal(key1, (batch, size, size, cin))
-  w = jax.random.normal(key2, (3, 3, cin, cout)) * 0.05
+  x = jax.random.normal(key1, (batch, size, size, cin), dtype)
+  w = jax.random.normal(key2, (3, 3, cin, cout), dtype) * 0.05
   step = jax.jit(jax.grad(lambda x: jnp.sum(upfirdn.conv2d(x, w, padding=1) ** 2)))
   seconds = time_fn(step, x, repeats=3, min_seconds=1.0)
   flops = WS_BACKWARD_FACTOR * 2 * 9 * cin * cout * size * size * batch
-  return {"shape": f"[{batch},{size},{size},{cin}] 3x3 -> {cout}, forward + input gradient",
+  return {"shape": f"[{batch},{size},{size},{cin}] 3x3 -> {cout}, forward + input gradient, "
+                   f"{jnp.dtype(dtype).name}",
           "seconds": seconds, "gflops": flops / seconds / 1e9}
 
 
-def conv_peak() -> dict:
+def conv_peak(dtype=jnp.float32) -> dict:
   """The device's dense 3x3 conv throughput (`conv_rate` at `PEAK_SHAPE`).
 
   A large, well-shaped convolution is the best case for every network here, so achieved
   GFLOP/s divided by this peak says how much of the machine a network uses.
   """
-  return conv_rate(*PEAK_SHAPE)
+  return conv_rate(*PEAK_SHAPE, dtype=dtype)
 
 
 def synthesis_flops(config: networks.GeneratorConfig) -> float:

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-import generators  # noqa: F401  (applies the flag, as any user import does)
 from generators import xla_cpu
 
 _PROBE = """
