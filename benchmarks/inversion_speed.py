@@ -86,7 +86,8 @@ def _init_fn(cfg):
   return jax.jit(lambda key: networks.init_generator(cfg, key))
 
 
-def bench(resolution: int, batch: int, chunk: int, iters: int, vgg_params, peak: float) -> dict:
+def bench(resolution: int, batch: int, chunk: int, iters: int, vgg_params, peak: float,
+          micro_batch: int = 0) -> dict:
   """Times W+ inversion steps for one (resolution, batch); returns a result row."""
   cfg = generator_config(resolution)
   model = checkpoint.Model(cfg, _init_fn(cfg)(jax.random.PRNGKey(0)),
@@ -94,7 +95,7 @@ def bench(resolution: int, batch: int, chunk: int, iters: int, vgg_params, peak:
   config = api.as_config('image2stylegan:wplus', [
       f'--config.steps={chunk * (iters + 1)}', f'--config.chunk_size={chunk}',
       '--config.loss.perceptual=vgg', '--config.loss.fallback=error',
-      '--config.metrics.lpips=off'])
+      '--config.metrics.lpips=off', f'--config.micro_batch={micro_batch}'])
   inv = api.Inverter(model, config, term_params={'vgg': vgg_params})
   rng = np.random.default_rng(batch)
   targets = rng.uniform(-1, 1, (batch, resolution, resolution, 3)).astype(np.float32)
@@ -114,7 +115,9 @@ def bench(resolution: int, batch: int, chunk: int, iters: int, vgg_params, peak:
   s_step = statistics.median(times) / chunk
   flops = step_flops(resolution)
   gflops = flops['per_image_step'] * batch / s_step / 1e9
-  return {'resolution': resolution, 'batch': batch, 'chunk': chunk, 'iters': iters,
+  mesh = getattr(state.step.sharding, 'mesh', None)
+  group = inv.engine.group_size(batch, sharded=mesh is not None and mesh.size > 1)
+  return {'resolution': resolution, 'batch': batch, 'group': group, 'chunk': chunk, 'iters': iters,
           'first_chunk_s': first, 's_per_step': s_step, 'image_steps_per_s': batch / s_step,
           'gflop_per_image_step': flops['per_image_step'] / 1e9,
           'gflop_generator_fwd': flops['generator_fwd'] / 1e9,
@@ -123,11 +126,12 @@ def bench(resolution: int, batch: int, chunk: int, iters: int, vgg_params, peak:
 
 
 def format_rows(rows) -> str:
-  head = (f"{'res':>5} {'batch':>5} {'s/step':>9} {'img*step/s':>11} {'GFLOP/img*step':>15} "
+  head = (f"{'res':>5} {'batch':>5} {'group':>5} {'s/step':>9} {'img*step/s':>11} {'GFLOP/img*step':>15} "
           f"{'GFLOP/s':>9} {'% peak':>7} {'1st chunk s':>12}")
   lines = [head, '-' * len(head)]
   for r in rows:
-    lines.append(f"{r['resolution']:>5} {r['batch']:>5} {r['s_per_step']:>9.3f} "
+    lines.append(f"{r['resolution']:>5} {r['batch']:>5} {r.get('group', r['batch']):>5} "
+                 f"{r['s_per_step']:>9.3f} "
                  f"{r['image_steps_per_s']:>11.3f} {r['gflop_per_image_step']:>15.1f} "
                  f"{r['gflops']:>9.1f} {r['pct_peak']:>7.1f} {r['first_chunk_s']:>12.1f}")
   return '\n'.join(lines)
@@ -140,6 +144,9 @@ def main(argv=None) -> dict:
   ap.add_argument('--batch', type=int, nargs='+', default=None)     # default 1 4 16
   ap.add_argument('--chunk', type=int, default=None)                # steps per timed chunk
   ap.add_argument('--iters', type=int, default=None)                # timed chunks (median)
+  ap.add_argument('--micro-batch', type=int, nargs='+', default=[0],
+                  help='images vectorised per group (config.micro_batch; 0 = auto); several '
+                       'values compare grouping against whole-batch vmap')
   ap.add_argument('--note', default='', help='free text stored in the JSON (e.g. "contended")')
   ap.add_argument('--out', default=None, help='JSON file for the results')
   args = ap.parse_args(argv)
@@ -155,9 +162,10 @@ def main(argv=None) -> dict:
   rows = []
   for res in sizes:
     for b in batches:
-      row = bench(res, b, chunk, iters, vgg_params, peak['gflops'])
-      rows.append(row)
-      print(format_rows([row]).splitlines()[-1], flush=True)
+      for micro_batch in args.micro_batch:
+        row = bench(res, b, chunk, iters, vgg_params, peak['gflops'], micro_batch)
+        rows.append(row)
+        print(format_rows([row]).splitlines()[-1], flush=True)
   print()
   print(format_rows(rows))
   result = {'device': common.device_description(), 'jax': jax.__version__, 'peak': peak,

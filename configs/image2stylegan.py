@@ -37,6 +37,8 @@ def get_config(arg=None):
   config.space = 'wplus' if space == 'wplus_noise' else space  # 'z' | 'w' | 'wplus'
   config.steps = STEPS               # optimisation steps per image
   config.chunk_size = 100            # steps per compiled chunk (progress/NaN check/checkpoint)
+  config.micro_batch = 0             # images vectorised together per step; 0 = auto (1 on CPU,
+                                     # the whole batch on GPU/TPU; EngineSpec.micro_batch)
   config.checkpoint_every = 1        # folder jobs: checkpoint every N chunks (kill loses <= N)
   config.seed = 0                    # PRNG seed (random init, noise, projector w noise)
 

@@ -256,7 +256,8 @@ def spec_from_config(config: ml_collections.ConfigDict, g_config: networks.Gener
       optimize_noise=bool(config.noise.optimize), normalize_noise=bool(config.noise.normalize),
       noise_regularize_weight=float(config.noise.regularize_weight),
       latent_noise_factor=float(config.latent_noise.factor),
-      latent_noise_ramp=float(config.latent_noise.ramp), noise_mode=config.noise.mode)
+      latent_noise_ramp=float(config.latent_noise.ramp), noise_mode=config.noise.mode,
+      micro_batch=int(config.get('micro_batch', 0)))
 
 
 _STATS_CACHE: dict = {}
