@@ -10,7 +10,9 @@ fraction of the device's measured dense-conv peak (forward + input gradient of a
 conv: the same kind of work as a backward pass w.r.t. ws; see `benchmarks.common`). Also the
 rate of a plain conv shaped like the top block's layers at that batch (`top_layer_conv_gflops`):
 at high resolution the layers have few channels and many pixels, and XLA's convolution itself
-runs well below the peak there, so this is the ceiling for the network.
+runs well below the peak there, so this is the ceiling for the network. At batch > 1 a third
+mode, `fwd+bwd 1-by-1`, runs the same gradient one image at a time in a compiled loop: the
+inversion engine's CPU schedule (`EngineSpec.micro_batch`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 
 from benchmarks import common
 from generators import networks
+from inversion import engine
 
 RESOLUTIONS = (64, 256, 1024)
 BATCHES = (1, 8)
@@ -35,14 +38,22 @@ def measure(resolution: int, batch: int, peak_gflops: float) -> list[dict]:
   ws = networks.mapping(config, variables, jax.random.normal(jax.random.PRNGKey(1),
                                                              (batch, config.z_dim)))
   forward = jax.jit(lambda ws: networks.synthesis(config, variables, ws))
-  backward = jax.jit(jax.grad(lambda ws: jnp.mean(networks.synthesis(config, variables, ws) ** 2)))
+  grad = jax.grad(lambda ws: jnp.sum(networks.synthesis(config, variables, ws) ** 2))
+  backward = jax.jit(grad)
+  # The inversion engine's CPU schedule (EngineSpec.micro_batch): one image at a time in a loop,
+  # so each image's activations stay in cache. Convs inside loops need `canonical_convs` on CPU.
+  per_image = engine.canonical_convs(grad) if jax.default_backend() == "cpu" else grad
+  looped = jax.jit(lambda ws: jax.lax.map(lambda w: per_image(w[None])[0], ws))
   flops = common.synthesis_flops(config) * batch
   # The ceiling the layer shapes allow: a plain conv shaped like the top block's layers, where
   # most of the time goes at high resolution (few channels, many pixels).
   top = common.conv_rate(batch, resolution, config.channels(resolution),
                          config.channels(resolution))["gflops"]
   rows = []
-  for mode, fn, factor in [("forward", forward, 1), ("fwd+bwd", backward, common.WS_BACKWARD_FACTOR)]:
+  modes = [("forward", forward, 1), ("fwd+bwd", backward, common.WS_BACKWARD_FACTOR)]
+  if batch > 1:
+    modes.append(("fwd+bwd 1-by-1", looped, common.WS_BACKWARD_FACTOR))
+  for mode, fn, factor in modes:
     seconds = common.time_fn(fn, ws, repeats=3)
     gflops = factor * flops / seconds / 1e9
     rows.append({"resolution": resolution, "batch": batch, "mode": mode, "seconds": seconds,
@@ -68,7 +79,7 @@ def main(argv=None) -> None:
   for resolution in RESOLUTIONS[:2] if args.quick else RESOLUTIONS:
     for batch in BATCHES:
       rows.extend(measure(resolution, batch, peak["gflops"]))
-      common.print_table(rows[-2:], COLUMNS)
+      common.print_table(rows[-3 if batch > 1 else -2:], COLUMNS)
   print()
   common.print_table(rows, COLUMNS)
   common.write_json(args.out, {"device": common.device_description(), "conv_peak": peak,
