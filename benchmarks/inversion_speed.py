@@ -115,8 +115,7 @@ def bench(resolution: int, batch: int, chunk: int, iters: int, vgg_params, peak:
   s_step = statistics.median(times) / chunk
   flops = step_flops(resolution)
   gflops = flops['per_image_step'] * batch / s_step / 1e9
-  mesh = getattr(state.step.sharding, 'mesh', None)
-  group = inv.engine.group_size(batch, sharded=mesh is not None and mesh.size > 1)
+  group = inv.engine.group_size(batch, engine.is_sharded(state))
   return {'resolution': resolution, 'batch': batch, 'group': group, 'chunk': chunk, 'iters': iters,
           'first_chunk_s': first, 's_per_step': s_step, 'image_steps_per_s': batch / s_step,
           'gflop_per_image_step': flops['per_image_step'] / 1e9,
@@ -126,8 +125,8 @@ def bench(resolution: int, batch: int, chunk: int, iters: int, vgg_params, peak:
 
 
 def format_rows(rows) -> str:
-  head = (f"{'res':>5} {'batch':>5} {'group':>5} {'s/step':>9} {'img*step/s':>11} {'GFLOP/img*step':>15} "
-          f"{'GFLOP/s':>9} {'% peak':>7} {'1st chunk s':>12}")
+  head = (f"{'res':>5} {'batch':>5} {'group':>5} {'s/step':>9} {'img*step/s':>11} "
+          f"{'GFLOP/img*step':>15} {'GFLOP/s':>9} {'% peak':>7} {'1st chunk s':>12}")
   lines = [head, '-' * len(head)]
   for r in rows:
     lines.append(f"{r['resolution']:>5} {r['batch']:>5} {r.get('group', r['batch']):>5} "

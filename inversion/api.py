@@ -257,7 +257,7 @@ def spec_from_config(config: ml_collections.ConfigDict, g_config: networks.Gener
       noise_regularize_weight=float(config.noise.regularize_weight),
       latent_noise_factor=float(config.latent_noise.factor),
       latent_noise_ramp=float(config.latent_noise.ramp), noise_mode=config.noise.mode,
-      micro_batch=int(config.get('micro_batch', 0)))
+      micro_batch=int(config.micro_batch))
 
 
 _STATS_CACHE: dict = {}

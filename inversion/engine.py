@@ -89,6 +89,7 @@ __all__ = [
     'batch_mesh',
     'canonical_convs',
     'estimate_w_stats',
+    'is_sharded',
     'final_latents',
     'latent_noise_scale',
     'latent_shape',
@@ -579,7 +580,7 @@ class Engine:
             _tree_where(go, latents, last_finite), step + go.astype(jnp.int32),
             failed | newly_failed, jnp.where(newly_failed, step, failed_step), record)
 
-  def group_size(self, batch: int, sharded: bool) -> int:
+  def group_size(self, batch: int, sharded: bool = False) -> int:
     """Images per vectorised group in a step of `batch` images.
 
     A step runs `vmap` of the per-image step over groups of this many images, one group after
@@ -629,8 +630,8 @@ class Engine:
                jax.sharding.NamedSharding(mesh, P(None, 'batch')))
         self._chunk_fns[mesh] = jax.jit(self._chunk, donate_argnums=0, static_argnums=2,
                                         out_shardings=out)
-    sharded = mesh is not None and mesh.size > 1
-    return self._chunk_fns[mesh](state, data, self.group_size(state.step.shape[0], sharded))
+    group = self.group_size(state.step.shape[0], is_sharded(state))
+    return self._chunk_fns[mesh](state, data, group)
 
   def compiled_count(self) -> int:
     """Number of compiled chunk programs (one per batch shape and mesh)."""
@@ -646,6 +647,12 @@ class Engine:
   def ws(self, latents: Latents, g_vars: PyTree) -> Array:
     """Latents -> ws [B, num_ws, w_dim]."""
     return latent_to_ws(self.spec.g_config, g_vars, self.spec.space, latents.latent)
+
+
+def is_sharded(state: EngineState) -> bool:
+  """Whether the state's batch is split over more than one device."""
+  mesh = getattr(state.step.sharding, 'mesh', None)
+  return mesh is not None and mesh.size > 1
 
 
 @functools.lru_cache(maxsize=32)
