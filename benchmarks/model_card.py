@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     curve = "\n![G and D losses over the last training run](training_curve.png)\n"
   progress = "\n".join(
       f"| {_total_kimg(e['metadata']):.1f} | "
-      + " | ".join(f"{v:.1f}" for k, v in _row(e, 'G_ema')["values"]) + " |"
+      + " | ".join(f"{v:.1f}" for v in _swd_values(e, "G_ema")) + " |"
       for e in sorted(evaluations, key=lambda e: _total_kimg(e["metadata"])))
   reproduce = ("python -m generators train --config embedded --workdir runs/embedded\n"
                "python -m generators export --workdir runs/embedded --out "
@@ -121,9 +121,10 @@ def _total_kimg(meta: dict) -> float:
   return float(meta.get("total_kimg_trained", meta.get("kimg", 0.0)))
 
 
-def _row(evaluation: dict, prefix: str) -> dict:
+def _swd_values(evaluation: dict, prefix: str) -> list[float]:
+  """The SWD numbers of the evaluation row whose pair starts with `prefix`."""
   row = next(r for r in evaluation["rows"] if r["pair"].startswith(prefix))
-  return {"values": [(k, v) for k, v in row.items() if k != "pair"]}
+  return [v for k, v in row.items() if k != "pair"]
 
 
 if __name__ == "__main__":

@@ -595,9 +595,8 @@ class Engine:
       return batch
     return math.gcd(batch, group)  # groups must tile the batch
 
-  def step(self, state: EngineState, data: Data, group: Optional[int] = None
-           ) -> tuple[EngineState, dict]:
-    """One step for the batch, `group` images vectorised at a time (all if None).
+  def step(self, state: EngineState, data: Data, group: int) -> tuple[EngineState, dict]:
+    """One step for the batch, `group` images vectorised at a time (`group_size`).
     Records {term: [B]}."""
     mask_axis = None if data.masks is None else 0
     fn = jax.vmap(self._image_step, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, mask_axis, None))
@@ -607,7 +606,7 @@ class Engine:
     batched = (state.latents, state.opt_state, state.last_finite, state.step, state.failed,
                state.failed_step, state.key, data.targets, data.masks)
     batch = state.step.shape[0]
-    if group is None or group >= batch:
+    if group >= batch:
       *new, record = fn(*batched, shared)
     else:  # a loop over groups of `group` images: [B, ...] <-> [B // group, group, ...]
       split = lambda x: x.reshape(batch // group, group, *x.shape[1:])
