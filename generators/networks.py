@@ -262,13 +262,13 @@ def modulated_conv2d(
     flip_weight: bool = True,
 ) -> Array:
   """Modulated convolution, non-grouped form: scale inputs, convolve, demodulate, add noise."""
-  x = x * styles[:, None, None, :].astype(x.dtype)
+  x = scale_channels(x, styles)
   x = upfirdn.conv2d_resample(x, weight, upfirdn.setup_filter(resample_taps), up=up,
                               padding=padding, flip_weight=flip_weight)
   if demodulate:
     # dcoefs[b, o] = 1 / ||weight[..., o] * styles[b]||, summed over kernel taps and inputs.
     dcoefs = jax.lax.rsqrt(jnp.square(styles) @ jnp.sum(jnp.square(weight), axis=(0, 1)) + DEMOD_EPS)
-    x = x * dcoefs[:, None, None, :].astype(x.dtype)
+    x = scale_channels(x, dcoefs)
   if noise is not None:
     x = x + noise.astype(x.dtype)
   return x

@@ -206,3 +206,7 @@ def test_scale_channels_gradient_equals_autodiff():
   per_image = lambda scale: jax.vmap(jax.grad(
       lambda xi, si: jnp.sum(jnp.sin(scale(xi[None], si[None]))), argnums=1))(x, scales)
   close(per_image(networks.scale_channels), per_image(plain))
+  # The modulated conv scales by styles and demodulation coefficients through it.
+  weight = jax.random.normal(kc, (3, 3, 6, 6))
+  jaxpr = str(jax.make_jaxpr(networks.modulated_conv2d)(x, weight, scales))
+  assert jaxpr.count("custom_vjp_call") == 2, jaxpr
