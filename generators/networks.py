@@ -243,7 +243,9 @@ def _scale_channels_bwd(residuals, dy: Array):
   b, h, w, c = x.shape
   products = (x * dy).reshape(b, h * w, c)
   ones = jnp.ones((b, h * w), products.dtype)
-  dscales = jax.lax.dot_general(products, ones, (((1,), (1,)), ((0,), (0,))))
+  # ones [B, HW] @ products [B, HW, C]: the canonical [M, K] x [K, N] matmul order, which XLA
+  # keeps without transposing `products`, also inside loops.
+  dscales = jax.lax.dot_general(ones, products, (((1,), (1,)), ((0,), (0,))))
   return dy * scales[:, None, None, :].astype(dy.dtype), dscales.astype(scales.dtype)
 
 
