@@ -10,7 +10,9 @@ the hook for e.g. an encoder regulariser) and an optax optimiser. The engine own
      on CPU one image at a time by default, which keeps activations in cache (256 px, batch 16:
      20.1 vs 27.1 s/step fully vectorised), on accelerators the whole batch;
   2. `chunk_size` steps run inside one compiled program (`lax.scan`); between chunks the host
-     updates the progress bar, reports non-finite losses and may checkpoint;
+     updates the progress bar, reports non-finite losses and may checkpoint. What does not
+     depend on the latents (work on the weights alone, the targets' features) is computed once
+     per chunk, outside the scan (`hoist_invariants`);
   3. everything that changes between batches (targets, masks, generator weights, loss-network
      weights, keys, w_std) is an *argument* of the compiled program, and the last chunk is
      padded with no-op steps, so a job compiles once per (spec, batch shape), never per image or
@@ -88,6 +90,7 @@ __all__ = [
     'WStats',
     'batch_mesh',
     'canonical_convs',
+    'hoist_invariants',
     'estimate_w_stats',
     'is_sharded',
     'final_latents',
@@ -392,34 +395,43 @@ def _canonical_conv(lhs, rhs, **params):
   return out if out_perm == (0, 1, 2, 3) else jnp.transpose(out, out_perm)
 
 
-def _eval_canonical(jaxpr, consts, args):
+def _bind(eqn, invals: list, canonicalize: bool) -> list:
+  """Applies one jaxpr equation to values (a convolution in canonical form if asked)."""
+  name = eqn.primitive.name
+  if canonicalize and name == 'conv_general_dilated':
+    return [_canonical_conv(*invals, **eqn.params)]
+  if name in ('pjit', 'jit') and 'jaxpr' in eqn.params:  # inlined, so its equations are visible
+    sub = eqn.params['jaxpr']
+    return _eval_jaxpr(sub.jaxpr, sub.consts, invals, canonicalize)
+  bind_params = eqn.primitive.get_bind_params(eqn.params)
+  subfuns = []
+  if isinstance(bind_params, tuple):  # older jax: (subfuns, params)
+    subfuns, bind_params = bind_params
+  with eqn.ctx.manager:
+    outs = eqn.primitive.bind(*subfuns, *invals, **bind_params)
+  return outs if eqn.primitive.multiple_results else [outs]
+
+
+def _is_literal(v) -> bool:
   from jax.extend import core as jcore  # pylint: disable=import-outside-toplevel
-  env = {}
+  return isinstance(v, jcore.Literal)
 
-  def read(v):
-    return v.val if isinstance(v, jcore.Literal) else env[v]
 
-  env.update(zip(jaxpr.constvars, consts))
+def _read(env: dict, v):
+  return v.val if _is_literal(v) else env[v]
+
+
+def _run_eqns(eqns, env: dict, canonicalize: bool) -> dict:
+  for eqn in eqns:
+    env.update(zip(eqn.outvars, _bind(eqn, [_read(env, v) for v in eqn.invars], canonicalize)))
+  return env
+
+
+def _eval_jaxpr(jaxpr, consts, args, canonicalize: bool = True) -> list:
+  env = dict(zip(jaxpr.constvars, consts))
   env.update(zip(jaxpr.invars, args))
-  for eqn in jaxpr.eqns:
-    invals = [read(v) for v in eqn.invars]
-    name = eqn.primitive.name
-    if name == 'conv_general_dilated':
-      outs = [_canonical_conv(*invals, **eqn.params)]
-    elif name in ('pjit', 'jit') and 'jaxpr' in eqn.params:
-      sub = eqn.params['jaxpr']
-      outs = _eval_canonical(sub.jaxpr, sub.consts, invals)
-    else:
-      bind_params = eqn.primitive.get_bind_params(eqn.params)
-      subfuns = []
-      if isinstance(bind_params, tuple):  # older jax: (subfuns, params)
-        subfuns, bind_params = bind_params
-      with eqn.ctx.manager:
-        outs = eqn.primitive.bind(*subfuns, *invals, **bind_params)
-      if not eqn.primitive.multiple_results:
-        outs = [outs]
-    env.update(zip(eqn.outvars, outs))
-  return [read(v) for v in jaxpr.outvars]
+  _run_eqns(jaxpr.eqns, env, canonicalize)
+  return [_read(env, v) for v in jaxpr.outvars]
 
 
 def canonical_convs(fn: Callable) -> Callable:
@@ -431,9 +443,106 @@ def canonical_convs(fn: Callable) -> Callable:
   """
   def wrapped(*args):
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    out = _eval_canonical(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args))
+    out = _eval_jaxpr(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args))
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), out)
   return wrapped
+
+
+# ----------------------------------------------------------------------------------------------
+# Loop-invariant hoisting.
+#
+# Much of a step does not depend on the latents: everything computed from the network weights
+# alone (the flipped and transposed kernels of the input gradients, the sub-pixel phase kernels,
+# the demodulation norms, `canonical_convs`' kernel transposes) and everything computed from an
+# image's target (its VGG features). XLA:CPU did not move that work out of the scan (it sits in
+# nested loops and behind optimisation barriers) and redid it every step: 18% of a 64 px W+ step.
+# `hoist_invariants` splits the step's jaxpr by data dependence into three parts: what depends on
+# the shared inputs only (run once per chunk), what also depends on a group's fixed per-image
+# inputs (run once per group and chunk) and the rest (run every step, reading the other two's
+# results). The arithmetic is unchanged; only where it runs moves.
+
+# Equations that make arrays from (almost) nothing: recomputed wherever they are needed, so that a
+# large broadcast constant is not materialised and carried through the loop.
+_RECOMPUTED = frozenset({'broadcast_in_dim', 'iota'})
+
+
+def hoist_invariants(fn: Callable, variant: PyTree, fixed: PyTree, shared: PyTree,
+                     canonicalize: bool) -> tuple[Callable, Callable]:
+  """Splits `fn(variant, fixed, shared)` into work done once and work done every call.
+
+  Args:
+    fn: a pure function of three pytrees of arrays.
+    variant, fixed: pytrees of `jax.ShapeDtypeStruct` (or arrays): the inputs that change every
+      call, and those that are fixed per group of images (targets, masks).
+    shared: the arrays fixed for the whole loop (weights). What depends on them alone is
+      computed here, now: call this where the loop is built, outside it.
+    canonicalize: also write convolutions in `canonical_convs` form.
+
+  Returns:
+    (prepare, apply): `prepare(fixed)` computes the per-group invariants (outside the loop,
+    once per group); `apply(variant, prepared)` == `fn(variant, fixed, shared)`.
+  """
+  leaves, trees = zip(*(jax.tree_util.tree_flatten(t) for t in (variant, fixed, shared)))
+  n_var, n_fixed = len(leaves[0]), len(leaves[1])
+
+  def flat_fn(*args):
+    groups = (args[:n_var], args[n_var:n_var + n_fixed], args[n_var + n_fixed:])
+    return fn(*(jax.tree_util.tree_unflatten(t, list(g)) for t, g in zip(trees, groups)))
+
+  abstract = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in sum(leaves, [])]
+  inner, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(*abstract)
+  # Re-trace through `_eval_jaxpr`: one flat jaxpr (sub-jits inlined, convs canonical if asked).
+  closed = jax.make_jaxpr(
+      lambda *a: _eval_jaxpr(inner.jaxpr, inner.consts, a, canonicalize))(*abstract)
+  jaxpr = closed.jaxpr
+
+  # Level of every variable: 0 shared only, 1 also the fixed inputs, 2 the variant inputs.
+  level = dict(zip(jaxpr.constvars, [0] * len(jaxpr.constvars)))
+  level.update((v, 2 if i < n_var else 1 if i < n_var + n_fixed else 0)
+               for i, v in enumerate(jaxpr.invars))
+  parts = ([], [], [])
+  for eqn in jaxpr.eqns:
+    ins = [level[v] for v in eqn.invars if not _is_literal(v)]
+    lvl = 2 if eqn.effects else max(ins, default=0)
+    level.update((v, lvl) for v in eqn.outvars)
+    if eqn.primitive.name in _RECOMPUTED and lvl < 2:
+      for later in range(lvl, 3):
+        parts[later].append(eqn)
+    else:
+      parts[lvl].append(eqn)
+
+  def used(eqns, outs=()):
+    """Variables a part reads that it does not define itself."""
+    defined = {v for e in eqns for v in e.outvars}
+    read = [v for e in eqns for v in e.invars if not _is_literal(v)]
+    read += [v for v in outs if not _is_literal(v)]
+    return [v for v in dict.fromkeys(read) if v not in defined]
+
+  needs_step = used(parts[2], jaxpr.outvars)
+  needs_group = used(parts[1])
+  from_shared = [v for v in dict.fromkeys(needs_group + needs_step) if level[v] == 0]
+  from_group = [v for v in needs_step if level[v] == 1]
+
+  env = dict(zip(jaxpr.constvars, closed.consts))
+  env.update(zip(jaxpr.invars[n_var + n_fixed:], leaves[2]))
+  env = _run_eqns(parts[0], env, canonicalize)
+  shared_values = {v: env[v] for v in from_shared}
+
+  def prepare(fixed_values: PyTree) -> list:
+    env = dict(shared_values)
+    env.update(zip(jaxpr.invars[n_var:n_var + n_fixed], jax.tree_util.tree_leaves(fixed_values)))
+    env = _run_eqns(parts[1], env, canonicalize)
+    return [env[v] for v in from_group]
+
+  def apply(variant_values: PyTree, prepared: list) -> PyTree:
+    env = dict(shared_values)
+    env.update(zip(from_group, prepared))
+    env.update(zip(jaxpr.invars[:n_var], jax.tree_util.tree_leaves(variant_values)))
+    env = _run_eqns(parts[2], env, canonicalize)
+    out = [_read(env, v) for v in jaxpr.outvars]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), out)
+
+  return prepare, apply
 
 
 # ----------------------------------------------------------------------------------------------
@@ -595,25 +704,17 @@ class Engine:
       return batch
     return math.gcd(batch, group)  # groups must tile the batch
 
-  def step(self, state: EngineState, data: Data, group: int) -> tuple[EngineState, dict]:
-    """One step for the batch, `group` images vectorised at a time (`group_size`).
-    Records {term: [B]}."""
+  def _step_program(self, state: EngineState, data: Data, group: int):
+    """(prepare, apply) of the step of `group` images vectorised (`hoist_invariants`): the
+    variant inputs are the state's per-image arrays, the fixed ones targets and masks."""
     mask_axis = None if data.masks is None else 0
     fn = jax.vmap(self._image_step, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, mask_axis, None))
-    if self.canonicalize_convs:
-      fn = canonical_convs(fn)
-    shared = data._replace(targets=None, masks=None)
-    batched = (state.latents, state.opt_state, state.last_finite, state.step, state.failed,
-               state.failed_step, state.key, data.targets, data.masks)
-    batch = state.step.shape[0]
-    if group >= batch:
-      *new, record = fn(*batched, shared)
-    else:  # a loop over groups of `group` images: [B, ...] <-> [B // group, group, ...]
-      split = lambda x: x.reshape(batch // group, group, *x.shape[1:])
-      merge = lambda x: x.reshape(batch, *x.shape[2:])
-      out = jax.lax.map(lambda args: fn(*args, shared), jax.tree_util.tree_map(split, batched))
-      *new, record = jax.tree_util.tree_map(merge, out)
-    return EngineState(*new, key=state.key), record
+    one_group = lambda tree: jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct((group,) + x.shape[1:], x.dtype), tree)
+    return hoist_invariants(
+        lambda variant, fixed, shared: fn(*variant, *fixed, shared),
+        one_group(_variant(state)), one_group((data.targets, data.masks)),
+        data._replace(targets=None, masks=None), canonicalize=self.canonicalize_convs)
 
   # 4. a chunk of steps, compiled
   def run_chunk(self, state: EngineState, data: Data) -> tuple[EngineState, dict]:
@@ -638,14 +739,37 @@ class Engine:
     return sum(f._cache_size() for f in self._chunk_fns.values())
 
   def _chunk(self, state: EngineState, data: Data, group: int) -> tuple[EngineState, dict]:
+    """`chunk_size` steps; each runs the batch `group` images vectorised at a time
+    (`group_size`), one group after another (`lax.map`). Records {term: [chunk_size, B]}."""
     self.trace_count += 1  # Python side effect: runs once per trace, not per call
-    state, records = jax.lax.scan(lambda s, _: self.step(s, data, group), state, None,
-                                  length=self.spec.chunk_size)
-    return state, records  # records {term: [chunk_size, B]}
+    prepare, apply = self._step_program(state, data, group)  # shared invariants: once
+    fixed = (data.targets, data.masks)
+    batch = state.step.shape[0]
+    if group >= batch:
+      prepared = prepare(fixed)
+      step = lambda s: apply(_variant(s), prepared)
+    else:  # [B, ...] <-> [B // group, group, ...]
+      split = lambda t: jax.tree_util.tree_map(
+          lambda x: x.reshape(batch // group, group, *x.shape[1:]), t)
+      merge = lambda t: jax.tree_util.tree_map(lambda x: x.reshape(batch, *x.shape[2:]), t)
+      prepared = jax.lax.map(prepare, split(fixed))  # per-group invariants: once per chunk
+      step = lambda s: merge(jax.lax.map(lambda a: apply(*a), (split(_variant(s)), prepared)))
+
+    def body(s: EngineState, _):
+      *new, record = step(s)
+      return EngineState(*new, key=s.key), record
+
+    return jax.lax.scan(body, state, None, length=self.spec.chunk_size)
 
   def ws(self, latents: Latents, g_vars: PyTree) -> Array:
     """Latents -> ws [B, num_ws, w_dim]."""
     return latent_to_ws(self.spec.g_config, g_vars, self.spec.space, latents.latent)
+
+
+def _variant(state: EngineState) -> tuple:
+  """The per-image arrays a step reads from the state, in `_image_step`'s argument order."""
+  return (state.latents, state.opt_state, state.last_finite, state.step, state.failed,
+          state.failed_step, state.key)
 
 
 def is_sharded(state: EngineState) -> bool:

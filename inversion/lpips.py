@@ -144,7 +144,7 @@ def lpips(params: Mapping[str, Any],
     raise ValueError(f'x and y must have the same shape, got {x.shape} and {y.shape}')
   _, h, w, _ = x.shape
   # 1. scaling layer; 2. trunk, one call per image batch (the target's features are then
-  # loop-invariant inside an optimisation scan: XLA hoists them, and backward skips them)
+  # loop-invariant: the engine computes them once per chunk, and backward skips them)
   feats_x, feats_y = (trunk_features(params, vgg_lib.normalize_input(im, 'lpips'), precision)
                       for im in (x, y))
   per_layer = []

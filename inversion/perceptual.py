@@ -136,8 +136,8 @@ def vgg_feature_mse(params: Any, x: jax.Array, y: jax.Array, mask: jax.Array | N
   w = (1.0,) * len(layers) if layer_weights is None else tuple(layer_weights)
   if len(w) != len(layers):
     raise ValueError(f'{len(layers)} layers but {len(w)} layer_weights')
-  # Two trunk calls, not one on [x; y]: inside the engine's scan the target's features are
-  # loop-invariant, so XLA computes them once per chunk, and the backward pass skips them.
+  # Two trunk calls, not one on [x; y]: the target's features are then loop-invariant, so the
+  # engine computes them once per chunk (`engine.hoist_invariants`), and backward skips them.
   features = lambda im: vgg_lib.vgg16_features(params, apply_mask(im, mask), layers,
                                                preprocess=preprocess, resize=resize,
                                                precision=precision)

@@ -215,6 +215,20 @@ def _check_layers(layers: Sequence[str]) -> tuple[str, ...]:
   return layers
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 / stride-2 max-pool of NHWC activations (VALID: an odd last row or column is dropped,
+  as torch's MaxPool2d(2, 2) does).
+
+  Written as a reshape and a max rather than `nn.max_pool` (a reduce-window): the values are the
+  same, and the gradient is elementwise comparisons instead of the select-and-scatter that
+  reduce-window's gradient becomes, which XLA:CPU runs as slow gathers and scatters. Ties share
+  the gradient equally; after a ReLU the only ties are zeros, whose gradient the ReLU zeroes.
+  """
+  b, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class VGG16(nn.Module):
   """VGG16 convolutional trunk returning named activations (NHWC).
 
@@ -238,7 +252,7 @@ class VGG16(nn.Module):
       if name in wanted:
         out[name] = x
       if name in POOL_AFTER and i < deepest:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+        x = max_pool_2x2(x)
     return {n: out[n] for n in layers}
 
 

@@ -130,6 +130,18 @@ def test_area_resize_matches_adaptive_pooling():
   assert vgg.prepare_images(jnp.zeros((1, 64, 64, 3)), resize=256).shape == (1, 64, 64, 3)
 
 
+@pytest.mark.parametrize('shape', [(2, 8, 6, 3), (1, 9, 7, 2)])  # even, and odd (VALID floor)
+def test_max_pool_matches_reduce_window(shape):
+  """The reshape max-pool equals a 2x2/2 reduce-window max-pool, values and gradient."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  cot = jax.random.normal(jax.random.PRNGKey(1), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+  ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+  np.testing.assert_array_equal(vgg.max_pool_2x2(x), ref(x))
+  grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * cot))(x)
+  np.testing.assert_array_equal(grad(vgg.max_pool_2x2), grad(ref))
+
+
 def test_bilinear_upsampling_matches_half_pixel_reference():
   # For upsampling, torch's align_corners=False bilinear equals jax.image.resize('bilinear').
   x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 4, 8, 2)), jnp.float32)
