@@ -37,13 +37,21 @@ def measure(resolution: int, batch: int, peak_gflops: float) -> list[dict]:
   variables = networks.init_generator(config, jax.random.PRNGKey(0))
   ws = networks.mapping(config, variables, jax.random.normal(jax.random.PRNGKey(1),
                                                              (batch, config.z_dim)))
-  forward = jax.jit(lambda ws: networks.synthesis(config, variables, ws))
-  grad = jax.grad(lambda ws: jnp.sum(networks.synthesis(config, variables, ws) ** 2))
+  # The weights are arguments, not constants, as in the engine (XLA would fold weight-only work).
+  forward = jax.jit(lambda ws, v: networks.synthesis(config, v, ws))
+  grad = lambda ws, v: jax.grad(lambda ws: jnp.sum(networks.synthesis(config, v, ws) ** 2))(ws)
   backward = jax.jit(grad)
-  # The inversion engine's CPU schedule (EngineSpec.micro_batch): one image at a time in a loop,
-  # so each image's activations stay in cache. Convs inside loops need `canonical_convs` on CPU.
-  per_image = engine.canonical_convs(grad) if jax.default_backend() == "cpu" else grad
-  looped = jax.jit(lambda ws: jax.lax.map(lambda w: per_image(w[None])[0], ws))
+
+  @jax.jit
+  def looped(ws, v):
+    """The inversion engine's CPU schedule (EngineSpec.micro_batch): one image at a time in a
+    loop, so each image's activations stay in cache; weight-only work hoisted out of the loop
+    and convolutions canonical, as the engine does (`engine.hoist_invariants`)."""
+    prepare, apply = engine.hoist_invariants(
+        lambda w, _, v: grad(w[None], v)[0], ws[0], (), v,
+        canonicalize=jax.default_backend() == "cpu")
+    prepared = prepare(())
+    return jax.lax.map(lambda w: apply(w, prepared), ws)
   flops = common.synthesis_flops(config) * batch
   # The ceiling the layer shapes allow: a plain conv shaped like the top block's layers, where
   # most of the time goes at high resolution (few channels, many pixels).
@@ -54,7 +62,7 @@ def measure(resolution: int, batch: int, peak_gflops: float) -> list[dict]:
   if batch > 1:
     modes.append(("fwd+bwd 1-by-1", looped, common.WS_BACKWARD_FACTOR))
   for mode, fn, factor in modes:
-    seconds = common.time_fn(fn, ws, repeats=3)
+    seconds = common.time_fn(fn, ws, variables, repeats=3)
     gflops = factor * flops / seconds / 1e9
     rows.append({"resolution": resolution, "batch": batch, "mode": mode, "seconds": seconds,
                  "images_per_s": batch / seconds, "gflops": gflops,

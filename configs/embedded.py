@@ -43,7 +43,6 @@ def get_config(arg=None):
   config.style_mixing_prob = 0.9
   config.ema_kimg = 10.0  # half-life of the G EMA, thousands of images
   config.ema_rampup = 0.05  # EMA half-life <= this fraction of images seen (None = off)
-  config.pl_weight = 0.0  # path-length regulariser, off (optional)
 
   # Bookkeeping.
   config.log_every = 20  # steps

@@ -4,7 +4,8 @@ Losses: non-saturating logistic for G and D, lazy R1 on reals every `r1_interval
 (scaled by the interval), style mixing, G EMA with ramp-up, `w_avg` tracking. One compiled step
 for G and one for D (two variants: with and without R1). Data-parallel over all local devices:
 the batch axis is sharded over a 1-D `jax.sharding.Mesh`, parameters are replicated, and XLA
-inserts the gradient all-reduce.
+inserts the gradient all-reduce. Path-length regularisation (optional in NVlabs' recipe for
+small models) is not implemented.
 
 `init_from` (a native model path) starts a new run from a trained G_ema and D, with fresh
 optimiser states, as NVlabs' `--resume=network.pkl` does (G and G_ema both start from G_ema).
