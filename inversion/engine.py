@@ -89,7 +89,6 @@ __all__ = [
     'OptimizerSpec',
     'WStats',
     'batch_mesh',
-    'canonical_convs',
     'hoist_invariants',
     'estimate_w_stats',
     'is_sharded',
@@ -365,10 +364,13 @@ def _all_finite(tree) -> Array:
 # a slow generic loop instead of its Eigen kernel (jax-ml/jax#12868; outside loops its layout
 # passes fix the order). Autodiff produces exactly such convolutions (the input gradient uses the
 # kernel as [H, W, O, I], reversed), which made a scanned inversion step 3-5x slower than the same
-# step jitted alone. `canonical_convs` re-evaluates a function's jaxpr with every 2-D convolution
-# written as transpose(inputs) -> conv(NHWC, HWIO -> NHWC) -> transpose(output); the kernel
-# transpose sits behind an optimization_barrier so XLA cannot fold it back into the convolution.
-# The arithmetic is unchanged (same convolution, same order of sums). Only used on CPU.
+# step jitted alone. `hoist_invariants(..., canonicalize=True)` re-evaluates the step's jaxpr with
+# every 2-D convolution written as transpose(inputs) -> conv(NHWC, HWIO -> NHWC) ->
+# transpose(output); the kernel transpose sits behind an optimization_barrier so XLA cannot fold
+# it back into the convolution (and, depending on the weights only, it is hoisted out of the
+# loop). Convolutions inside sub-jits are rewritten too; those inside other higher-order
+# primitives (scan, cond) are left as they are. The arithmetic is unchanged (same convolution,
+# same order of sums). Only used on CPU.
 
 _NHWC = (0, 3, 1, 2)   # lax.ConvDimensionNumbers spec of NHWC: (batch, feature, H, W) axes
 _HWIO = (3, 2, 0, 1)   # (out feature, in feature, H, W) axes of an HWIO kernel
@@ -434,26 +436,12 @@ def _eval_jaxpr(jaxpr, consts, args, canonicalize: bool = True) -> list:
   return [_read(env, v) for v in jaxpr.outvars]
 
 
-def canonical_convs(fn: Callable) -> Callable:
-  """fn with every 2-D convolution in NHWC/HWIO/NHWC form (see the section comment).
-
-  Traces fn to a jaxpr at each call (at trace time of an enclosing jit), so use it inside jit.
-  Convolutions inside pjit sub-jaxprs are rewritten too; those inside other higher-order
-  primitives (scan, cond) are left as they are.
-  """
-  def wrapped(*args):
-    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    out = _eval_jaxpr(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args))
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), out)
-  return wrapped
-
-
 # ----------------------------------------------------------------------------------------------
 # Loop-invariant hoisting.
 #
 # Much of a step does not depend on the latents: everything computed from the network weights
 # alone (the flipped and transposed kernels of the input gradients, the sub-pixel phase kernels,
-# the demodulation norms, `canonical_convs`' kernel transposes) and everything computed from an
+# the demodulation norms, the canonical convolutions' kernel transposes) and everything computed from an
 # image's target (its VGG features). XLA:CPU did not move that work out of the scan (it sits in
 # nested loops and behind optimisation barriers) and redid it every step: 18% of a 64 px W+ step.
 # `hoist_invariants` splits the step's jaxpr by data dependence into three parts: what depends on
@@ -476,7 +464,7 @@ def hoist_invariants(fn: Callable, variant: PyTree, fixed: PyTree, shared: PyTre
       call, and those that are fixed per group of images (targets, masks).
     shared: the arrays fixed for the whole loop (weights). What depends on them alone is
       computed here, now: call this where the loop is built, outside it.
-    canonicalize: also write convolutions in `canonical_convs` form.
+    canonicalize: also write convolutions in canonical form (the XLA:CPU workaround above).
 
   Returns:
     (prepare, apply): `prepare(fixed)` computes the per-group invariants (outside the loop,
@@ -607,7 +595,7 @@ class Engine:
     self.spec = spec
     self.optimizer = make_optimizer(spec.optimizer, max(spec.num_steps, 1))
     self.trace_count = 0
-    # XLA:CPU runs non-HWIO convolutions inside loops slowly (see `canonical_convs`).
+    # XLA:CPU runs non-HWIO convolutions inside loops slowly (see `_canonical_conv`).
     self.canonicalize_convs = jax.default_backend() == 'cpu'
     self._chunk_fns = {}  # mesh -> jitted chunk program
     self.render = _render_fn(spec.g_config, spec.space, spec.noise_mode)

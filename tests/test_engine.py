@@ -244,7 +244,8 @@ def test_sharded_over_8_devices_equals_single_device(devices_run):
 
 
 def test_canonical_convs_preserve_values():
-  """The XLA:CPU loop workaround is the same arithmetic: grads agree with plain autodiff."""
+  """The XLA:CPU loop workaround is the same arithmetic: grads agree with plain autodiff, and
+  every convolution left is NHWC / HWIO."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 5))
 
@@ -258,8 +259,13 @@ def test_canonical_convs_preserve_values():
     return jnp.sum(jnp.sin(y))
 
   g = jax.jit(jax.grad(f))
-  g2 = jax.jit(engine.canonical_convs(jax.grad(f)))
-  np.testing.assert_allclose(g2(x, w), g(x, w), rtol=1e-5, atol=1e-5)
+  _, apply = engine.hoist_invariants(lambda x, _, w: jax.grad(f)(x, w), x, (), w,
+                                     canonicalize=True)
+  np.testing.assert_allclose(jax.jit(apply)(x, []), g(x, w), rtol=1e-5, atol=1e-5)
+  specs = {str(e.params['dimension_numbers'])
+           for e in jax.make_jaxpr(apply)(x, []).jaxpr.eqns
+           if e.primitive.name == 'conv_general_dilated'}
+  assert specs == {str(jax.lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2)))}
 
 
 def _primitives(fn, *args) -> set:
