@@ -429,7 +429,7 @@ def _run_eqns(eqns, env: dict, canonicalize: bool) -> dict:
   return env
 
 
-def _eval_jaxpr(jaxpr, consts, args, canonicalize: bool = True) -> list:
+def _eval_jaxpr(jaxpr, consts, args, canonicalize: bool) -> list:
   env = dict(zip(jaxpr.constvars, consts))
   env.update(zip(jaxpr.invars, args))
   _run_eqns(jaxpr.eqns, env, canonicalize)
@@ -441,8 +441,8 @@ def _eval_jaxpr(jaxpr, consts, args, canonicalize: bool = True) -> list:
 #
 # Much of a step does not depend on the latents: everything computed from the network weights
 # alone (the flipped and transposed kernels of the input gradients, the sub-pixel phase kernels,
-# the demodulation norms, the canonical convolutions' kernel transposes) and everything computed from an
-# image's target (its VGG features). XLA:CPU did not move that work out of the scan (it sits in
+# the demodulation norms, the canonical convolutions' kernel transposes) and everything computed
+# from an image's target (its VGG features). XLA:CPU did not move that work out of the scan (it sits in
 # nested loops and behind optimisation barriers) and redid it every step: 18% of a 64 px W+ step.
 # `hoist_invariants` splits the step's jaxpr by data dependence into three parts: what depends on
 # the shared inputs only (run once per chunk), what also depends on a group's fixed per-image
