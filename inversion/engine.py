@@ -12,7 +12,8 @@ the hook for e.g. an encoder regulariser) and an optax optimiser. The engine own
   2. `chunk_size` steps run inside one compiled program (`lax.scan`); between chunks the host
      updates the progress bar, reports non-finite losses and may checkpoint. What does not
      depend on the latents (work on the weights alone, the targets' features) is computed once
-     per chunk, outside the scan (`hoist_invariants`);
+     per chunk, outside the scan (`hoist_invariants`), and kept for the chunk: the
+     Image2StyleGAN VGG16 features of a 256 px target take 40 MB per image;
   3. everything that changes between batches (targets, masks, generator weights, loss-network
      weights, keys, w_std) is an *argument* of the compiled program, and the last chunk is
      padded with no-op steps, so a job compiles once per (spec, batch shape), never per image or
