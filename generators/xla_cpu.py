@@ -4,7 +4,8 @@ From jaxlib 0.9, XLA:CPU hands convolutions and dots to YNNPACK fusions. On x86 
 every convolution without spatial padding (1x1 convs, the phase convolutions of a transposed
 conv, most input gradients) at about a third of the Eigen rate, and matmuls ~25% slower: a
 [4,128,128,128] 3x3 -> 256 conv takes 578 ms unpadded vs 193 ms with Eigen on 2 x86 cores,
-and the dense conv peak of `benchmarks/generator_speed.py` rises from 225 to 266-291 GFLOP/s.
+and the dense conv peak of `benchmarks/generator_speed.py` rises from 225 to 266-325 GFLOP/s
+(runs vary).
 So, unless the user set it, we add `--xla_cpu_experimental_ynn_fusion_type=` (no YNNPACK
 fusions) to XLA_FLAGS. XLA reads XLA_FLAGS when the first backend starts, so this only takes
 effect if nothing used JAX before the import; otherwise it logs how to set it by hand.
