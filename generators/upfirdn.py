@@ -16,6 +16,7 @@ agree. Filters are separable: we keep the 1-D taps and apply them along H and th
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -132,6 +133,7 @@ def _phase_taps(kernel: int, up: int, phase: int) -> tuple[list[int], int]:
   return taps, (phase + taps[0] - (kernel - 1)) // up
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv_transpose2d(x: jax.Array, w: jax.Array, up: int) -> jax.Array:
   """Stride-`up` transposed convolution with full padding (the correlation `w` applied to the
   zero-inserted input padded by kernel - 1): [B, H, W, I] -> [B, (H-1)*up + k, ..., O].
@@ -140,7 +142,14 @@ def conv_transpose2d(x: jax.Array, w: jax.Array, up: int) -> jax.Array:
   interleaved (sub-pixel convolution). It does only the useful multiply-adds; XLA's
   `lhs_dilation` convolution also multiplies the inserted zeros, and its input gradient runs
   at under half the dense-conv rate on CPU (see benchmarks/generator_speed.py).
+  The weight gradient is one matrix product (`_conv_transpose2d_weight_grad`), not autodiff's
+  per-phase convolutions with image-sized windows, which XLA:CPU runs 20-30x slower.
   """
+  return _conv_transpose2d_phases(x, w, up)
+
+
+def _conv_transpose2d_phases(x: jax.Array, w: jax.Array, up: int) -> jax.Array:
+  """`conv_transpose2d`'s forward pass: one dense convolution per output phase, interleaved."""
   kernel, height, width = w.shape[0], x.shape[1], x.shape[2]
   if kernel < up:
     raise ValueError(f"conv_transpose2d needs kernel >= up (got {kernel} < {up}); some output "
@@ -166,6 +175,85 @@ def conv_transpose2d(x: jax.Array, w: jax.Array, up: int) -> jax.Array:
   y = jnp.stack(rows, axis=2)  # [B, Mh, up(h phase), Mw, up(w phase), O]
   y = y.reshape(x.shape[0], per_phase_h * up, per_phase_w * up, w.shape[-1])
   return y[:, :size_h, :size_w]
+
+
+def _tap_views(a: jax.Array, kernel: int, stride: int, count_h: int, count_w: int,
+               reverse: bool) -> jax.Array:
+  """The kernel*kernel strided views a[:, s*m + t_h, s*n + t_w, :] (m < count_h, n < count_w),
+  one per tap (t = kernel-1-tap if `reverse`), stacked: [B * count_h * count_w, k*k*C]."""
+  views = []
+  for tap_h in range(kernel):
+    for tap_w in range(kernel):
+      start_h, start_w = (kernel - 1 - tap_h, kernel - 1 - tap_w) if reverse else (tap_h, tap_w)
+      views.append(a[:, start_h:start_h + stride * (count_h - 1) + 1:stride,
+                     start_w:start_w + stride * (count_w - 1) + 1:stride, :])
+  return jnp.stack(views, axis=3).reshape(a.shape[0] * count_h * count_w, -1)
+
+
+def _contract_rows(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a [N, P]^T @ b [N, Q] -> [P, Q]: a weight gradient summed over batch and pixels."""
+  return jax.lax.dot_general(a, b.astype(a.dtype), (((0,), (0,)), ((), ())))
+
+
+def _conv_transpose2d_weight_grad(x: jax.Array, dy: jax.Array, kernel: int, up: int) -> jax.Array:
+  """d(loss)/dw of `conv_transpose2d` as one GEMM over batch and pixels.
+
+  Output pixel `up*m + kernel-1 - kh` takes input pixel `m` through tap `kh`, so
+  dw[kh, kw, i, o] = sum over (b, m, n) of x[b, m, n, i] * dy[b, up*m + kernel-1-kh,
+  up*n + kernel-1-kw, o]: x times the k*k strided views of dy.
+  """
+  _, height, width, in_channels = x.shape
+  views = _tap_views(dy, kernel, up, height, width, reverse=True)  # [BHW, k*k*O]
+  dw = _contract_rows(x.reshape(-1, in_channels), views)  # [I, k*k*O]
+  return dw.reshape(in_channels, kernel, kernel, -1).transpose(1, 2, 0, 3)
+
+
+def _conv_transpose2d_fwd(x, w, up):
+  return _conv_transpose2d_phases(x, w, up), (x, w)
+
+
+def _conv_transpose2d_bwd(up, residuals, dy):
+  x, w = residuals
+  _, input_vjp = jax.vjp(lambda x: _conv_transpose2d_phases(x, w, up), x)
+  (dx,) = input_vjp(dy)
+  return dx, _conv_transpose2d_weight_grad(x, dy, w.shape[0], up).astype(w.dtype)
+
+
+conv_transpose2d.defvjp(_conv_transpose2d_fwd, _conv_transpose2d_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def strided_conv2d(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+  """VALID cross-correlation with a stride (NHWC x HWIO), differentiated by hand.
+
+  The input gradient is `conv_transpose2d` of the output gradient (sub-pixel form: only the
+  useful multiply-adds, where XLA's `lhs_dilation` form also multiplies inserted zeros) and the
+  weight gradient is one GEMM. Both stay cheap when differentiated again: R1's gradient of the
+  input gradient otherwise becomes a dilated convolution with an image-sized window, which
+  XLA:CPU runs ~20x below its dense rate.
+  """
+  return conv2d(x, w, stride=stride)
+
+
+def _strided_conv2d_fwd(x, w, stride):
+  return conv2d(x, w, stride=stride), (x, w)
+
+
+def _strided_conv2d_bwd(stride, residuals, dy):
+  x, w = residuals
+  kernel, _, in_channels, _ = w.shape
+  _, height, width, _ = x.shape
+  _, out_h, out_w, out_channels = dy.shape
+  # Output m reads inputs stride*m + tap: the transposed conv of dy with w flipped and I <-> O.
+  flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3).astype(dy.dtype)
+  dx = conv_transpose2d(dy, flipped, stride)  # [B, (M-1)*stride + k, ...]: inputs no output read
+  dx = jnp.pad(dx, ((0, 0), (0, height - dx.shape[1]), (0, width - dx.shape[2]), (0, 0)))
+  views = _tap_views(x, kernel, stride, out_h, out_w, reverse=False)  # [BMN, k*k*I]
+  dw = _contract_rows(views, dy.reshape(-1, out_channels))  # [k*k*I, O]
+  return dx.astype(x.dtype), dw.reshape(kernel, kernel, in_channels, out_channels).astype(w.dtype)
+
+
+strided_conv2d.defvjp(_strided_conv2d_fwd, _strided_conv2d_bwd)
 
 
 def conv_transpose2d_reference(x: jax.Array, w: jax.Array, up: int) -> jax.Array:
@@ -218,5 +306,7 @@ def conv2d_resample(
       x = upfirdn2d(x, f, down=down, padding=(pad_before, pad_after))
       return conv2d(x, w)
     x = upfirdn2d(x, f, padding=(pad_before, pad_after))
-    return conv2d(x, w, stride=down)
+    if kernel < down:  # some inputs are read by no tap: plain autodiff
+      return conv2d(x, w, stride=down)
+    return strided_conv2d(x, w, down)
   return conv2d(x, w, padding=padding)

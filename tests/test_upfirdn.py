@@ -50,6 +50,30 @@ def test_sub_pixel_transposed_conv_equals_zero_insertion(kernel, up, height, wid
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel,stride,height,width", [(3, 2, 9, 9), (3, 2, 8, 7), (4, 2, 10, 9),
+                                                        (3, 3, 10, 8), (2, 2, 6, 6)])
+def test_strided_conv_gradients_equal_autodiff(kernel, stride, height, width):
+  """strided_conv2d's hand-written VJP equals XLA autodiff of the strided conv: values, first-
+  order gradients, and the R1-style second order (the weight gradient of an input gradient)."""
+  key1, key2, key3 = jax.random.split(jax.random.PRNGKey(kernel * 10 + stride + height), 3)
+  x = jax.random.normal(key1, (2, height, width, 3))
+  w = jax.random.normal(key2, (kernel, kernel, 3, 4))
+  ours = lambda x, w: upfirdn.strided_conv2d(x, w, stride)
+  plain = lambda x, w: upfirdn.conv2d(x, w, stride=stride)
+  np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-5, atol=1e-5)
+  cotangent = jax.random.normal(key3, plain(x, w).shape)
+  for order in (1, 2):
+    def loss(f):
+      first = lambda x, w: jnp.sum(jnp.tanh(f(x, w)) * cotangent)
+      if order == 1:
+        return first
+      return lambda x, w: jnp.sum(jnp.square(jax.grad(first)(x, w)))  # R1: |d out / d x|^2
+    expected = jax.grad(loss(plain), argnums=(0, 1))(x, w)
+    got = jax.grad(loss(ours), argnums=(0, 1))(x, w)
+    for a, b in zip(got, expected):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
 def test_up_conv_equals_upsample_then_conv():
   """conv2d_resample(up=2) equals zero insertion, all padding, FIR, then a VALID conv."""
   key1, key2 = jax.random.split(jax.random.PRNGKey(1))
