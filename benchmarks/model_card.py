@@ -57,8 +57,11 @@ def main(argv=None) -> None:
                f"optimiser states (`--config.init_from`, as NVlabs' `--resume`): "
                f"**{_total_kimg(meta):.1f} kimg** in all.")
   else:
-    history = (f"Trained for **{meta['training_steps']} steps ({meta['kimg']:.1f} kimg)** on 2 CPU "
-               "cores.")
+    history = (f"Trained from scratch for **{meta['training_steps']} steps ({meta['kimg']:.1f} "
+               "kimg)** on 2 CPU cores.")
+    if meta["kimg"] < cfg["total_kimg"]:
+      history += (f" The run is set for {cfg['total_kimg']:g} kimg; this is its checkpoint so far, "
+                  "and the command below resumes it.")
   rows = "\n".join(
       f"| {r['pair']} | " + " | ".join(f"{r[k]:.1f}" for k in r if k != "pair") + " |"
       for r in evaluation["rows"])
@@ -86,8 +89,8 @@ G EMA (half-life {cfg['ema_kimg']} kimg, ramp-up {cfg['ema_rampup']}), Adam (lr 
 betas 0/0.99), batch {cfg['batch_size']}. z = w = {cfg['model']['z_dim']},
 {cfg['model']['mapping_layers']} mapping layers, channel_base {cfg['model']['channel_base']},
 channel_max {cfg['model']['channel_max']}, conv_clamp {cfg['model']['conv_clamp']}.
-{history} `python -m generators train --config embedded --workdir runs/embedded` trains the
-first run (and resumes it after a kill).
+{history} `python -m generators train --config embedded --workdir runs/embedded` trains
+{'the first run' if meta.get('init_from') else 'it'} (and resumes it after a kill).
 {curve}
 
 ## Evaluation

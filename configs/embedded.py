@@ -28,14 +28,14 @@ def get_config(arg=None):
   config.model.w_dim = 128
   config.model.mapping_layers = 2  # NVlabs 'auto' config for small data
   config.model.channel_base = 2048  # 64 px: 32 channels; <= 32 px: channel_max
-  config.model.channel_max = 64  # measured 5.3 s/step at batch 32 on 2 cores (128: 9.4 s)
-                                 # then; 3.06 s now with Eigen convs (generators/xla_cpu.py)
+  config.model.channel_max = 64  # 5.3 s/step at batch 32 on 2 cores when chosen (128: 9.4 s);
+                                 # 1.3 s since the hand-written conv VJPs (generators/upfirdn.py)
   config.model.conv_clamp = 256.0
   config.model.mbstd_group_size = 4
 
   # Optimisation (StyleGAN2-ADA 'auto': Adam(0, 0.99), lazy R1 every 16 D steps).
   config.batch_size = 32
-  config.total_kimg = 60.0  # ~1900 steps: ~3 h on 2 CPU cores with YNNPACK convs, ~1.6 h with Eigen
+  config.total_kimg = 256.0  # 8000 steps: ~3 h on 2 CPU cores at ~1.3 s/step
   config.g_lr = 0.0025
   config.d_lr = 0.0025
   config.r1_gamma = 0.5  # 0.05 let D win outright by 2 kimg (grey reals vs colour fakes)

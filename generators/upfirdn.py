@@ -230,7 +230,7 @@ def strided_conv2d(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
   useful multiply-adds, where XLA's `lhs_dilation` form also multiplies inserted zeros) and the
   weight gradient is one GEMM. Both stay cheap when differentiated again: R1's gradient of the
   input gradient otherwise becomes a dilated convolution with an image-sized window, which
-  XLA:CPU runs ~20x below its dense rate.
+  XLA:CPU runs at about 1 GFLOP/s (1.4 of a 2.5 s D step with R1 at 64 px, batch 32).
   """
   return conv2d(x, w, stride=stride)
 
