@@ -246,7 +246,8 @@ def _strided_conv2d_bwd(stride, residuals, dy):
   _, out_h, out_w, out_channels = dy.shape
   # Output m reads inputs stride*m + tap: the transposed conv of dy with w flipped and I <-> O.
   flipped = jnp.swapaxes(w[::-1, ::-1], 2, 3).astype(dy.dtype)
-  dx = conv_transpose2d(dy, flipped, stride)  # [B, (M-1)*stride + k, ...]: inputs no output read
+  dx = conv_transpose2d(dy, flipped, stride)  # [B, (M-1)*stride + k, ...]
+  # Input rows past (M-1)*stride + k feed no output: their gradient is zero.
   dx = jnp.pad(dx, ((0, 0), (0, height - dx.shape[1]), (0, width - dx.shape[2]), (0, 0)))
   views = _tap_views(x, kernel, stride, out_h, out_w, reverse=False)  # [BMN, k*k*I]
   dw = _contract_rows(views, dy.reshape(-1, out_channels))  # [k*k*I, O]
@@ -306,7 +307,7 @@ def conv2d_resample(
       x = upfirdn2d(x, f, down=down, padding=(pad_before, pad_after))
       return conv2d(x, w)
     x = upfirdn2d(x, f, padding=(pad_before, pad_after))
-    if kernel < down:  # some inputs are read by no tap: plain autodiff
+    if kernel < down:  # its input gradient cannot be a conv_transpose2d: plain autodiff
       return conv2d(x, w, stride=down)
     return strided_conv2d(x, w, down)
   return conv2d(x, w, padding=padding)
