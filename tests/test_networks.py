@@ -14,6 +14,12 @@ from generators import convert, networks
 PARITY_RTOL = 1e-4
 
 
+# Jitted once per config: eagerly, each of a network's many small ops compiles on its own, which
+# costs several times more than compiling the whole network once.
+mapping = jax.jit(networks.mapping, static_argnums=0, static_argnames="cutoff")
+synthesis = jax.jit(networks.synthesis, static_argnums=(0, 3))
+
+
 def rel_err(got, want):
   got, want = np.asarray(got), np.asarray(want)
   return float(np.max(np.abs(got - want)) / (np.max(np.abs(want)) + 1e-12))
@@ -44,12 +50,12 @@ def test_generator_parity(official, stylegan2_ref):
   with jax.default_matmul_precision("highest"):
     z = jnp.asarray(ref["z"])
     errors = {
-        "ws": rel_err(networks.mapping(g_config, g_vars, z), ref["ws"]),
-        "ws_trunc": rel_err(networks.mapping(g_config, g_vars, z, psi=0.7), ref["ws_trunc"]),
+        "ws": rel_err(mapping(g_config, g_vars, z), ref["ws"]),
+        "ws_trunc": rel_err(mapping(g_config, g_vars, z, psi=0.7), ref["ws_trunc"]),
     }
     for key, ws, mode in [("img", "ws", "const"), ("img_trunc", "ws_trunc", "const"),
                           ("img_mixed", "ws_mixed", "const"), ("img_nonoise", "ws", "none")]:
-      img = networks.synthesis(g_config, g_vars, jnp.asarray(ref[ws]), noise_mode=mode)
+      img = synthesis(g_config, g_vars, jnp.asarray(ref[ws]), noise_mode=mode)
       errors[key] = rel_err(nchw(img), ref[key])
   print("generator parity (max abs err / max abs ref):", errors)
   assert max(errors.values()) < PARITY_RTOL, errors
@@ -59,8 +65,9 @@ def test_discriminator_parity(official, stylegan2_ref):
   _, _, d_config, d_vars = official
   disc = networks.Discriminator(d_config)
   with jax.default_matmul_precision("highest"):
-    fake = disc.apply(d_vars, jnp.asarray(stylegan2_ref["img"]).transpose(0, 2, 3, 1))
-    real = disc.apply(d_vars, jnp.asarray(stylegan2_ref["d_real"]).transpose(0, 2, 3, 1))
+    apply = jax.jit(disc.apply)
+    fake = apply(d_vars, jnp.asarray(stylegan2_ref["img"]).transpose(0, 2, 3, 1))
+    real = apply(d_vars, jnp.asarray(stylegan2_ref["d_real"]).transpose(0, 2, 3, 1))
   errors = {"fake": rel_err(fake, stylegan2_ref["d_logits_fake"]),
             "real": rel_err(real, stylegan2_ref["d_logits_real"])}
   print("discriminator parity:", errors)
@@ -74,7 +81,7 @@ def test_inversion_gradient_parity(official, stylegan2_ref):
     return jnp.mean(networks.synthesis(g_config, g_vars, ws) ** 2)
 
   with jax.default_matmul_precision("highest"):
-    value, grad = jax.value_and_grad(loss)(jnp.asarray(stylegan2_ref["ws"]))
+    value, grad = jax.jit(jax.value_and_grad(loss))(jnp.asarray(stylegan2_ref["ws"]))
   assert rel_err(value, stylegan2_ref["grad_loss"]) < PARITY_RTOL
   assert rel_err(grad, stylegan2_ref["grad_ws"]) < PARITY_RTOL
 
@@ -120,10 +127,10 @@ def test_other_architectures_round_trip_through_shapes(architecture, channels, c
   inferred, back = convert.generator_from_state(state, conv_clamp=clamp)
   assert inferred == config
   z = jax.random.normal(jax.random.PRNGKey(1), (2, 8))
-  ws = networks.mapping(config, variables, z)
-  img = networks.synthesis(config, variables, ws)
+  ws = mapping(config, variables, z)
+  img = synthesis(config, variables, ws)
   assert img.shape == (2, 16, 16, channels)
-  np.testing.assert_array_equal(img, networks.synthesis(inferred, back, ws))
+  np.testing.assert_array_equal(img, synthesis(inferred, back, ws))
   if clamp is not None:
     assert float(jnp.max(jnp.abs(img))) <= clamp * (2 if architecture == "skip" else 1) + 1e-6
 
@@ -134,21 +141,21 @@ def test_noise_modes_and_explicit_noise():
   variables = jax.tree_util.tree_map_with_path(
       lambda p, x: jnp.ones_like(x) if "noise_strength" in jax.tree_util.keystr(p) else x,
       variables)
-  ws = networks.mapping(TINY, variables, jnp.ones((2, 8)))
-  const = networks.synthesis(TINY, variables, ws, "const")
-  none = networks.synthesis(TINY, variables, ws, "none")
-  r1 = networks.synthesis(TINY, variables, ws, "random", key=jax.random.PRNGKey(1))
-  r2 = networks.synthesis(TINY, variables, ws, "random", key=jax.random.PRNGKey(2))
+  ws = mapping(TINY, variables, jnp.ones((2, 8)))
+  const = synthesis(TINY, variables, ws, "const")
+  none = synthesis(TINY, variables, ws, "none")
+  r1 = synthesis(TINY, variables, ws, "random", key=jax.random.PRNGKey(1))
+  r2 = synthesis(TINY, variables, ws, "random", key=jax.random.PRNGKey(2))
   assert not np.allclose(const, none) and not np.allclose(r1, r2)
   # An explicit noise dict equal to the stored buffers reproduces 'const'.
   buffers = variables["buffers"]["synthesis"]
   noise = {name: buffers[name.split(".")[0]][name.split(".")[1]]["noise_const"]
            for name in TINY.noise_layers}
-  np.testing.assert_allclose(networks.synthesis(TINY, variables, ws, "none", noise), const,
+  np.testing.assert_allclose(synthesis(TINY, variables, ws, "none", noise), const,
                              rtol=1e-6)
   # Zero explicit noise equals 'none'.
   zeros = {k: jnp.zeros((2, r, r)) for k, r in TINY.noise_layers.items()}
-  np.testing.assert_allclose(networks.synthesis(TINY, variables, ws, "const", zeros), none,
+  np.testing.assert_allclose(synthesis(TINY, variables, ws, "const", zeros), none,
                              rtol=1e-6)
 
 
@@ -177,8 +184,8 @@ def test_discriminator_features_and_batch_errors():
                                         channel_max=16)
   variables = networks.init_discriminator(config, jax.random.PRNGKey(0))
   img = jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 4))
-  feats = networks.Discriminator(config).apply(
-      variables, img, method=networks.Discriminator.features)
+  feats = jax.jit(functools.partial(networks.Discriminator(config).apply,
+                                    method=networks.Discriminator.features))(variables, img)
   assert feats["b16"].shape == (4, 8, 8, 8) and feats["b8"].shape == (4, 4, 4, 16)
   assert feats["logits"].shape == (4, 1) and feats["b4_fc"].shape == (4, 16)
   with pytest.raises(ValueError, match="divisible by the minibatch-stddev group size"):
