@@ -29,8 +29,10 @@ def main(argv=None) -> None:
   samples = pathlib.Path(argv[0]).with_suffix(".png")
   shutil.copy(samples, checkpoint.EMBEDDED_DIR / "samples.png")
   curve = ""
-  if evaluation.get("curve_png"):
-    shutil.copy(evaluation["curve_png"], checkpoint.EMBEDDED_DIR / "training_curve.png")
+  # The loss curve of the training run, from whichever evaluation was given its workdir.
+  curve_png = next((e["curve_png"] for e in evaluations if e.get("curve_png")), None)
+  if curve_png:
+    shutil.copy(curve_png, checkpoint.EMBEDDED_DIR / "training_curve.png")
     curve = "\n![G and D losses over the last training run](training_curve.png)\n"
   progress = "\n".join(
       f"| {_total_kimg(e['metadata']):.1f} | "
@@ -59,7 +61,16 @@ def main(argv=None) -> None:
   else:
     history = (f"Trained from scratch for **{meta['training_steps']} steps ({meta['kimg']:.1f} "
                "kimg)** on 2 CPU cores.")
-    if meta["kimg"] < cfg["total_kimg"]:
+    later = [e for e in evaluations if _total_kimg(e["metadata"]) > _total_kimg(meta)]
+    if later:
+      best = all(_swd_values(e, "G_ema")[-1] >= _swd_values(evaluation, "G_ema")[-1]
+                 for e in evaluations)
+      history += (f" The run went on to {max(_total_kimg(e['metadata']) for e in later):g} kimg"
+                  + ("; this snapshot has the lowest average SWD of those evaluated (table "
+                     "below): later ones were worse, as a small GAN's quality oscillates."
+                     if best else "; this is an earlier snapshot of it (table below).")
+                  + f" Pass `--config.total_kimg={meta['kimg']:g}` to stop a new run there.")
+    elif meta["kimg"] < cfg["total_kimg"]:
       history += (f" The run is set for {cfg['total_kimg']:g} kimg; this is its checkpoint so far, "
                   "and the command below resumes it.")
   rows = "\n".join(
