@@ -38,7 +38,10 @@ def main(argv=None) -> None:
       f"| {_total_kimg(e['metadata']):.1f} | "
       + " | ".join(f"{v:.1f}" for v in _swd_values(e, "G_ema")) + " |"
       for e in sorted(evaluations, key=lambda e: _total_kimg(e["metadata"])))
-  reproduce = ("python -m generators train --config embedded --workdir runs/embedded\n"
+  later = [e for e in evaluations if _total_kimg(e["metadata"]) > _total_kimg(meta)]
+  # A snapshot from before the end of its run: stop a new run at that snapshot's kimg.
+  stop_at = f" --config.total_kimg={meta['kimg']:g}" if later and not meta.get("init_from") else ""
+  reproduce = (f"python -m generators train --config embedded --workdir runs/embedded{stop_at}\n"
                "python -m generators export --workdir runs/embedded --out "
                + ("runs/base_model\n" if meta.get("init_from") else "generators/embedded/model\n"))
   workdir = "runs/embedded"
@@ -61,7 +64,6 @@ def main(argv=None) -> None:
   else:
     history = (f"Trained from scratch for **{meta['training_steps']} steps ({meta['kimg']:.1f} "
                "kimg)** on 2 CPU cores.")
-    later = [e for e in evaluations if _total_kimg(e["metadata"]) > _total_kimg(meta)]
     if later:
       best = all(_swd_values(e, "G_ema")[-1] >= _swd_values(evaluation, "G_ema")[-1]
                  for e in evaluations)
@@ -69,7 +71,7 @@ def main(argv=None) -> None:
                   + ("; this snapshot has the lowest average SWD of those evaluated (table "
                      "below): later ones were worse, as a small GAN's quality oscillates."
                      if best else "; this is an earlier snapshot of it (table below).")
-                  + f" Pass `--config.total_kimg={meta['kimg']:g}` to stop a new run there.")
+                  + f" `--config.total_kimg={meta['kimg']:g}` stops a new run there.")
     elif meta["kimg"] < cfg["total_kimg"]:
       history += (f" The run is set for {cfg['total_kimg']:g} kimg; this is its checkpoint so far, "
                   "and the command below resumes it.")
