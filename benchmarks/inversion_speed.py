@@ -32,7 +32,6 @@ run it on a GPU or drop it with --sizes.
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
 import time
 
@@ -81,16 +80,11 @@ def step_flops(resolution: int) -> dict:
 # Timing.
 
 
-@functools.lru_cache(maxsize=4)
-def _init_fn(cfg):
-  return jax.jit(lambda key: networks.init_generator(cfg, key))
-
-
 def bench(resolution: int, batch: int, chunk: int, iters: int, vgg_params, peak: float,
           micro_batch: int = 0) -> dict:
   """Times W+ inversion steps for one (resolution, batch); returns a result row."""
   cfg = generator_config(resolution)
-  model = checkpoint.Model(cfg, _init_fn(cfg)(jax.random.PRNGKey(0)),
+  model = checkpoint.Model(cfg, networks.init_generator(cfg, jax.random.PRNGKey(0)),
                            metadata={'source': 'random config-F-shaped weights'})
   config = api.as_config('image2stylegan:wplus', [
       f'--config.steps={chunk * (iters + 1)}', f'--config.chunk_size={chunk}',
