@@ -7,8 +7,8 @@ Rows (RGB channels, 1k images each unless --num says otherwise):
   real vs real      random held-out crops vs random training crops: the floor to aim for;
   G_ema vs held-out the shipped model (truncation off, random noise);
   untrained G       the same architecture at its random initialisation.
-Also reports the mask channel: the fraction of generated pixels marked as defect, beside the
-training set's. Writes a sample grid PNG next to the JSON.
+Also reports the mask channel: the fraction of generated pixels marked as defect and of images
+with any defect pixel, beside the training set's. Writes a sample grid PNG next to the JSON.
 """
 
 from __future__ import annotations
@@ -77,14 +77,21 @@ def main(argv=None) -> None:
   columns = ["pair"] + [k for k in rows[0] if k != "pair"]
   print(f"device: {common.device_description()}; {args.num} images per set, SWD x1e3")
   common.print_table(rows, columns)
-  mask_fraction = float(np.mean(fakes[..., 3] > 0)) if model.channels == 4 else None
+  mask_fraction = defect_images = None
+  if model.channels == 4:
+    mask_fraction = float(np.mean(fakes[..., 3] > 0))
+    defect_images = float(np.mean(np.any(fakes[..., 3] > 0, axis=(1, 2))))
   bank = defects.defect_dataset(2000, size=size, seed=0).images
   train_mask_fraction = float(np.mean(bank[..., 3] > 127))
-  print(f"defect-mask pixels: generated {mask_fraction}, training set {train_mask_fraction:.4f}")
+  train_defect_images = float(np.mean(np.any(bank[..., 3] > 127, axis=(1, 2))))
+  print(f"defect-mask pixels: generated {mask_fraction}, training set {train_mask_fraction:.4f}; "
+        f"images with a defect: generated {defect_images}, training set {train_defect_images:.3f}")
   train._grid_png(fakes[:64], out.with_suffix(".png"))
   payload = {"device": common.device_description(), "num": args.num, "rows": rows,
              "mask_fraction_generated": mask_fraction,
-             "mask_fraction_training": train_mask_fraction, "metadata": model.metadata}
+             "mask_fraction_training": train_mask_fraction,
+             "defect_images_generated": defect_images, "defect_images_training": train_defect_images,
+             "metadata": model.metadata}
   if args.workdir:
     payload["curve_png"] = str(_plot_curve(pathlib.Path(args.workdir), out.with_name(
         out.stem + "_curve.png")))

@@ -13,6 +13,7 @@ import pathlib
 import shutil
 import sys
 
+import configs
 from generators import checkpoint
 
 CARD = checkpoint.EMBEDDED_DIR / "MODEL_CARD.md"
@@ -35,41 +36,37 @@ def main(argv=None) -> None:
     shutil.copy(curve_png, checkpoint.EMBEDDED_DIR / "training_curve.png")
     curve = "\n![G and D losses over the last training run](training_curve.png)\n"
   progress = "\n".join(
-      f"| {_total_kimg(e['metadata']):.1f} | "
+      f"| {_kimg_label(e['metadata'])} | "
       + " | ".join(f"{v:.1f}" for v in _swd_values(e, "G_ema")) + " |"
       for e in sorted(evaluations, key=lambda e: _total_kimg(e["metadata"])))
-  later = [e for e in evaluations if _total_kimg(e["metadata"]) > _total_kimg(meta)]
-  # A snapshot from before the end of its run: stop a new run at that snapshot's kimg.
-  stop_at = f" --config.total_kimg={meta['kimg']:g}" if later and not meta.get("init_from") else ""
-  reproduce = (f"python -m generators train --config embedded --workdir runs/embedded{stop_at}\n"
-               "python -m generators export --workdir runs/embedded --out "
-               + ("runs/base_model\n" if meta.get("init_from") else "generators/embedded/model\n"))
-  workdir = "runs/embedded"
-  if meta.get("init_from"):
-    workdir = "runs/finetune"
-    reproduce += ("python -m generators train --config embedded --workdir runs/finetune "
-                  f"--config.init_from=runs/base_model --config.total_kimg={meta['kimg']:g}\n"
-                  "python -m generators export --workdir runs/finetune "
-                  "--out generators/embedded/model\n")
-  reproduce += (f"python -m benchmarks.embedded_model --workdir {workdir} "
-                "--out out/bench/embedded_model.json\n"
-                "python -m benchmarks.model_card out/bench/embedded_model.json")
+  # Later snapshots of the same run (fine-tuning runs from a snapshot are other lineages).
+  later = [e for e in evaluations if _total_kimg(e["metadata"]) > _total_kimg(meta)
+           and e["metadata"].get("init_from") == meta.get("init_from")]
+  reproduce = _reproduce(meta)
   if meta.get("init_from"):
     start = meta["init_from"]
     history = (f"Trained in two runs on 2 CPU cores: {start.get('kimg', 0):.1f} kimg "
                f"({start.get('training_steps')} steps) from scratch, then **{meta['kimg']:.1f} "
                f"kimg ({meta['training_steps']} steps)** from that model's G_ema and D with fresh "
-               f"optimiser states (`--config.init_from`, as NVlabs' `--resume`): "
-               f"**{_total_kimg(meta):.1f} kimg** in all.")
+               f"optimiser states (`--config.init_from`, as NVlabs' `--resume`)"
+               + (f", both learning rates ramping to 0 along a cosine over the last "
+                  f"{cfg['lr_rampdown']:.0%} of it" if cfg.get("lr_rampdown") else "")
+               + (" and the EMA at its full half-life from the start (no ramp-up)"
+                  if not cfg.get("ema_rampup") else "")
+               + f": **{_total_kimg(meta):.1f} kimg** in all.")
   else:
     history = (f"Trained from scratch for **{meta['training_steps']} steps ({meta['kimg']:.1f} "
                "kimg)** on 2 CPU cores.")
     if later:
+      tuned_from_it = ", and fine-tuning runs from it," if any(
+          (e["metadata"].get("init_from") or {}).get("kimg") == meta["kimg"]
+          for e in evaluations) else ""
       best = all(_swd_values(e, "G_ema")[-1] >= _swd_values(evaluation, "G_ema")[-1]
                  for e in evaluations)
       history += (f" The run went on to {max(_total_kimg(e['metadata']) for e in later):g} kimg"
                   + ("; this snapshot has the lowest average SWD of those evaluated (table "
-                     "below): later ones were worse, as a small GAN's quality oscillates."
+                     f"below): later ones{tuned_from_it} were worse, as a small GAN's "
+                     "quality oscillates."
                      if best else "; this is an earlier snapshot of it (table below).")
                   + f" `--config.total_kimg={meta['kimg']:g}` stops a new run there.")
     elif meta["kimg"] < cfg["total_kimg"]:
@@ -115,7 +112,7 @@ Sliced Wasserstein distance (x1e3, ProGAN's Laplacian-pyramid patches, RGB chann
 {rows}
 
 Defect-mask pixels: {evaluation['mask_fraction_generated']:.4f} of generated pixels vs
-{evaluation['mask_fraction_training']:.4f} in the training set.
+{evaluation['mask_fraction_training']:.4f} in the training set.{_defect_images(evaluation)}
 
 SWD (x1e3) of G_ema vs held-out crops along training:
 
@@ -131,6 +128,69 @@ Reproduce (each step resumes after a kill):
 """
   CARD.write_text(card)
   print(f"wrote {CARD}")
+
+
+def _flags(train_config: dict, stop_kimg: float) -> str:
+  """`--config.*` flags that turn the default embedded config into `train_config`, stopped at
+  `stop_kimg` (a snapshot before the end of its run is reproduced by ending a new run there)."""
+  wanted = _flatten({**train_config, "total_kimg": stop_kimg, "init_from": ""})
+  defaults = _flatten(json.loads(configs.load_config("embedded").to_json()))
+  return "".join(f" --config.{key}={_flag_value(value)}" for key, value in wanted.items()
+                 if key in defaults and defaults[key] != value)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def _flag_value(value) -> str:
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _reproduce(meta: dict) -> str:
+  """The commands that retrain this model: one run, or a first run and a fine-tuning run."""
+  train = "python -m generators train --config embedded --workdir "
+  export = "python -m generators export --workdir "
+  start = meta.get("init_from")
+  if start:
+    first_config = start.get("train_config", meta["train_config"])
+    commands = [train + "runs/embedded" + _flags(first_config, start["kimg"]),
+                export + "runs/embedded --out runs/base_model",
+                train + "runs/finetune --config.init_from=runs/base_model"
+                + _flags(meta["train_config"], meta["kimg"]),
+                export + "runs/finetune --out generators/embedded/model"]
+  else:
+    commands = [train + "runs/embedded" + _flags(meta["train_config"], meta["kimg"]),
+                export + "runs/embedded --out generators/embedded/model"]
+  workdir = "runs/finetune" if start else "runs/embedded"
+  commands += [f"python -m benchmarks.embedded_model --workdir {workdir} "
+               "--out out/bench/embedded_model.json",
+               "python -m benchmarks.model_card out/bench/embedded_model.json"]
+  return "\n".join(commands)
+
+
+def _defect_images(evaluation: dict) -> str:
+  if evaluation.get("defect_images_generated") is None:  # evaluations before it was measured
+    return ""
+  return (f" Images with any defect pixel: {evaluation['defect_images_generated']:.1%} of "
+          f"generated vs {evaluation['defect_images_training']:.1%} of training images.")
+
+
+def _kimg_label(meta: dict) -> str:
+  """Total kimg; for a fine-tuning run also where it started and its learning-rate schedule."""
+  label = f"{_total_kimg(meta):.1f}"
+  start = meta.get("init_from")
+  if start:
+    rampdown = meta["train_config"].get("lr_rampdown")
+    label += (f" (fine-tuned from {start['kimg']:g}"
+              + (f", lr cosine ramp-down over {rampdown:.0%}" if rampdown else "") + ")")
+  return label
 
 
 def _total_kimg(meta: dict) -> float:

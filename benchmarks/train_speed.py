@@ -53,8 +53,8 @@ def measure(config, label: str, repeats: int) -> dict:
                         NamedSharding(mesh, P("data")))
   g_step, d_plain, d_r1 = train.make_steps(config, g_config, d_config, mesh)
   key = jax.random.PRNGKey(0)
-  steps = {"g_step": lambda s: g_step(s, key, 0.99), "d_step": lambda s: d_plain(s, real, key),
-           "d_r1_step": lambda s: d_r1(s, real, key)}
+  steps = {"g_step": lambda s: g_step(s, key, 0.99, 1.0), "d_step": lambda s: d_plain(s, real, key, 1.0),
+           "d_r1_step": lambda s: d_r1(s, real, key, 1.0)}
   row = {"convs": label}
   for name, step in steps.items():
     times = []

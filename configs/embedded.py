@@ -43,6 +43,7 @@ def get_config(arg=None):
   config.style_mixing_prob = 0.9
   config.ema_kimg = 10.0  # half-life of the G EMA, thousands of images
   config.ema_rampup = 0.05  # EMA half-life <= this fraction of images seen (None = off)
+  config.lr_rampdown = 0.0  # cosine ramp of both learning rates to 0 over this end fraction
 
   # Bookkeeping.
   config.log_every = 20  # steps

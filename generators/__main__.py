@@ -32,6 +32,8 @@ def main(argv=None) -> int:
   export = sub.add_parser("export", help="export a training run's G_ema + D as a native model")
   export.add_argument("--workdir", required=True)
   export.add_argument("--out", required=True)
+  export.add_argument("--step", type=int, default=None,
+                      help="a kept checkpoint's step (default: the latest)")
   args, overrides = parser.parse_known_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
   elif args.command == "export":
     from generators import train as train_lib
 
-    print(train_lib.export(args.workdir, args.out))
+    print(train_lib.export(args.workdir, args.out, step=args.step))
   return 0
 
 

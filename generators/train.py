@@ -140,7 +140,7 @@ def make_steps(config, g_config, d_config, mesh: Mesh):
                                style_mixing_prob=config.style_mixing_prob,
                                batch_sharding=batch_sharding)
 
-  def g_step(state: TrainState, key, ema_beta):
+  def g_step(state: TrainState, key, ema_beta, lr_scale):
     def loss_fn(g_params):
       img, buffers = generate(g_params, state.g_buffers, key)
       logits = disc.apply({"params": state.d_params}, img)
@@ -148,14 +148,14 @@ def make_steps(config, g_config, d_config, mesh: Mesh):
 
     (loss, buffers), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
     updates, g_opt_state = g_opt.update(grads, state.g_opt, state.g_params)
-    g_params = optax.apply_updates(state.g_params, updates)
+    g_params = optax.apply_updates(state.g_params, _scaled(updates, lr_scale))
     ema_params = jax.tree_util.tree_map(lambda e, p: p + ema_beta * (e - p),
                                         state.ema["params"], g_params)
     ema = {"params": ema_params, "buffers": buffers}
     state = state._replace(g_params=g_params, g_buffers=buffers, ema=ema, g_opt=g_opt_state)
     return state, {"g_loss": loss}
 
-  def d_step(state: TrainState, real, key, with_r1: bool):
+  def d_step(state: TrainState, real, key, lr_scale, with_r1: bool):
     fake, _ = generate(state.g_params, state.g_buffers, key)
     fake = jax.lax.stop_gradient(fake)
 
@@ -175,13 +175,28 @@ def make_steps(config, g_config, d_config, mesh: Mesh):
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.d_params)
     updates, d_opt_state = d_opt.update(grads, state.d_opt, state.d_params)
-    d_params = optax.apply_updates(state.d_params, updates)
+    d_params = optax.apply_updates(state.d_params, _scaled(updates, lr_scale))
     return state._replace(d_params=d_params, d_opt=d_opt_state, step=state.step + 1), metrics
 
   g_step = jax.jit(g_step, donate_argnums=0)
   d_plain = jax.jit(functools.partial(d_step, with_r1=False), donate_argnums=0)
   d_r1 = jax.jit(functools.partial(d_step, with_r1=True), donate_argnums=0)
   return g_step, d_plain, d_r1
+
+
+def _scaled(updates, scale):
+  """Adam's step is linear in its learning rate: scaling the update scales the rate."""
+  return jax.tree_util.tree_map(lambda u: u * scale, updates)
+
+
+def lr_scale(config, step: int, total_steps: int) -> float:
+  """Learning-rate factor at `step`: 1, then a cosine ramp to 0 over the last `lr_rampdown`
+  fraction of the run (the NVlabs projector's ramp-down, applied to G and D alike)."""
+  rampdown = config.get("lr_rampdown", 0.0)
+  if not rampdown:
+    return 1.0
+  ramp = min(1.0, (1.0 - step / total_steps) / rampdown)
+  return 0.5 - 0.5 * math.cos(math.pi * ramp)
 
 
 def ema_beta(config, step: int) -> float:
@@ -252,7 +267,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     # What export records about the starting model, kept here in case that model moves.
     start = start_model.metadata
     (workdir / INIT_FROM_FILE).write_text(json.dumps({"path": str(config.init_from), **{
-        k: start[k] for k in ("training_steps", "kimg", "total_kimg_trained") if k in start}}))
+        k: start[k] for k in ("training_steps", "kimg", "total_kimg_trained", "train_config")
+        if k in start}}))
   else:
     state = init_state(config, g_config, d_config)  # a fresh start, or the restore template
   if manager.latest_step() is not None:
@@ -264,6 +280,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   step_config = config.copy_and_resolve_references()
   step_config.total_kimg = 0.0  # the compiled steps depend on neither the run length
   step_config.init_from = None  # nor the initialisation
+  step_config.lr_rampdown = 0.0  # nor the schedule (a per-step argument)
   g_step, d_plain, d_r1 = _cached_steps(step_config.to_json(), g_config, d_config, tuple(devices))
 
   bank = training_set(config, resolution)
@@ -281,12 +298,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     real = jax.device_put(real, batch_sharding)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     g_key, d_key = jax.random.split(key)
-    state, g_metrics = g_step(state, g_key, ema_beta(config, step))
+    scale = lr_scale(config, step, total_steps)
+    state, g_metrics = g_step(state, g_key, ema_beta(config, step), scale)
     if step % config.r1_interval == 0:
-      state, d_metrics = d_r1(state, real, d_key)
+      state, d_metrics = d_r1(state, real, d_key, scale)
       last_r1 = d_metrics.pop("r1")  # logged with the next record
     else:
-      state, d_metrics = d_plain(state, real, d_key)
+      state, d_metrics = d_plain(state, real, d_key, scale)
       d_metrics.pop("r1")
     done = step + 1
     bar.update(1)
@@ -296,7 +314,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
       if not (r1_ok and all(math.isfinite(v) for k, v in record.items() if k != "r1")):
         raise FloatingPointError(f"Non-finite loss at step {done}: {record}. Resume from the last "
                                  "checkpoint with a lower learning rate or larger r1_gamma.")
-      record.update(step=done, kimg=done * config.batch_size / 1000,
+      record.update(step=done, kimg=done * config.batch_size / 1000, lr_scale=scale,
                     seconds=round(time.time() - t0, 1))
       metrics_file.write(json.dumps(record) + "\n")
       metrics_file.flush()
@@ -314,17 +332,23 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
 
 
 def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
-           metadata: dict | None = None) -> pathlib.Path:
-  """Write the latest checkpoint's G_ema and D of `workdir` as a native model at `out`."""
+           metadata: dict | None = None, step: int | None = None) -> pathlib.Path:
+  """Write G_ema and D of `workdir`'s checkpoint at `step` (default: the latest) as a native
+  model at `out`."""
   import orbax.checkpoint as ocp
 
   workdir = pathlib.Path(workdir)
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   g_config, d_config = model_configs(config, config.data.resolution, channels=4)
   manager = _checkpoint_manager(workdir, config.keep_checkpoints)
-  step = manager.latest_step()
-  if step is None:
+  kept = manager.all_steps()
+  if not kept:
     raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to export.")
+  if step is None:
+    step = max(kept)
+  elif step not in kept:
+    raise ValueError(f"{workdir} keeps checkpoints at steps {sorted(kept)}, not {step}; pick one "
+                     "of those (a run keeps its last `keep_checkpoints`).")
   template = init_state(config, g_config, d_config)
   state = TrainState(*manager.restore(step, args=ocp.args.StandardRestore(template)))
   meta = {"training_steps": step, "kimg": step * config.batch_size / 1000,

@@ -45,6 +45,10 @@ def test_train_resume_is_exact_and_exports(tmp_path, quick_config):
   assert model.g_config.img_channels == 4 and model.d_config is not None
   jax.tree_util.tree_map(np.testing.assert_array_equal, model.g_vars, straight.ema)
   assert model.metadata["training_steps"] == 4
+  earlier = checkpoint.load(train.export(tmp_path / "straight", tmp_path / "step2", step=2))
+  assert earlier.metadata["training_steps"] == 2
+  with pytest.raises(ValueError, match="keeps checkpoints at steps"):
+    train.export(tmp_path / "straight", tmp_path / "step3", step=3)
 
   # Fine-tuning from the exported model: G, G_ema and D start as its G_ema and D.
   g_config, d_config = train.model_configs(quick_config, 16, 4)
@@ -58,12 +62,24 @@ def test_train_resume_is_exact_and_exports(tmp_path, quick_config):
   with pytest.raises(ValueError, match="does not match the config"):
     train.init_state_from(quick_config, *wider, tmp_path / "model")
   tuned_config = configs.load_config("embedded:quick", [f"--config.init_from={tmp_path / 'model'}",
-                                                        "--config.total_kimg=0.008"])
+                                                        "--config.total_kimg=0.008",
+                                                        "--config.lr_rampdown=1.0"])
   tuned = train.train(tuned_config, tmp_path / "tuned")
   assert int(tuned.step) == 2
+  last = json.loads((tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()[-1])
+  assert last["lr_scale"] == pytest.approx(0.5)  # step 1 of 2: halfway down the cosine
   tuned_model = checkpoint.load(train.export(tmp_path / "tuned", tmp_path / "tuned_model"))
   assert tuned_model.metadata["init_from"]["training_steps"] == 4
   assert tuned_model.metadata["total_kimg_trained"] == pytest.approx(0.016 + 0.008)
+
+
+def test_lr_scale_is_constant_then_a_cosine_ramp_to_zero():
+  config = configs.load_config("embedded:quick", ["--config.lr_rampdown=0.5"])
+  scales = np.array([train.lr_scale(config, step, 100) for step in range(101)])
+  np.testing.assert_array_equal(scales[:51], 1.0)
+  assert scales[75] == pytest.approx(0.5) and scales[100] == pytest.approx(0.0)
+  assert np.all(np.diff(scales) <= 0)
+  assert train.lr_scale(configs.load_config("embedded:quick"), 99, 100) == 1.0
 
 
 _SHARDED = r"""
@@ -79,8 +95,8 @@ for n in (1, 8):
   mesh = Mesh(np.array(jax.devices()[:n]), ("data",))
   g_step, d_plain, d_r1 = train.make_steps(cfg, g, d, mesh)
   state = train.init_state(cfg, g, d)
-  state, _ = g_step(state, jax.random.PRNGKey(1), 0.5)
-  state, m = d_r1(state, real, jax.random.PRNGKey(2))
+  state, _ = g_step(state, jax.random.PRNGKey(1), 0.5, 1.0)
+  state, m = d_r1(state, real, jax.random.PRNGKey(2), 1.0)
   out[n] = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
 for a, b in zip(out[1], out[8]):
   np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)

@@ -1,0 +1,41 @@
+"""The model card's reproduce commands rebuild the configs the shipped model was trained with."""
+
+import json
+import shlex
+
+import configs
+from benchmarks import model_card
+
+
+def _train_configs(commands: str) -> list[dict]:
+  """The configs that the `generators train` lines of `commands` would run with."""
+  runs = []
+  for line in commands.splitlines():
+    words = shlex.split(line)
+    if words[:4] == ["python", "-m", "generators", "train"]:
+      flags = [w for w in words if w.startswith("--config.")]
+      runs.append(json.loads(configs.load_config("embedded", flags).to_json()))
+  return runs
+
+
+def _config(**overrides) -> dict:
+  return json.loads(configs.load_config(
+      "embedded", [f"--config.{k}={v}" for k, v in overrides.items()]).to_json())
+
+
+def test_reproduce_a_snapshot_of_one_run_stops_at_its_kimg():
+  meta = {"training_steps": 5100, "kimg": 163.2, "train_config": _config(r1_gamma=1.0)}
+  (run,) = _train_configs(model_card._reproduce(meta))
+  assert run == _config(r1_gamma=1.0, total_kimg=163.2)
+
+
+def test_reproduce_a_fine_tuned_model_runs_both_stages():
+  first = _config(total_kimg=256.0)
+  second = _config(total_kimg=48.0, lr_rampdown=1.0, ema_rampup=0.0, init_from="runs/x")
+  meta = {"training_steps": 1500, "kimg": 48.0, "train_config": second,
+          "init_from": {"path": "runs/x", "kimg": 163.2, "train_config": first}}
+  commands = model_card._reproduce(meta)
+  stage1, stage2 = _train_configs(commands)
+  assert stage1 == _config(total_kimg=163.2)
+  assert stage2 == {**second, "init_from": "runs/base_model"}
+  assert "--out runs/base_model" in commands and "--out generators/embedded/model" in commands
