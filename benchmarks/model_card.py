@@ -17,6 +17,9 @@ import configs
 from generators import checkpoint
 
 CARD = checkpoint.EMBEDDED_DIR / "MODEL_CARD.md"
+# Config fields added after some shipped models were trained, with the values that reproduce
+# a run from before they existed.
+LATER_FIELDS_OFF = {"lr_rampdown": 0.0, "ada_target": 0.0}
 
 
 def main(argv=None) -> None:
@@ -93,14 +96,13 @@ stain, `generators/defects.py`) whose binary mask is the 4th channel. The right-
 every photo is held out: training never sees it; evaluation and `examples/` come from it.
 
 ## Recipe
-StyleGAN2-ADA's loss without ADA: non-saturating logistic loss, lazy R1 (gamma
+StyleGAN2-ADA's loss {_ada(cfg)}: non-saturating logistic loss, lazy R1 (gamma
 {cfg['r1_gamma']}, every {cfg['r1_interval']} steps), style mixing {cfg['style_mixing_prob']},
 G EMA (half-life {cfg['ema_kimg']} kimg, ramp-up {cfg['ema_rampup']}), Adam (lr {cfg['g_lr']},
 betas 0/0.99), batch {cfg['batch_size']}. z = w = {cfg['model']['z_dim']},
 {cfg['model']['mapping_layers']} mapping layers, channel_base {cfg['model']['channel_base']},
 channel_max {cfg['model']['channel_max']}, conv_clamp {cfg['model']['conv_clamp']}.
-{history} `python -m generators train --config embedded --workdir runs/embedded` trains
-{'the first run' if meta.get('init_from') else 'it'} (and resumes it after a kill).
+{history} The commands at the end retrain it.
 {curve}
 
 ## Evaluation
@@ -133,7 +135,8 @@ Reproduce (each step resumes after a kill):
 def _flags(train_config: dict, stop_kimg: float) -> str:
   """`--config.*` flags that turn the default embedded config into `train_config`, stopped at
   `stop_kimg` (a snapshot before the end of its run is reproduced by ending a new run there)."""
-  wanted = _flatten({**train_config, "total_kimg": stop_kimg, "init_from": ""})
+  wanted = {**LATER_FIELDS_OFF,
+            **_flatten({**train_config, "total_kimg": stop_kimg, "init_from": ""})}
   defaults = _flatten(json.loads(configs.load_config("embedded").to_json()))
   return "".join(f" --config.{key}={_flag_value(value)}" for key, value in wanted.items()
                  if key in defaults and defaults[key] != value)
@@ -173,6 +176,14 @@ def _reproduce(meta: dict) -> str:
                "--out out/bench/embedded_model.json",
                "python -m benchmarks.model_card out/bench/embedded_model.json"]
   return "\n".join(commands)
+
+
+def _ada(train_config: dict) -> str:
+  if not train_config.get("ada_target"):
+    return "without ADA"
+  return (f"with ADA (x-flip, 90-degree rotation, integer translation, brightness, contrast; "
+          f"p steered to r_t = {train_config['ada_target']:g}, at most 1 per "
+          f"{train_config['ada_kimg']:g} kimg; `generators/augment.py`)")
 
 
 def _defect_images(evaluation: dict) -> str:

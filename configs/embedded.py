@@ -44,12 +44,16 @@ def get_config(arg=None):
   config.ema_kimg = 10.0  # half-life of the G EMA, thousands of images
   config.ema_rampup = 0.05  # EMA half-life <= this fraction of images seen (None = off)
   config.lr_rampdown = 0.0  # cosine ramp of both learning rates to 0 over this end fraction
+  # ADA (generators/augment.py): D sees reals and fakes augmented with an adaptive probability.
+  config.ada_target = 0.6  # r_t (mean sign of D's real logits) that p steers to; 0 = no ADA
+  config.ada_kimg = 100.0  # p changes by at most 1 in this many kimg (NVlabs: 500 for long runs)
 
   # Bookkeeping.
   config.log_every = 20  # steps
   config.sample_every = 100  # steps; sample grid PNG
   config.checkpoint_every = 100  # steps; orbax checkpoint (resumable)
   config.keep_checkpoints = 2
+  config.keep_checkpoint_every = 500  # steps; also keep these snapshots (0 = none)
 
   if arg == "quick":  # seconds-scale smoke run for tests
     config.data.resolution = 16  # 3 blocks instead of 5: compile time dominates tests

@@ -5,7 +5,8 @@ Losses: non-saturating logistic for G and D, lazy R1 on reals every `r1_interval
 for G and one for D (two variants: with and without R1). Data-parallel over all local devices:
 the batch axis is sharded over a 1-D `jax.sharding.Mesh`, parameters are replicated, and XLA
 inserts the gradient all-reduce. Path-length regularisation (optional in NVlabs' recipe for
-small models) is not implemented.
+small models) is not implemented. With `ada_target` > 0, D sees reals and fakes through
+adaptive augmentation (`generators/augment.py`); its probability is part of the state.
 
 `init_from` (a native model path) starts a new run from a trained G_ema and D, with fresh
 optimiser states, as NVlabs' `--resume=network.pkl` does (G and G_ema both start from G_ema).
@@ -36,7 +37,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
-from generators import checkpoint, data, defects, networks
+from generators import augment, checkpoint, data, defects, networks
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class TrainState(NamedTuple):
   d_params: Any
   g_opt: Any
   d_opt: Any
+  augment_p: jax.Array  # [] float32, ADA's augmentation probability (0 while ADA is off)
 
 
 def model_configs(config: ml_collections.ConfigDict, resolution: int, channels: int):
@@ -81,7 +83,8 @@ def init_state(config, g_config, d_config) -> TrainState:
   g_opt, d_opt = _optimizers(config)
   ema = jax.tree_util.tree_map(jnp.copy, g_vars)  # its own buffers: the steps donate the state
   return TrainState(jnp.zeros((), jnp.int32), g_vars["params"], g_vars["buffers"], ema,
-                    d_vars["params"], g_opt.init(g_vars["params"]), d_opt.init(d_vars["params"]))
+                    d_vars["params"], g_opt.init(g_vars["params"]), d_opt.init(d_vars["params"]),
+                    jnp.zeros((), jnp.float32))
 
 
 def init_state_from(config, g_config, d_config,
@@ -99,7 +102,7 @@ def init_state_from(config, g_config, d_config,
   g_vars, d_params = model.g_vars, model.d_vars["params"]
   return TrainState(jnp.zeros((), jnp.int32), copy(g_vars["params"]), copy(g_vars["buffers"]),
                     copy(g_vars), copy(d_params), g_opt.init(g_vars["params"]),
-                    d_opt.init(d_params))
+                    d_opt.init(d_params), jnp.zeros((), jnp.float32))
 
 
 def _generate(g_config, g_params, g_buffers, key, batch, style_mixing_prob, batch_sharding):
@@ -140,10 +143,18 @@ def make_steps(config, g_config, d_config, mesh: Mesh):
                                style_mixing_prob=config.style_mixing_prob,
                                batch_sharding=batch_sharding)
 
+  ada_target = config.get("ada_target") or 0.0
+  if ada_target:
+    images_per_unit = augment.ada_images_per_unit(config.ada_kimg)
+  def seen_by_d(images, key, p):  # D's view: ADA-augmented when ADA is on
+    return augment.augment(images, key, p) if ada_target else images
+
   def g_step(state: TrainState, key, ema_beta, lr_scale):
+    gen_key, aug_key = jax.random.split(key)
+
     def loss_fn(g_params):
-      img, buffers = generate(g_params, state.g_buffers, key)
-      logits = disc.apply({"params": state.d_params}, img)
+      img, buffers = generate(g_params, state.g_buffers, gen_key)
+      logits = disc.apply({"params": state.d_params}, seen_by_d(img, aug_key, state.augment_p))
       return jnp.mean(jax.nn.softplus(-logits)), buffers
 
     (loss, buffers), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
@@ -156,27 +167,33 @@ def make_steps(config, g_config, d_config, mesh: Mesh):
     return state, {"g_loss": loss}
 
   def d_step(state: TrainState, real, key, lr_scale, with_r1: bool):
-    fake, _ = generate(state.g_params, state.g_buffers, key)
+    gen_key, fake_aug_key, real_aug_key = jax.random.split(key, 3)
+    fake, _ = generate(state.g_params, state.g_buffers, gen_key)
     fake = jax.lax.stop_gradient(fake)
 
     def loss_fn(d_params):
-      d = lambda x: disc.apply({"params": d_params}, x)
-      fake_logits = d(fake)
-      if with_r1:
-        real_logits, vjp = jax.vjp(d, real)
+      d = lambda x, k: disc.apply({"params": d_params}, seen_by_d(x, k, state.augment_p))
+      fake_logits = d(fake, fake_aug_key)
+      if with_r1:  # R1 on the reals before augmentation, as NVlabs does
+        real_logits, vjp = jax.vjp(lambda x: d(x, real_aug_key), real)
         (real_grad,) = vjp(jnp.ones_like(real_logits))
         r1 = jnp.mean(jnp.sum(jnp.square(real_grad), axis=(1, 2, 3)))
       else:
-        real_logits, r1 = d(real), jnp.zeros(())
+        real_logits, r1 = d(real, real_aug_key), jnp.zeros(())
       main = jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
       total = main + (config.r1_gamma / 2) * r1 * config.r1_interval
-      return total, {"d_loss": main, "r1": r1, "real_score": jnp.mean(real_logits),
-                     "fake_score": jnp.mean(fake_logits)}
+      return total, ({"d_loss": main, "r1": r1, "real_score": jnp.mean(real_logits),
+                      "fake_score": jnp.mean(fake_logits)}, real_logits)
 
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.d_params)
+    grads, (metrics, real_logits) = jax.grad(loss_fn, has_aux=True)(state.d_params)
     updates, d_opt_state = d_opt.update(grads, state.d_opt, state.d_params)
     d_params = optax.apply_updates(state.d_params, _scaled(updates, lr_scale))
-    return state._replace(d_params=d_params, d_opt=d_opt_state, step=state.step + 1), metrics
+    augment_p = state.augment_p
+    if ada_target:
+      augment_p = augment.adjust_p(augment_p, real_logits, ada_target, images_per_unit)
+    metrics["augment_p"] = augment_p
+    return state._replace(d_params=d_params, d_opt=d_opt_state, step=state.step + 1,
+                          augment_p=augment_p), metrics
 
   g_step = jax.jit(g_step, donate_argnums=0)
   d_plain = jax.jit(functools.partial(d_step, with_r1=False), donate_argnums=0)
@@ -231,10 +248,13 @@ def _grid_png(images: np.ndarray, path: pathlib.Path) -> None:
   Image.fromarray(np.concatenate(canvases, axis=1)).save(path)
 
 
-def _checkpoint_manager(workdir: pathlib.Path, keep: int):
+def _checkpoint_manager(workdir: pathlib.Path, config: ml_collections.ConfigDict):
+  """Keeps the last `keep_checkpoints`, and every multiple of `keep_checkpoint_every` steps
+  (snapshots to evaluate and export later) if it is set."""
   import orbax.checkpoint as ocp
 
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
+                                         keep_period=config.get("keep_checkpoint_every") or None)
   return ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
 
 
@@ -260,7 +280,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
 
-  manager = _checkpoint_manager(workdir, config.keep_checkpoints)
+  manager = _checkpoint_manager(workdir, config)
   if config.get("init_from") and manager.latest_step() is None:
     start_model = checkpoint.load(config.init_from)
     state = init_state_from(config, g_config, d_config, start_model)
@@ -340,7 +360,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   workdir = pathlib.Path(workdir)
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   g_config, d_config = model_configs(config, config.data.resolution, channels=4)
-  manager = _checkpoint_manager(workdir, config.keep_checkpoints)
+  manager = _checkpoint_manager(workdir, config)
   kept = manager.all_steps()
   if not kept:
     raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to export.")

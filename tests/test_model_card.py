@@ -29,6 +29,14 @@ def test_reproduce_a_snapshot_of_one_run_stops_at_its_kimg():
   assert run == _config(r1_gamma=1.0, total_kimg=163.2)
 
 
+def test_reproduce_a_model_from_before_a_feature_turns_it_off():
+  old = _config(r1_gamma=1.0)
+  del old["ada_target"], old["lr_rampdown"]  # a config from before ADA and the lr ramp
+  (run,) = _train_configs(model_card._reproduce(
+      {"training_steps": 8000, "kimg": 256.0, "train_config": old}))
+  assert run == _config(r1_gamma=1.0, ada_target=0.0)
+
+
 def test_reproduce_a_fine_tuned_model_runs_both_stages():
   first = _config(total_kimg=256.0)
   second = _config(total_kimg=48.0, lr_rampdown=1.0, ema_rampup=0.0, init_from="runs/x")

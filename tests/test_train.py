@@ -39,6 +39,10 @@ def test_train_resume_is_exact_and_exports(tmp_path, quick_config):
   lines = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in lines] == [2, 4]
   assert all(np.isfinite(l["g_loss"]) and np.isfinite(l["d_loss"]) for l in lines)
+  # ADA is on in the config: p starts at 0 and moves by batch / (ada_kimg * 1000) per step.
+  ada_step = quick_config.batch_size / (quick_config.ada_kimg * 1000)
+  assert all(0 <= l["augment_p"] <= l["step"] * ada_step + 1e-9 for l in lines)
+  assert lines[-1]["augment_p"] == pytest.approx(float(straight.augment_p))
   assert (tmp_path / "straight" / "samples" / "step000004.png").exists()
 
   model = checkpoint.load(train.export(tmp_path / "straight", tmp_path / "model"))
