@@ -146,6 +146,7 @@ def make_steps(config, g_config, d_config, mesh: Mesh):
   ada_target = config.get("ada_target") or 0.0
   if ada_target:
     images_per_unit = augment.ada_images_per_unit(config.ada_kimg)
+
   def seen_by_d(images, key, p):  # D's view: ADA-augmented when ADA is on
     return augment.augment(images, key, p) if ada_target else images
 
