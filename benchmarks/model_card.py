@@ -28,6 +28,9 @@ def main(argv=None) -> None:
     raise SystemExit("usage: python -m benchmarks.model_card EVAL_JSON [EARLIER_EVAL_JSON ...]")
   evaluations = [json.loads(pathlib.Path(p).read_text()) for p in argv]
   evaluation = evaluations[0]
+  if len(evaluation["rows"]) < 3:
+    raise SystemExit(f"{argv[0]} has no baseline rows (real vs real, untrained G), which the card "
+                     "shows: evaluate the model without --no-baselines.")
   meta = evaluation["metadata"]
   cfg = meta["train_config"]
   samples = pathlib.Path(argv[0]).with_suffix(".png")
