@@ -45,7 +45,8 @@ def get_config(arg=None):
   config.ema_rampup = 0.05  # EMA half-life <= this fraction of images seen (None = off)
   config.lr_rampdown = 0.0  # cosine ramp of both learning rates to 0 over this end fraction
   # ADA (generators/augment.py): D sees reals and fakes augmented with an adaptive probability.
-  config.ada_target = 0.6  # r_t (mean sign of D's real logits) that p steers to; 0 = no ADA
+  # Off: a 64 kimg trial with 0.6 scored SWD 104.6 against 78.0 without, and drew no defects.
+  config.ada_target = 0.0  # r_t (mean sign of D's real logits) that p steers to; 0 = no ADA
   config.ada_kimg = 100.0  # p changes by at most 1 in this many kimg (NVlabs: 500 for long runs)
 
   # Bookkeeping.

@@ -29,12 +29,16 @@ def test_reproduce_a_snapshot_of_one_run_stops_at_its_kimg():
   assert run == _config(r1_gamma=1.0, total_kimg=163.2)
 
 
-def test_reproduce_a_model_from_before_a_feature_turns_it_off():
+def test_reproduce_a_model_from_before_a_feature_turns_it_off(monkeypatch):
   old = _config(r1_gamma=1.0)
   del old["ada_target"], old["lr_rampdown"]  # a config from before ADA and the lr ramp
+  real_load = configs.load_config
+  # Were ADA on by default today, the command must still turn it off for this model.
+  monkeypatch.setattr(configs, "load_config", lambda name, overrides=(): real_load(
+      name, ["--config.ada_target=0.6", *overrides]))
   (run,) = _train_configs(model_card._reproduce(
       {"training_steps": 8000, "kimg": 256.0, "train_config": old}))
-  assert run == _config(r1_gamma=1.0, ada_target=0.0)
+  assert run["ada_target"] == 0.0 and run["lr_rampdown"] == 0.0 and run["r1_gamma"] == 1.0
 
 
 def test_reproduce_a_fine_tuned_model_runs_both_stages():

@@ -15,7 +15,7 @@ from generators import checkpoint, train
 
 @pytest.fixture(scope="module")
 def quick_config():
-  return configs.load_config("embedded:quick")
+  return configs.load_config("embedded:quick", ["--config.ada_target=0.6"])  # ADA on: tested
 
 
 def _leaves(state):
@@ -39,7 +39,7 @@ def test_train_resume_is_exact_and_exports(tmp_path, quick_config):
   lines = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in lines] == [2, 4]
   assert all(np.isfinite(l["g_loss"]) and np.isfinite(l["d_loss"]) for l in lines)
-  # ADA is on in the config: p starts at 0 and moves by batch / (ada_kimg * 1000) per step.
+  # ADA is on in this config: p starts at 0 and moves by batch / (ada_kimg * 1000) per step.
   ada_step = quick_config.batch_size / (quick_config.ada_kimg * 1000)
   assert all(0 <= l["augment_p"] <= l["step"] * ada_step + 1e-9 for l in lines)
   assert lines[-1]["augment_p"] == pytest.approx(float(straight.augment_p))
@@ -91,7 +91,7 @@ import jax, numpy as np, configs
 from jax.sharding import Mesh
 from generators import train
 assert len(jax.devices()) == 8, jax.devices()
-cfg = configs.load_config("embedded:quick", ["--config.batch_size=8"])
+cfg = configs.load_config("embedded:quick", ["--config.batch_size=8", "--config.ada_target=0.6"])
 g, d = train.model_configs(cfg, 16, 4)
 real = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 4)).astype(np.float32)
 out = {}
