@@ -14,7 +14,7 @@ import shutil
 import sys
 
 import configs
-from generators import checkpoint
+from generators import checkpoint, convert
 
 CARD = checkpoint.EMBEDDED_DIR / "MODEL_CARD.md"
 # Config fields added after some shipped models were trained, with the values that reproduce
@@ -145,14 +145,9 @@ def _flags(train_config: dict, stop_kimg: float) -> str:
                  if key in defaults and defaults[key] != value)
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[prefix + key] = value
-  return flat
+def _flatten(tree: dict) -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}: config fields as `--config.a.b` names them."""
+  return {".".join(path): value for path, value in convert._flat(tree).items()}
 
 
 def _flag_value(value) -> str:
