@@ -19,7 +19,7 @@ from generators import checkpoint, convert
 CARD = checkpoint.EMBEDDED_DIR / "MODEL_CARD.md"
 # Config fields added after some shipped models were trained, with the values that reproduce
 # a run from before they existed.
-LATER_FIELDS_OFF = {"lr_rampdown": 0.0, "ada_target": 0.0}
+LATER_FIELDS_OFF = {"lr_rampdown": 0.0, "ada_target": 0.0, "data.defect_labels": False}
 
 
 def main(argv=None) -> None:

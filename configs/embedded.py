@@ -21,6 +21,8 @@ def get_config(arg=None):
   config.data.resolution = RESOLUTION
   config.data.num_crops = 20_000  # bank drawn once; flips/rotations are in the bank
   config.data.defect_fraction = 0.5
+  # Conditional G and D on a one-hot "clean" / "defect" label read off each crop's mask.
+  config.data.defect_labels = False
 
   # Networks.
   config.model = ml_collections.ConfigDict()

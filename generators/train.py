@@ -8,6 +8,12 @@ inserts the gradient all-reduce. Path-length regularisation (optional in NVlabs'
 small models) is not implemented. With `ada_target` > 0, D sees reals and fakes through
 adaptive augmentation (`generators/augment.py`); its probability is part of the state.
 
+With `data.defect_labels`, G and D are conditional (NVlabs' class conditioning, `c_dim` = 2):
+each crop's label is one-hot "clean" / "defect" (`CLASS_NAMES`), read off its mask channel, and
+fakes get labels drawn from the training set's, as NVlabs draws `gen_c`. An unconditional G
+may draw fewer defects than the data holds without D being able to tell per image; a
+conditional D sees which images must show one.
+
 `init_from` (a native model path) starts a new run from a trained G_ema and D, with fresh
 optimiser states, as NVlabs' `--resume=network.pkl` does (G and G_ema both start from G_ema).
 
@@ -45,6 +51,8 @@ ADAM_BETAS = (0.0, 0.99)  # StyleGAN2's Adam: no first-moment momentum
 ADAM_EPS = 1e-8
 GRID_SEEDS = 16  # images in the periodic sample grid (4 x 4)
 INIT_FROM_FILE = "init_from.json"  # in a workdir: metadata of the model a fine-tuning run began at
+CLASS_NAMES = ("clean", "defect")  # one-hot label order with data.defect_labels
+MASK_ON = 127  # uint8 mask channel: a defect pixel is above this
 
 
 class TrainState(NamedTuple):
@@ -60,14 +68,23 @@ class TrainState(NamedTuple):
 
 def model_configs(config: ml_collections.ConfigDict, resolution: int, channels: int):
   m = config.model
+  c_dim = len(CLASS_NAMES) if config.data.get("defect_labels") else 0
   g = networks.GeneratorConfig(
-      z_dim=m.z_dim, w_dim=m.w_dim, img_resolution=resolution, img_channels=channels,
-      mapping_layers=m.mapping_layers, channel_base=m.channel_base, channel_max=m.channel_max,
-      conv_clamp=m.conv_clamp)
+      z_dim=m.z_dim, c_dim=c_dim, w_dim=m.w_dim, img_resolution=resolution,
+      img_channels=channels, mapping_layers=m.mapping_layers, channel_base=m.channel_base,
+      channel_max=m.channel_max, conv_clamp=m.conv_clamp)
   d = networks.DiscriminatorConfig(
-      img_resolution=resolution, img_channels=channels, channel_base=m.channel_base,
-      channel_max=m.channel_max, conv_clamp=m.conv_clamp, mbstd_group_size=m.mbstd_group_size)
+      img_resolution=resolution, img_channels=channels, c_dim=c_dim,
+      channel_base=m.channel_base, channel_max=m.channel_max, conv_clamp=m.conv_clamp,
+      mbstd_group_size=m.mbstd_group_size)
   return g, d
+
+
+def defect_labels(images: np.ndarray) -> np.ndarray:
+  """float32 [N, 2] one-hot (`CLASS_NAMES`) of uint8 [N, H, W, 4] crops: does the mask channel
+  hold any defect pixel."""
+  has_defect = (images[..., 3] > MASK_ON).any(axis=(1, 2))
+  return np.eye(len(CLASS_NAMES), dtype=np.float32)[has_defect.astype(int)]
 
 
 def _optimizers(config):
@@ -105,18 +122,19 @@ def init_state_from(config, g_config, d_config,
                     d_opt.init(d_params), jnp.zeros((), jnp.float32))
 
 
-def _generate(g_config, g_params, g_buffers, key, batch, style_mixing_prob, batch_sharding):
-  """Fakes with style mixing and random noise; returns (images, updated buffers)."""
+def _generate(g_config, g_params, g_buffers, key, c, batch, style_mixing_prob, batch_sharding):
+  """Fakes (labels `c`, None if unconditional) with style mixing and random noise; returns
+  (images, updated buffers)."""
   z_key, z2_key, cut_key, mix_key, noise_key = jax.random.split(key, 5)
   shard = lambda x: jax.lax.with_sharding_constraint(x, batch_sharding)
   z = shard(jax.random.normal(z_key, (batch, g_config.z_dim)))
   gen = networks.Generator(g_config)
   variables = {"params": g_params, "buffers": g_buffers}
-  ws, updates = gen.apply(variables, z, None, 1.0, None, True, mutable=["buffers"],
+  ws, updates = gen.apply(variables, z, c, 1.0, None, True, mutable=["buffers"],
                           method=lambda g, *a: g.mapping(*a))
   if style_mixing_prob > 0:
     z2 = shard(jax.random.normal(z2_key, z.shape))
-    ws2 = gen.apply(variables, z2, method=lambda g, z: g.mapping(z))
+    ws2 = gen.apply(variables, z2, c, method=lambda g, *a: g.mapping(*a))
     num_ws = g_config.num_ws
     cutoff = jax.random.randint(cut_key, (), 1, num_ws)
     cutoff = jnp.where(jax.random.uniform(mix_key) < style_mixing_prob, cutoff, num_ws)
@@ -150,12 +168,14 @@ def make_steps(config, g_config, d_config, mesh: Mesh):
   def seen_by_d(images, key, p):  # D's view: ADA-augmented when ADA is on
     return augment.augment(images, key, p) if ada_target else images
 
-  def g_step(state: TrainState, key, ema_beta, lr_scale):
+  def g_step(state: TrainState, key, ema_beta, lr_scale, gen_c=None):
+    """One G step; `gen_c`: the fakes' labels (None: unconditional)."""
     gen_key, aug_key = jax.random.split(key)
 
     def loss_fn(g_params):
-      img, buffers = generate(g_params, state.g_buffers, gen_key)
-      logits = disc.apply({"params": state.d_params}, seen_by_d(img, aug_key, state.augment_p))
+      img, buffers = generate(g_params, state.g_buffers, gen_key, gen_c)
+      logits = disc.apply({"params": state.d_params}, seen_by_d(img, aug_key, state.augment_p),
+                          gen_c)
       return jnp.mean(jax.nn.softplus(-logits)), buffers
 
     (loss, buffers), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
@@ -167,20 +187,21 @@ def make_steps(config, g_config, d_config, mesh: Mesh):
     state = state._replace(g_params=g_params, g_buffers=buffers, ema=ema, g_opt=g_opt_state)
     return state, {"g_loss": loss}
 
-  def d_step(state: TrainState, real, key, lr_scale, with_r1: bool):
+  def d_step(state: TrainState, real, key, lr_scale, real_c=None, gen_c=None, *, with_r1: bool):
+    """One D step; `real_c`, `gen_c`: the reals' and the fakes' labels (None: unconditional)."""
     gen_key, fake_aug_key, real_aug_key = jax.random.split(key, 3)
-    fake, _ = generate(state.g_params, state.g_buffers, gen_key)
+    fake, _ = generate(state.g_params, state.g_buffers, gen_key, gen_c)
     fake = jax.lax.stop_gradient(fake)
 
     def loss_fn(d_params):
-      d = lambda x, k: disc.apply({"params": d_params}, seen_by_d(x, k, state.augment_p))
-      fake_logits = d(fake, fake_aug_key)
+      d = lambda x, k, c: disc.apply({"params": d_params}, seen_by_d(x, k, state.augment_p), c)
+      fake_logits = d(fake, fake_aug_key, gen_c)
       if with_r1:  # R1 on the reals before augmentation, as NVlabs does
-        real_logits, vjp = jax.vjp(lambda x: d(x, real_aug_key), real)
+        real_logits, vjp = jax.vjp(lambda x: d(x, real_aug_key, real_c), real)
         (real_grad,) = vjp(jnp.ones_like(real_logits))
         r1 = jnp.mean(jnp.sum(jnp.square(real_grad), axis=(1, 2, 3)))
       else:
-        real_logits, r1 = d(real, real_aug_key), jnp.zeros(())
+        real_logits, r1 = d(real, real_aug_key, real_c), jnp.zeros(())
       main = jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
       total = main + (config.r1_gamma / 2) * r1 * config.r1_interval
       return total, ({"d_loss": main, "r1": r1, "real_score": jnp.mean(real_logits),
@@ -305,8 +326,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   g_step, d_plain, d_r1 = _cached_steps(step_config.to_json(), g_config, d_config, tuple(devices))
 
   bank = training_set(config, resolution)
+  labels = defect_labels(bank) if g_config.c_dim else None
   total_steps = int(round(config.total_kimg * 1000 / config.batch_size))
   grid_z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (GRID_SEEDS, g_config.z_dim))
+  grid_c = None  # conditional: the first half of the grid clean, the second with defects
+  if labels is not None:
+    grid_c = np.eye(len(CLASS_NAMES), dtype=np.float32)[np.arange(GRID_SEEDS) * 2 // GRID_SEEDS]
   start = int(state.step)
   bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
              desc=f"train {workdir.name}")
@@ -315,17 +340,22 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   last_r1 = jnp.full((), jnp.nan)  # the latest R1 penalty (it runs every r1_interval steps)
   for step in range(start, total_steps):
     rng = np.random.default_rng([config.seed, step])
-    real = data.to_model_range(bank[rng.integers(0, len(bank), config.batch_size)])
-    real = jax.device_put(real, batch_sharding)
+    index = rng.integers(0, len(bank), config.batch_size)
+    real = jax.device_put(data.to_model_range(bank[index]), batch_sharding)
+    real_c = g_gen_c = d_gen_c = None
+    if labels is not None:  # fakes' labels: those of random training crops (NVlabs' gen_c)
+      real_c, g_gen_c, d_gen_c = (jax.device_put(labels[i], batch_sharding) for i in (
+          index, rng.integers(0, len(bank), config.batch_size),
+          rng.integers(0, len(bank), config.batch_size)))
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     g_key, d_key = jax.random.split(key)
     scale = lr_scale(config, step, total_steps)
-    state, g_metrics = g_step(state, g_key, ema_beta(config, step), scale)
+    state, g_metrics = g_step(state, g_key, ema_beta(config, step), scale, g_gen_c)
     if step % config.r1_interval == 0:
-      state, d_metrics = d_r1(state, real, d_key, scale)
+      state, d_metrics = d_r1(state, real, d_key, scale, real_c, d_gen_c)
       last_r1 = d_metrics.pop("r1")  # logged with the next record
     else:
-      state, d_metrics = d_plain(state, real, d_key, scale)
+      state, d_metrics = d_plain(state, real, d_key, scale, real_c, d_gen_c)
       d_metrics.pop("r1")
     done = step + 1
     bar.update(1)
@@ -342,7 +372,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
       bar.set_postfix(g=f"{record['g_loss']:.3f}", d=f"{record['d_loss']:.3f}")
     if done % config.sample_every == 0 or done == total_steps:
       images = networks.synthesis(g_config, state.ema,
-                                  networks.mapping(g_config, state.ema, grid_z))
+                                  networks.mapping(g_config, state.ema, grid_z, grid_c))
       _grid_png(np.asarray(images), workdir / "samples" / f"step{done:06d}.png")
     if done % config.checkpoint_every == 0 or done == total_steps:
       manager.save(done, args=ocp.args.StandardSave(jax.device_get(state)))
@@ -374,6 +404,8 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   state = TrainState(*manager.restore(step, args=ocp.args.StandardRestore(template)))
   meta = {"training_steps": step, "kimg": step * config.batch_size / 1000,
           "train_config": json.loads(config.to_json()), **(metadata or {})}
+  if g_config.c_dim:
+    meta["class_names"] = list(CLASS_NAMES)
   if (workdir / INIT_FROM_FILE).exists():  # a fine-tuning run: add the starting model's kimg
     start = json.loads((workdir / INIT_FROM_FILE).read_text())
     meta["total_kimg_trained"] = start.pop("total_kimg_trained", start.get("kimg", 0.0)) \

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import configs
-from generators import checkpoint, train
+from generators import checkpoint, networks, train
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,31 @@ def test_train_resume_is_exact_and_exports(tmp_path, quick_config):
   tuned_model = checkpoint.load(train.export(tmp_path / "tuned", tmp_path / "tuned_model"))
   assert tuned_model.metadata["init_from"]["training_steps"] == 4
   assert tuned_model.metadata["total_kimg_trained"] == pytest.approx(0.016 + 0.008)
+
+
+def test_conditional_training_on_defect_labels(tmp_path):
+  """data.defect_labels: labels read off the mask channel; G and D conditional end to end."""
+  images = np.zeros((3, 4, 4, 4), np.uint8)
+  images[1, 2, 3, 3] = 255  # one defect pixel
+  images[2, ..., :3] = 255  # white but clean
+  np.testing.assert_array_equal(train.defect_labels(images), [[1, 0], [0, 1], [1, 0]])
+
+  config = configs.load_config("embedded:quick", ["--config.data.defect_labels=True",
+                                                  "--config.total_kimg=0.008"])
+  state = train.train(config, tmp_path / "run")
+  assert int(state.step) == 2
+  model = checkpoint.load(train.export(tmp_path / "run", tmp_path / "model"))
+  assert model.g_config.c_dim == model.d_config.c_dim == 2
+  assert model.metadata["class_names"] == ["clean", "defect"]
+  # The labels reach both networks: same z, different class -> different image and logit.
+  z = jax.random.normal(jax.random.PRNGKey(0), (2, model.g_config.z_dim))
+  z = z.at[1].set(z[0])
+  c = np.eye(2, dtype=np.float32)
+  img = model.synthesis(model.mapping(z, c=c))
+  assert float(np.abs(img[0] - img[1]).max()) > 1e-4
+  disc = networks.Discriminator(model.d_config)
+  logits = disc.apply(model.d_vars, np.repeat(img[:1], 2, 0), c)
+  assert abs(float(logits[0, 0] - logits[1, 0])) > 1e-6
 
 
 def test_lr_scale_is_constant_then_a_cosine_ramp_to_zero():
