@@ -9,7 +9,9 @@ Rows (RGB channels, 1k images each unless --num says otherwise):
   untrained G       the same architecture at its random initialisation.
 (--no-baselines keeps only the G_ema row: for a sweep over training snapshots.)
 Also reports the mask channel: the fraction of generated pixels marked as defect and of images
-with any defect pixel, beside the training set's. Writes a sample grid PNG next to the JSON.
+with any defect pixel, beside the training set's. A conditional model (`data.defect_labels`)
+samples with the classes of random training crops (as in training), and the defect share is
+also reported per class. Writes a sample grid PNG next to the JSON.
 """
 
 from __future__ import annotations
@@ -28,16 +30,24 @@ from generators import checkpoint, data, defects, networks, train
 SWD_KEY = 7
 
 
-def _samples(model: checkpoint.Model, variables, num: int, seed: int) -> np.ndarray:
+def _samples(model: checkpoint.Model, variables, num: int, seed: int,
+             labels: np.ndarray | None = None) -> np.ndarray:
+  """`num` samples (truncation off, random noise); `labels` [num, c_dim] for a conditional G."""
   config = model.g_config
   out = []
-  sample = jax.jit(lambda z, k: networks.synthesis(
-      config, variables, networks.mapping(config, variables, z), "random", key=k))
+  sample = jax.jit(lambda z, c, k: networks.synthesis(
+      config, variables, networks.mapping(config, variables, z, c), "random", key=k))
   for start in range(0, num, 100):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), start)
     z = jax.random.normal(key, (min(100, num - start), config.z_dim))
-    out.append(np.asarray(sample(z, jax.random.fold_in(key, 1))))
+    c = None if labels is None else labels[start:start + len(z)]
+    out.append(np.asarray(sample(z, c, jax.random.fold_in(key, 1))))
   return np.concatenate(out)
+
+
+def _defect_share(images: np.ndarray) -> float:
+  """Fraction of images (mask channel in [-1, 1]) with any defect pixel."""
+  return float(np.mean(np.any(images[..., 3] > 0, axis=(1, 2))))
 
 
 def _swd(a: np.ndarray, b: np.ndarray) -> dict:
@@ -67,23 +77,31 @@ def main(argv=None) -> None:
 
   model = checkpoint.load(args.checkpoint)
   size = model.resolution
+  bank = defects.defect_dataset(2000, size=size, seed=0).images
+  labels = None
+  if model.g_config.c_dim:  # the classes of random training crops, as training draws them
+    labels = train.defect_labels(bank)[np.random.default_rng(4).integers(0, len(bank), args.num)]
   heldout = _real(args.num, size, "heldout", seed=1)
-  fakes = _samples(model, model.g_vars, args.num, seed=3)
+  fakes = _samples(model, model.g_vars, args.num, seed=3, labels=labels)
   rows = [{"pair": "G_ema vs held-out", **_swd(fakes, heldout)}]
   if not args.no_baselines:
     training = _real(args.num, size, "train", seed=2)
     untrained_vars = networks.init_generator(model.g_config, jax.random.PRNGKey(0))
-    untrained = _samples(model, untrained_vars, args.num, seed=3)
+    untrained = _samples(model, untrained_vars, args.num, seed=3, labels=labels)
     rows = [{"pair": "real (train) vs held-out", **_swd(training, heldout)}, *rows,
             {"pair": "untrained G vs held-out", **_swd(untrained, heldout)}]
   columns = ["pair"] + [k for k in rows[0] if k != "pair"]
   print(f"device: {common.device_description()}; {args.num} images per set, SWD x1e3")
   common.print_table(rows, columns)
   mask_fraction = defect_images = None
+  per_class = {}
   if model.channels == 4:
     mask_fraction = float(np.mean(fakes[..., 3] > 0))
-    defect_images = float(np.mean(np.any(fakes[..., 3] > 0, axis=(1, 2))))
-  bank = defects.defect_dataset(2000, size=size, seed=0).images
+    defect_images = _defect_share(fakes)
+    if labels is not None:
+      per_class = {name: _defect_share(fakes[labels[:, i] > 0])
+                   for i, name in enumerate(model.class_names)}
+      print(f"images with a defect, per class: {per_class}")
   train_mask_fraction = float(np.mean(bank[..., 3] > 127))
   train_defect_images = float(np.mean(np.any(bank[..., 3] > 127, axis=(1, 2))))
   print(f"defect-mask pixels: generated {mask_fraction}, training set {train_mask_fraction:.4f}; "
@@ -93,6 +111,7 @@ def main(argv=None) -> None:
              "mask_fraction_generated": mask_fraction,
              "mask_fraction_training": train_mask_fraction,
              "defect_images_generated": defect_images, "defect_images_training": train_defect_images,
+             "defect_images_per_class": per_class,
              "metadata": model.metadata}
   if args.workdir:
     payload["curve_png"] = str(_plot_curve(pathlib.Path(args.workdir), out.with_name(

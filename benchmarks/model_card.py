@@ -104,7 +104,7 @@ StyleGAN2-ADA's loss {_ada(cfg)}: non-saturating logistic loss, lazy R1 (gamma
 G EMA (half-life {cfg['ema_kimg']} kimg, ramp-up {cfg['ema_rampup']}), Adam (lr {cfg['g_lr']},
 betas 0/0.99), batch {cfg['batch_size']}. z = w = {cfg['model']['z_dim']},
 {cfg['model']['mapping_layers']} mapping layers, channel_base {cfg['model']['channel_base']},
-channel_max {cfg['model']['channel_max']}, conv_clamp {cfg['model']['conv_clamp']}.
+channel_max {cfg['model']['channel_max']}, conv_clamp {cfg['model']['conv_clamp']}.{_conditioning(cfg)}
 {history} The commands at the end retrain it.
 {curve}
 
@@ -184,11 +184,25 @@ def _ada(train_config: dict) -> str:
           f"{train_config['ada_kimg']:g} kimg; `generators/augment.py`)")
 
 
+def _conditioning(train_config: dict) -> str:
+  if not train_config["data"].get("defect_labels"):
+    return ""
+  return ("\nG and D are class-conditional (`data.defect_labels`, c_dim 2): a crop's one-hot label "
+          "says whether its mask holds a defect (`clean` / `defect`), and fakes get the labels of "
+          "random training crops. Pick the class when sampling (`--class defect`) and, for Z-space "
+          "inversion, with `--config.label`.")
+
+
 def _defect_images(evaluation: dict) -> str:
   if evaluation.get("defect_images_generated") is None:  # evaluations before it was measured
     return ""
-  return (f" Images with any defect pixel: {evaluation['defect_images_generated']:.1%} of "
+  text = (f" Images with any defect pixel: {evaluation['defect_images_generated']:.1%} of "
           f"generated vs {evaluation['defect_images_training']:.1%} of training images.")
+  per_class = evaluation.get("defect_images_per_class") or {}  # a conditional model
+  if per_class:
+    text += " Per class label: " + ", ".join(f"{name} {share:.1%}"
+                                             for name, share in per_class.items()) + "."
+  return text
 
 
 def _kimg_label(meta: dict) -> str:

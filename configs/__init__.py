@@ -60,6 +60,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
       new = float(new)
     if isinstance(old, tuple) and isinstance(new, list):
       new = tuple(new)
+    if isinstance(old, str) and isinstance(new, (int, float)):  # e.g. a class label given as 1
+      new = value
     node[leaf] = new
 
 

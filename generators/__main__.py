@@ -25,6 +25,8 @@ def main(argv=None) -> int:
   sample.add_argument("--seeds", type=_seeds, default=_seeds("0-15"))
   sample.add_argument("--psi", type=float, default=1.0, help="truncation psi (1 = none)")
   sample.add_argument("--noise-mode", default="const", choices=("const", "random", "none"))
+  sample.add_argument("--class", dest="label", default=None,
+                      help="class name or index, for a conditional generator")
   sample.add_argument("--out", default="out/samples.png")
   train = sub.add_parser("train", help="train (or resume) a StyleGAN2")
   train.add_argument("--config", default="embedded", help="config name or file[:arg]")
@@ -48,7 +50,11 @@ def main(argv=None) -> int:
     from generators import checkpoint, train as train_lib
 
     model = checkpoint.load(args.checkpoint)
-    images = np.asarray(model.sample(args.seeds, psi=args.psi, noise_mode=args.noise_mode))
+    try:
+      images = np.asarray(model.sample(args.seeds, psi=args.psi, noise_mode=args.noise_mode,
+                                       label=args.label))
+    except ValueError as err:  # a class label missing, unknown or not wanted
+      parser.error(str(err))
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     train_lib._grid_png(images, out)

@@ -63,11 +63,44 @@ class Model:
     """ws [B, num_ws, w_dim] -> images [B, H, W, C] in about [-1, 1]."""
     return networks.synthesis(self.g_config, self.g_vars, ws, noise_mode, noise, key)
 
-  def sample(self, seeds, psi: float = 1.0, noise_mode: str = "const"):
-    """Images for integer seeds (z drawn from `PRNGKey(seed)`), [len(seeds), H, W, C]."""
+  @property
+  def class_names(self) -> list[str]:
+    """Names of a conditional generator's classes (metadata, else their indices as text)."""
+    names = self.metadata.get("class_names") or [str(i) for i in range(self.g_config.c_dim)]
+    return [str(n) for n in names]
+
+  def class_index(self, label: Optional[str | int]) -> Optional[int]:
+    """A class name or index -> its index; None or '' -> None. Errors list the classes."""
+    if label is None or label == "":
+      return None
+    if not self.g_config.c_dim:
+      raise ValueError(f"This generator is unconditional; drop the class label {label!r}.")
+    names = self.class_names
+    if str(label) in names:
+      return names.index(str(label))
+    if str(label).lstrip("-").isdigit() and 0 <= int(label) < len(names):
+      return int(label)
+    raise ValueError(f"Unknown class {label!r}; this generator's classes are "
+                     f"{', '.join(f'{i}={n}' for i, n in enumerate(names))}.")
+
+  def labels(self, label: Optional[str | int], batch: int):
+    """c [batch, c_dim] one-hot for `label`, or None for an unconditional generator."""
+    if not self.g_config.c_dim:
+      self.class_index(label)  # rejects a label
+      return None
+    index = self.class_index(label)
+    if index is None:
+      raise ValueError(f"This generator is conditional: name a class (one of "
+                       f"{', '.join(self.class_names)}).")
+    return jnp.broadcast_to(jax.nn.one_hot(index, self.g_config.c_dim), (batch, self.g_config.c_dim))
+
+  def sample(self, seeds, psi: float = 1.0, noise_mode: str = "const",
+             label: Optional[str | int] = None):
+    """Images for integer seeds (z drawn from `PRNGKey(seed)`), [len(seeds), H, W, C];
+    `label`: the class of a conditional generator (name or index)."""
     z = jnp.stack([jax.random.normal(jax.random.PRNGKey(s), (self.g_config.z_dim,))
                    for s in seeds])
-    return self.synthesis(self.mapping(z, psi=psi), noise_mode)
+    return self.synthesis(self.mapping(z, self.labels(label, len(seeds)), psi=psi), noise_mode)
 
   def discriminator_features(self, img):
     """Every D block's activations, see `networks.Discriminator.features`."""

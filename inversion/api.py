@@ -242,9 +242,10 @@ def _loss_channels(config, g_config) -> int:
 
 def spec_from_config(config: ml_collections.ConfigDict, g_config: networks.GeneratorConfig,
                      image_terms: Mapping[str, eng.ImageTerm],
-                     latent_terms: Optional[Mapping[str, eng.LatentTerm]] = None
-                     ) -> eng.EngineSpec:
-  """The compiled program's description from a config and the terms."""
+                     latent_terms: Optional[Mapping[str, eng.LatentTerm]] = None,
+                     label: Optional[int] = None) -> eng.EngineSpec:
+  """The compiled program's description from a config, the terms and the class index of a
+  conditional generator (`Model.class_index(config.label)`)."""
   o = config.optimizer
   return eng.EngineSpec(
       g_config=g_config, image_terms=tuple(image_terms.items()),
@@ -257,17 +258,19 @@ def spec_from_config(config: ml_collections.ConfigDict, g_config: networks.Gener
       noise_regularize_weight=float(config.noise.regularize_weight),
       latent_noise_factor=float(config.latent_noise.factor),
       latent_noise_ramp=float(config.latent_noise.ramp), noise_mode=config.noise.mode,
-      micro_batch=int(config.micro_batch))
+      micro_batch=int(config.micro_batch), label=label)
 
 
 _STATS_CACHE: dict = {}
 
 
-def w_stats(model, num_samples: int, generator_id: Optional[str] = None) -> eng.WStats:
-  """`engine.estimate_w_stats`, cached per generator and sample count."""
-  key = (generator_id or generator_fingerprint(model), int(num_samples))
+def w_stats(model, num_samples: int, generator_id: Optional[str] = None,
+            label: Optional[int] = None) -> eng.WStats:
+  """`engine.estimate_w_stats`, cached per generator, sample count and class label."""
+  key = (generator_id or generator_fingerprint(model), int(num_samples), label)
   if key not in _STATS_CACHE:
-    _STATS_CACHE[key] = eng.estimate_w_stats(model.g_config, model.g_vars, int(num_samples))
+    _STATS_CACHE[key] = eng.estimate_w_stats(model.g_config, model.g_vars, int(num_samples),
+                                             label=label)
   return _STATS_CACHE[key]
 
 
@@ -407,15 +410,14 @@ class Inverter:
     self.model = generator
     self.config = as_config(config)
     cfg = self.config
-    if generator.g_config.c_dim:
-      raise ValueError('Conditional generators (c_dim > 0) are not supported yet.')
     if cfg.init not in INITS:
       raise ValueError(f'config.init must be one of {INITS}, got {cfg.init!r}')
     if cfg.noise.init not in ('const', 'random'):
       raise ValueError(f"config.noise.init must be 'const' or 'random', got {cfg.noise.init!r}")
     self.generator_id = generator_fingerprint(generator)
     image_terms, self.term_params = build_image_terms(cfg, generator, term_params)
-    self.spec = spec_from_config(cfg, generator.g_config, image_terms, latent_terms)
+    self.spec = spec_from_config(cfg, generator.g_config, image_terms, latent_terms,
+                                 generator.class_index(cfg.get('label', '')))
     self.engine = eng.make_engine(self.spec)
     self._stats = None
     self._lpips = None
@@ -423,11 +425,13 @@ class Inverter:
   @property
   def stats(self) -> eng.WStats:
     if self._stats is None:
-      self._stats = w_stats(self.model, self.config.w_avg_samples, self.generator_id)
+      self._stats = w_stats(self.model, self.config.w_avg_samples, self.generator_id,
+                            self.spec.label)
     return self._stats
 
   def _needs_stats(self, mode: str) -> bool:
-    if self.spec.latent_noise_factor > 0 or (mode == 'mean' and self.spec.space == 'z'):
+    if (self.spec.latent_noise_factor > 0 or (mode == 'mean' and self.spec.space == 'z')
+        or (mode == 'mean' and self.spec.label is not None)):  # a class's mean w
       return True
     buf = np.asarray(self.model.g_vars['buffers']['mapping']['w_avg'])
     return mode == 'mean' and not buf.any()
@@ -462,7 +466,7 @@ class Inverter:
       if spec.space == 'z':
         latent = z
       else:
-        w = model.mapping(z)[:, 0]
+        w = model.mapping(z, eng.class_labels(gc, spec.label, b, keys[0]))[:, 0]
         latent = w if spec.space == 'w' else jnp.broadcast_to(w[:, None], (b,) + shape)
     noise = {}
     if spec.optimize_noise:

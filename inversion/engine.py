@@ -90,6 +90,7 @@ __all__ = [
     'OptimizerSpec',
     'WStats',
     'batch_mesh',
+    'class_labels',
     'hoist_invariants',
     'estimate_w_stats',
     'is_sharded',
@@ -128,11 +129,27 @@ def latent_shape(g_config: networks.GeneratorConfig, space: str) -> tuple[int, .
   return shapes[space]
 
 
+def class_labels(g_config: networks.GeneratorConfig, label: Optional[int], batch: int,
+                 key: Optional[Array] = None) -> Optional[Array]:
+  """Mapping labels c [batch, c_dim]: None for an unconditional generator; one-hot `label`;
+  or, with no label, classes drawn uniformly from `key` (the mix `w_avg` is tracked over)."""
+  if not g_config.c_dim:
+    return None
+  if label is None:
+    if key is None:
+      raise ValueError(f'This generator is conditional (c_dim={g_config.c_dim}): give the '
+                       'class label (config.label) to map z.')
+    return jax.nn.one_hot(jax.random.randint(key, (batch,), 0, g_config.c_dim), g_config.c_dim)
+  return jnp.broadcast_to(jax.nn.one_hot(label, g_config.c_dim), (batch, g_config.c_dim))
+
+
 def latent_to_ws(g_config: networks.GeneratorConfig, g_vars: PyTree, space: str,
-                 latent: Array) -> Array:
-  """latent [B, *latent_shape] -> ws [B, num_ws, w_dim] (mapping for 'z', broadcast for 'w')."""
+                 latent: Array, label: Optional[int] = None) -> Array:
+  """latent [B, *latent_shape] -> ws [B, num_ws, w_dim] (mapping for 'z', with class `label`
+  if the generator is conditional; broadcast for 'w')."""
   if space == 'z':
-    return networks.mapping(g_config, g_vars, latent)
+    c = class_labels(g_config, label, latent.shape[0])
+    return networks.mapping(g_config, g_vars, latent, c)
   if space == 'w':
     return jnp.broadcast_to(latent[:, None, :], (latent.shape[0], g_config.num_ws,
                                                  g_config.w_dim))
@@ -160,36 +177,39 @@ class WStats(NamedTuple):
 
 def estimate_w_stats(g_config: networks.GeneratorConfig, g_vars: PyTree,
                      num_samples: int = 10_000, seed: int = W_STATS_SEED,
-                     chunk: int = 2048) -> WStats:
+                     chunk: int = 2048, label: Optional[int] = None) -> WStats:
   """Maps `num_samples` random z (PRNGKey(seed)) and returns `WStats`.
 
   w_std = sqrt(sum_i ||w_i - mean(w)||^2 / N), as the NVlabs projector computes it from 10k
   samples. w_avg is the generator's tracked `w_avg` buffer unless that is all zero (e.g. a
-  generator converted from a file without it), then the sample mean.
+  generator converted from a file without it), then the sample mean. A conditional generator
+  maps z with class `label` (then w_avg is that class's sample mean: the buffer mixes all
+  classes), or, with no label, with uniformly drawn classes.
   """
   if num_samples < 1:
     raise ValueError(f'num_samples must be >= 1, got {num_samples}')
-  if g_config.c_dim:
-    raise ValueError('Conditional generators (c_dim > 0) are not supported by the inversion '
-                     'engine yet.')
   z = jax.random.normal(jax.random.PRNGKey(seed), (num_samples, g_config.z_dim))
+  c = class_labels(g_config, label, num_samples, jax.random.fold_in(jax.random.PRNGKey(seed), 1))
   chunk = min(chunk, num_samples)
   pad = -num_samples % chunk
-  zp = jnp.concatenate([z, jnp.zeros((pad, g_config.z_dim))]) if pad else z
+  padded = lambda a: None if a is None else (
+      jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:])]) if pad else a)
+  zp, cp = padded(z), padded(c)
   fn = _mapping_fn(g_config)
-  w = jnp.concatenate([fn(g_vars, zp[i:i + chunk]) for i in range(0, len(zp), chunk)])
+  w = jnp.concatenate([fn(g_vars, zp[i:i + chunk], None if cp is None else cp[i:i + chunk])
+                       for i in range(0, len(zp), chunk)])
   w = w[:num_samples]
   sample_mean = jnp.mean(w, axis=0)
   w_std = jnp.sqrt(jnp.sum(jnp.square(w - sample_mean)) / num_samples)
   buf = jnp.asarray(g_vars['buffers']['mapping']['w_avg'], jnp.float32)
-  w_avg = jnp.where(jnp.any(buf != 0), buf, sample_mean)
+  w_avg = sample_mean if label is not None else jnp.where(jnp.any(buf != 0), buf, sample_mean)
   nearest = jnp.argmin(jnp.sum(jnp.square(w - w_avg), axis=1))
   return WStats(w_avg, w_std, z[nearest])
 
 
 @functools.lru_cache(maxsize=16)
 def _mapping_fn(g_config):
-  return jax.jit(lambda v, z: networks.mapping(g_config, v, z)[:, 0])
+  return jax.jit(lambda v, z, c: networks.mapping(g_config, v, z, c)[:, 0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -556,9 +576,16 @@ class EngineSpec:
   latent_noise_ramp: float = 0.75      # projector: fraction of steps until the w noise is 0
   noise_mode: str = 'const'            # noise of layers not optimised: 'const' | 'none'
   micro_batch: int = 0                 # images vectorised together per step (see `group_size`)
+  label: Optional[int] = None          # class of a conditional generator (maps z in 'z' space)
 
   def __post_init__(self):
     latent_shape(self.g_config, self.space)
+    c_dim = self.g_config.c_dim
+    if self.label is not None and not 0 <= self.label < c_dim:
+      raise ValueError(f'label {self.label} is not a class of this generator (c_dim={c_dim})')
+    if c_dim and self.space == 'z' and self.label is None:
+      raise ValueError(f"This generator is conditional (c_dim={c_dim}): inverting in Z space "
+                       "maps z with a class; set config.label (W and W+ need none).")
     if self.num_steps < 0 or self.chunk_size < 1 or self.micro_batch < 0:
       raise ValueError(f'need num_steps >= 0, chunk_size >= 1 and micro_batch >= 0, got '
                        f'{self.num_steps}, {self.chunk_size}, {self.micro_batch}')
@@ -599,7 +626,7 @@ class Engine:
     # XLA:CPU runs non-HWIO convolutions inside loops slowly (see `_canonical_conv`).
     self.canonicalize_convs = jax.default_backend() == 'cpu'
     self._chunk_fns = {}  # mesh -> jitted chunk program
-    self.render = _render_fn(spec.g_config, spec.space, spec.noise_mode)
+    self.render = _render_fn(spec.g_config, spec.space, spec.noise_mode, spec.label)
     self.init = jax.jit(self._init)
 
   # 1. initial state
@@ -623,7 +650,8 @@ class Engine:
     """One image: latents (no batch axis) -> (total [], ({term: []}, image [H, W, C]))."""
     spec = self.spec
     cfg = spec.g_config
-    ws = latent_to_ws(cfg, data.g_vars, spec.space, latents.latent[None])[0]  # [num_ws, w_dim]
+    ws = latent_to_ws(cfg, data.g_vars, spec.space, latents.latent[None],
+                      spec.label)[0]  # [num_ws, w_dim]
     ws_in = ws
     if spec.latent_noise_factor > 0:
       scale = data.w_std * latent_noise_scale(step, spec.num_steps, spec.latent_noise_factor,
@@ -752,7 +780,8 @@ class Engine:
 
   def ws(self, latents: Latents, g_vars: PyTree) -> Array:
     """Latents -> ws [B, num_ws, w_dim]."""
-    return latent_to_ws(self.spec.g_config, g_vars, self.spec.space, latents.latent)
+    return latent_to_ws(self.spec.g_config, g_vars, self.spec.space, latents.latent,
+                        self.spec.label)
 
 
 def _variant(state: EngineState) -> tuple:
@@ -768,11 +797,11 @@ def is_sharded(state: EngineState) -> bool:
 
 
 @functools.lru_cache(maxsize=32)
-def _render_fn(g_config, space, noise_mode):
+def _render_fn(g_config, space, noise_mode, label):
   """Jitted latents (batch-first) -> images [B, H, W, C], shared by specs that differ only in
   their objective or optimiser."""
   def render(latents: Latents, g_vars: PyTree) -> Array:
-    ws = latent_to_ws(g_config, g_vars, space, latents.latent)
+    ws = latent_to_ws(g_config, g_vars, space, latents.latent, label)
     return networks.synthesis(g_config, g_vars, ws, noise_mode, latents.noise or None)
   return jax.jit(render)
 

@@ -2,11 +2,13 @@
 bad inputs, and the `python -m inversion invert` command. Fixture generator, few steps."""
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -248,3 +250,44 @@ def test_demo_writes_grid_table_and_curves(tmp_path, model):
     assert im.size == (4 * 34 - 2, 6 * 34 - 2)
   assert [r['method'] for r in out['rows']][-3:] == ['Z', 'W', 'W+']
   assert 'psnr' in out['table'] and 'lpips' not in out['table']  # no LPIPS weights here
+
+
+def test_conditional_generator_inverts_with_a_class():
+  """A conditional generator (c_dim > 0): Z space maps z with the named class, W+ needs no
+  class, the class's mean w is the 'mean' start, and class errors list the classes."""
+  from generators import networks
+  g_config = networks.GeneratorConfig(z_dim=8, c_dim=2, w_dim=8, img_resolution=16,
+                                      channel_base=64, channel_max=16, mapping_layers=2)
+  g_vars = networks.init_generator(g_config, jax.random.PRNGKey(0))
+  g_vars['buffers']['mapping']['w_avg'] = jnp.full((8,), 0.5)  # as if tracked over both classes
+  cond = checkpoint.Model(g_config, g_vars, metadata={'class_names': ['clean', 'defect']})
+  z = jax.random.normal(jax.random.PRNGKey(1), (1, 8))
+  target = np.asarray(cond.synthesis(cond.mapping(z, cond.labels('defect', 1))))
+  overrides = ['--config.steps=6', '--config.chunk_size=3', '--config.loss.perceptual=none',
+               '--config.metrics.lpips=off', '--config.w_avg_samples=500']
+
+  result = api.invert(target, cond, api.as_config(
+      'image2stylegan:z', overrides + ['--config.label=defect']), progress=False)
+  want_ws = cond.mapping(jnp.asarray(result.latents), cond.labels(1, 1))
+  np.testing.assert_allclose(result.ws, want_ws, rtol=1e-5, atol=1e-6)
+  assert result.ws.shape == (1, g_config.num_ws, 8) and np.all(np.isfinite(result.metrics['mse']))
+
+  with pytest.raises(ValueError, match='set config.label'):
+    api.Inverter(cond, api.as_config('image2stylegan:z', overrides))
+  with pytest.raises(ValueError, match='0=clean, 1=defect'):
+    api.Inverter(cond, api.as_config('image2stylegan:w', overrides + ['--config.label=hole']))
+  with pytest.raises(ValueError, match='name a class'):
+    cond.sample([0, 1])
+  with pytest.raises(ValueError, match='unconditional'):
+    api.Inverter(checkpoint.Model(dataclasses.replace(g_config, c_dim=0), g_vars),
+                 api.as_config('image2stylegan:w', overrides + ['--config.label=1']))
+
+  keys = jnp.zeros((1, 2), jnp.uint32)
+  plain = api.Inverter(cond, api.as_config('image2stylegan:wplus', overrides))
+  np.testing.assert_allclose(plain.initial_latents(keys).latent[0, 0], 0.5)  # the buffer
+  per_class = [api.Inverter(cond, api.as_config('image2stylegan:w', overrides + [
+      f'--config.label={name}'])).initial_latents(keys).latent[0] for name in ('clean', 'defect')]
+  for index, start in enumerate(per_class):  # each class starts at its own sample mean of w
+    stats = api.w_stats(cond, 500, label=index)
+    np.testing.assert_allclose(start, stats.w_avg, rtol=1e-6)
+  assert float(jnp.max(jnp.abs(per_class[0] - per_class[1]))) > 1e-4
