@@ -329,9 +329,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   labels = defect_labels(bank) if g_config.c_dim else None
   total_steps = int(round(config.total_kimg * 1000 / config.batch_size))
   grid_z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (GRID_SEEDS, g_config.z_dim))
-  grid_c = None  # conditional: the first half of the grid clean, the second with defects
+  grid_c = None  # conditional: the grid's rows split evenly over the classes, in order
   if labels is not None:
-    grid_c = np.eye(len(CLASS_NAMES), dtype=np.float32)[np.arange(GRID_SEEDS) * 2 // GRID_SEEDS]
+    grid_c = np.eye(len(CLASS_NAMES), dtype=np.float32)[
+        np.arange(GRID_SEEDS) * len(CLASS_NAMES) // GRID_SEEDS]
   start = int(state.step)
   bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
              desc=f"train {workdir.name}")

@@ -116,16 +116,20 @@ import jax, numpy as np, configs
 from jax.sharding import Mesh
 from generators import train
 assert len(jax.devices()) == 8, jax.devices()
-cfg = configs.load_config("embedded:quick", ["--config.batch_size=8", "--config.ada_target=0.6"])
+cfg = configs.load_config("embedded:quick", ["--config.batch_size=8", "--config.ada_target=0.6",
+                                            "--config.data.defect_labels=True"])
 g, d = train.model_configs(cfg, 16, 4)
-real = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 4)).astype(np.float32)
+assert g.c_dim == d.c_dim == 2
+rng = np.random.default_rng(0)
+real = rng.uniform(-1, 1, (8, 16, 16, 4)).astype(np.float32)
+real_c, gen_c = (np.eye(2, dtype=np.float32)[rng.integers(0, 2, 8)] for _ in range(2))
 out = {}
 for n in (1, 8):
   mesh = Mesh(np.array(jax.devices()[:n]), ("data",))
   g_step, d_plain, d_r1 = train.make_steps(cfg, g, d, mesh)
   state = train.init_state(cfg, g, d)
-  state, _ = g_step(state, jax.random.PRNGKey(1), 0.5, 1.0)
-  state, m = d_r1(state, real, jax.random.PRNGKey(2), 1.0)
+  state, _ = g_step(state, jax.random.PRNGKey(1), 0.5, 1.0, gen_c)
+  state, m = d_r1(state, real, jax.random.PRNGKey(2), 1.0, real_c, gen_c)
   out[n] = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
 for a, b in zip(out[1], out[8]):
   np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
