@@ -7,6 +7,10 @@ Rows (RGB channels, 1k images each unless --num says otherwise):
   real vs real      random held-out crops vs random training crops: the floor to aim for;
   G_ema vs held-out the shipped model (truncation off, random noise);
   untrained G       the same architecture at its random initialisation.
+The held-out crops are clean photos, so a model that leaves out defects scores better there;
+the "with defects" rows paint the training set's share of defects on the held-out (and, for
+the floor, the training) crops with the training recipe, which is what G learns to draw. A
+conditional model also gets one row per class against held-out crops of that class.
 (--no-baselines keeps only the G_ema row: for a sweep over training snapshots.)
 Also reports the mask channel: the fraction of generated pixels marked as defect and of images
 with any defect pixel, beside the training set's. A conditional model (`data.defect_labels`)
@@ -58,9 +62,12 @@ def _swd(a: np.ndarray, b: np.ndarray) -> dict:
   return {k: float(v) for k, v in result.items()}
 
 
-def _real(num: int, size: int, region: str, seed: int) -> np.ndarray:
-  coords = data.sample_coords(num, size, seed=seed, region=region)
-  return data.to_model_range(data.cut(coords, size))
+def _real(num: int, size: int, region: str, seed: int, defect_fraction: float = 0.0) -> np.ndarray:
+  """Random crops of a region, a `defect_fraction` of them with a painted defect (+ mask)."""
+  crops = data.cut(data.sample_coords(num, size, seed=seed, region=region), size)
+  if defect_fraction:
+    crops = defects.with_defects(crops, defect_fraction, seed=seed).images
+  return data.to_model_range(crops)
 
 
 def main(argv=None) -> None:
@@ -81,14 +88,28 @@ def main(argv=None) -> None:
   labels = None
   if model.g_config.c_dim:  # the classes of random training crops, as training draws them
     labels = train.defect_labels(bank)[np.random.default_rng(4).integers(0, len(bank), args.num)]
+  fraction = model.metadata.get("train_config", {}).get("data", {}).get(
+      "defect_fraction", defects.DEFECT_FRACTION)
   heldout = _real(args.num, size, "heldout", seed=1)
+  heldout_mix = _real(args.num, size, "heldout", seed=1, defect_fraction=fraction)
   fakes = _samples(model, model.g_vars, args.num, seed=3, labels=labels)
-  rows = [{"pair": "G_ema vs held-out", **_swd(fakes, heldout)}]
+  rows = [{"pair": "G_ema vs held-out", **_swd(fakes, heldout)},
+          {"pair": "G_ema vs held-out with defects", **_swd(fakes, heldout_mix)}]
+  for index, name in enumerate(model.class_names if labels is not None else ()):
+    # train.CLASS_NAMES order: class 0 has no defect, class 1 one defect per crop.
+    one_class = np.eye(model.g_config.c_dim, dtype=np.float32)[np.full(args.num, index)]
+    fakes_class = _samples(model, model.g_vars, args.num, seed=5, labels=one_class)
+    rows.append({"pair": f"G_ema [{name}] vs held-out, defect fraction {index}",
+                 **_swd(fakes_class, _real(args.num, size, "heldout", seed=1,
+                                           defect_fraction=float(index)))})
   if not args.no_baselines:
     training = _real(args.num, size, "train", seed=2)
+    training_mix = _real(args.num, size, "train", seed=2, defect_fraction=fraction)
     untrained_vars = networks.init_generator(model.g_config, jax.random.PRNGKey(0))
     untrained = _samples(model, untrained_vars, args.num, seed=3, labels=labels)
-    rows = [{"pair": "real (train) vs held-out", **_swd(training, heldout)}, *rows,
+    rows = [{"pair": "real (train) vs held-out", **_swd(training, heldout)},
+            {"pair": "real (train) vs held-out, both with defects",
+             **_swd(training_mix, heldout_mix)}, *rows,
             {"pair": "untrained G vs held-out", **_swd(untrained, heldout)}]
   columns = ["pair"] + [k for k in rows[0] if k != "pair"]
   print(f"device: {common.device_description()}; {args.num} images per set, SWD x1e3")
