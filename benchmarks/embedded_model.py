@@ -84,12 +84,15 @@ def main(argv=None) -> None:
 
   model = checkpoint.load(args.checkpoint)
   size = model.resolution
-  bank = defects.defect_dataset(2000, size=size, seed=0).images
-  labels = None
-  if model.g_config.c_dim:  # the classes of random training crops, as training draws them
-    labels = train.defect_labels(bank)[np.random.default_rng(4).integers(0, len(bank), args.num)]
   fraction = model.metadata.get("train_config", {}).get("data", {}).get(
       "defect_fraction", defects.DEFECT_FRACTION)
+  bank = defects.defect_dataset(2000, size=size, defect_fraction=fraction, seed=0).images
+  labels = None
+  if model.g_config.c_dim:  # the classes of random training crops, as training draws them
+    if model.class_names != list(train.CLASS_NAMES):
+      raise SystemExit(f"This benchmark knows the embedded model's classes {train.CLASS_NAMES}; "
+                       f"{args.checkpoint} has {model.class_names}.")
+    labels = train.defect_labels(bank)[np.random.default_rng(4).integers(0, len(bank), args.num)]
   heldout = _real(args.num, size, "heldout", seed=1)
   heldout_mix = _real(args.num, size, "heldout", seed=1, defect_fraction=fraction)
   fakes = _samples(model, model.g_vars, args.num, seed=3, labels=labels)

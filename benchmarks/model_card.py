@@ -14,12 +14,9 @@ import shutil
 import sys
 
 import configs
-from generators import checkpoint, convert
+from generators import checkpoint, convert, train
 
 CARD = checkpoint.EMBEDDED_DIR / "MODEL_CARD.md"
-# Config fields added after some shipped models were trained, with the values that reproduce
-# a run from before they existed.
-LATER_FIELDS_OFF = {"lr_rampdown": 0.0, "ada_target": 0.0, "data.defect_labels": False}
 
 
 def main(argv=None) -> None:
@@ -28,7 +25,8 @@ def main(argv=None) -> None:
     raise SystemExit("usage: python -m benchmarks.model_card EVAL_JSON [EARLIER_EVAL_JSON ...]")
   evaluations = [json.loads(pathlib.Path(p).read_text()) for p in argv]
   evaluation = evaluations[0]
-  if len(evaluation["rows"]) < 3:
+  pairs = [row["pair"] for row in evaluation["rows"]]
+  if not all(any(p.startswith(b) for p in pairs) for b in ("real (train) vs", "untrained G")):
     raise SystemExit(f"{argv[0]} has no baseline rows (real vs real, untrained G), which the card "
                      "shows: evaluate the model without --no-baselines.")
   meta = evaluation["metadata"]
@@ -138,8 +136,9 @@ Reproduce (each step resumes after a kill):
 def _flags(train_config: dict, stop_kimg: float) -> str:
   """`--config.*` flags that turn the default embedded config into `train_config`, stopped at
   `stop_kimg` (a snapshot before the end of its run is reproduced by ending a new run there)."""
-  wanted = {**LATER_FIELDS_OFF,
-            **_flatten({**train_config, "total_kimg": stop_kimg, "init_from": ""})}
+  # A run from before a config field existed ran without it (`train.FIELDS_ADDED_OFF`).
+  wanted = _flatten(train.with_added_fields(
+      {**train_config, "total_kimg": stop_kimg, "init_from": ""}))
   defaults = _flatten(json.loads(configs.load_config("embedded").to_json()))
   return "".join(f" --config.{key}={_flag_value(value)}" for key, value in wanted.items()
                  if key in defaults and defaults[key] != value)

@@ -53,8 +53,13 @@ def measure(config, label: str, repeats: int) -> dict:
                         NamedSharding(mesh, P("data")))
   g_step, d_plain, d_r1 = train.make_steps(config, g_config, d_config, mesh)
   key = jax.random.PRNGKey(0)
-  steps = {"g_step": lambda s: g_step(s, key, 0.99, 1.0), "d_step": lambda s: d_plain(s, real, key, 1.0),
-           "d_r1_step": lambda s: d_r1(s, real, key, 1.0)}
+  c = None  # a conditional config: every image labelled with class 0
+  if g_config.c_dim:
+    c = jax.device_put(jax.nn.one_hot(jnp.zeros(config.batch_size, int), g_config.c_dim),
+                       NamedSharding(mesh, P("data")))
+  steps = {"g_step": lambda s: g_step(s, key, 0.99, 1.0, c),
+           "d_step": lambda s: d_plain(s, real, key, 1.0, c, c),
+           "d_r1_step": lambda s: d_r1(s, real, key, 1.0, c, c)}
   row = {"convs": label}
   for name, step in steps.items():
     times = []

@@ -45,7 +45,8 @@ def get_config(arg=None):
   # Initialisation.
   config.init = 'mean'               # 'mean' (w_avg; Z: the sampled z nearest it) | 'random'
                                      # (z ~ N(0, I) per image) | 'given' (init=... / --init)
-  config.w_avg_samples = W_AVG_SAMPLES  # samples for w_std / w_avg (when the buffer is zero)
+  config.w_avg_samples = W_AVG_SAMPLES  # samples for w_std / w_avg (when the buffer is zero,
+                                        # or a class's mean w with config.label)
   config.label = ''                  # conditional generators: class name or index ('' = none);
                                      # maps z in Z space, and 'mean' starts at the class's mean w
 

@@ -56,7 +56,8 @@ class Model:
     return self.g_config.img_channels
 
   def mapping(self, z, c=None, psi: float = 1.0, cutoff: Optional[int] = None):
-    """z [B, z_dim] -> ws [B, num_ws, w_dim]."""
+    """z [B, z_dim] (and one-hot labels c [B, c_dim] of a conditional G, see `labels`) ->
+    ws [B, num_ws, w_dim]."""
     return networks.mapping(self.g_config, self.g_vars, z, c, psi, cutoff)
 
   def synthesis(self, ws, noise_mode: str = "const", noise=None, key=None):
@@ -84,7 +85,8 @@ class Model:
                      f"{', '.join(f'{i}={n}' for i, n in enumerate(names))}.")
 
   def labels(self, label: Optional[str | int], batch: int):
-    """c [batch, c_dim] one-hot for `label`, or None for an unconditional generator."""
+    """c [batch, c_dim] one-hot for `label`, or None for an unconditional generator; a
+    conditional one needs a label, an unconditional one refuses it."""
     if not self.g_config.c_dim:
       self.class_index(label)  # rejects a label
       return None

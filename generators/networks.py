@@ -609,6 +609,8 @@ class DiscriminatorEpilogue(nn.Module):
     x = FullyConnectedLayer(self.in_channels * self.resolution**2, self.in_channels,
                             activation="lrelu", name="fc")(x.reshape(x.shape[0], -1))
     features["b4_fc"] = x
+    if self.cmap_dim > 0 and cmap is None:  # conditional D without labels: features only
+      return None, features
     x = FullyConnectedLayer(self.in_channels, 1 if self.cmap_dim == 0 else self.cmap_dim,
                             name="out")(x)
     if self.cmap_dim > 0:
@@ -622,12 +624,16 @@ class Discriminator(nn.Module):
   config: DiscriminatorConfig
 
   def __call__(self, img: Array, c: Optional[Array] = None) -> Array:
+    if self.config.c_dim > 0 and c is None:
+      raise ValueError(f"This discriminator is conditional (c_dim={self.config.c_dim}): pass "
+                       "labels c.")
     return self.features(img, c)["logits"]
 
   @nn.compact
   def features(self, img: Array, c: Optional[Array] = None) -> dict[str, Array]:
     """Every block's output (`b64` = the 64x64 block's [B, 32, 32, C] output), the epilogue's
-    conv and fc activations (`b4_conv`, `b4_fc`) and `logits` [B, 1]."""
+    conv and fc activations (`b4_conv`, `b4_fc`) and `logits` [B, 1]. A conditional D
+    without labels `c` returns no `logits`: only they depend on the class."""
     cfg = self.config
     expected = (cfg.img_resolution, cfg.img_resolution, cfg.img_channels)
     if img.ndim != 4 or img.shape[1:] != expected:
@@ -644,9 +650,7 @@ class Discriminator(nn.Module):
       x, img = block(x, img)
       features[f"b{res}"] = x
     cmap = None
-    if cfg.c_dim > 0:
-      if c is None:
-        raise ValueError(f"This discriminator is conditional (c_dim={cfg.c_dim}): pass labels c.")
+    if cfg.c_dim > 0 and c is not None:
       cmap = MappingNetwork(z_dim=0, c_dim=cfg.c_dim, w_dim=cfg.resolved_cmap_dim, num_ws=None,
                             num_layers=cfg.mapping_layers, w_avg_beta=None, name="mapping")(None, c)
     logits, head = DiscriminatorEpilogue(
@@ -655,7 +659,8 @@ class Discriminator(nn.Module):
         mbstd_group_size=cfg.mbstd_group_size, mbstd_num_channels=cfg.mbstd_num_channels,
         conv_clamp=cfg.conv_clamp, name="b4")(x, img, cmap)
     features.update(head)
-    features["logits"] = logits
+    if logits is not None:
+      features["logits"] = logits
     return features
 
 

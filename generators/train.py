@@ -52,6 +52,9 @@ ADAM_EPS = 1e-8
 GRID_SEEDS = 16  # images in the periodic sample grid (4 x 4)
 INIT_FROM_FILE = "init_from.json"  # in a workdir: metadata of the model a fine-tuning run began at
 CLASS_NAMES = ("clean", "defect")  # one-hot label order with data.defect_labels
+# Config fields added after runs were started, with the value that means "off": a run whose
+# saved config lacks one ran without it (resume and the model card read it so).
+FIELDS_ADDED_OFF = {"lr_rampdown": 0.0, "ada_target": 0.0, "data.defect_labels": False}
 MASK_ON = 127  # uint8 mask channel: a defect pixel is above this
 
 
@@ -113,7 +116,8 @@ def init_state_from(config, g_config, d_config,
     raise ValueError("The init_from model does not match the config's networks:\n"
                      f"  model:  {model.g_config}\n          {model.d_config}\n"
                      f"  config: {g_config}\n          {d_config}\n"
-                     "Set config.model (and data.resolution) to the model's architecture.")
+                     "Set config.model (and data.resolution, data.defect_labels) to the "
+                     "model's architecture.")
   g_opt, d_opt = _optimizers(config)
   copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)  # own buffers: steps donate them
   g_vars, d_params = model.g_vars, model.d_vars["params"]
@@ -270,6 +274,18 @@ def _grid_png(images: np.ndarray, path: pathlib.Path) -> None:
   Image.fromarray(np.concatenate(canvases, axis=1)).save(path)
 
 
+def with_added_fields(saved: dict) -> dict:
+  """A saved run config (JSON) with the `FIELDS_ADDED_OFF` it lacks set to their off values."""
+  out = json.loads(json.dumps(saved))
+  for dotted, off in FIELDS_ADDED_OFF.items():
+    *parents, leaf = dotted.split(".")
+    node = out
+    for part in parents:
+      node = node.setdefault(part, {})
+    node.setdefault(leaf, off)
+  return out
+
+
 def _checkpoint_manager(workdir: pathlib.Path, config: ml_collections.ConfigDict):
   """Keeps the last `keep_checkpoints`, and every multiple of `keep_checkpoint_every` steps
   (snapshots to evaluate and export later) if it is set."""
@@ -288,7 +304,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   workdir = pathlib.Path(workdir)
   (workdir / "samples").mkdir(parents=True, exist_ok=True)
   config_path = workdir / "config.json"
-  if config_path.exists() and json.loads(config_path.read_text()) != json.loads(config.to_json()):
+  if (config_path.exists() and with_added_fields(json.loads(config_path.read_text()))
+      != json.loads(config.to_json())):
     raise ValueError(f"{workdir} holds a run with a different config ({config_path}); use a new "
                      "--workdir or the same config to resume.")
   config_path.write_text(config.to_json(indent=2))

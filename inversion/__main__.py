@@ -96,8 +96,11 @@ def main(argv=None) -> int:
         align = align_lib.aligner_from_spec(args.align, model.resolution)
       except ValueError as e:
         raise SystemExit(f'error: {e}') from None
-    res = api.invert_folder(images, model, config, args.out, args.batch_size, mask=args.mask,
-                            progress=not args.no_progress, align=align)
+    try:
+      res = api.invert_folder(images, model, config, args.out, args.batch_size, mask=args.mask,
+                              progress=not args.no_progress, align=align)
+    except ValueError as e:  # bad input or settings (e.g. a class label): say it without a trace
+      raise SystemExit(f'error: {e}') from None
     cols = [c for c in ('mse', 'psnr', 'ssim', 'lpips') if any(c in r for r in res.rows)]
     print(api.format_table(res.rows, ['name'] + cols + ['status']))
     print(f'{len(res.inverted)} inverted, {len(res.skipped)} already done, '

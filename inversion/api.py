@@ -466,7 +466,12 @@ class Inverter:
       if spec.space == 'z':
         latent = z
       else:
-        w = model.mapping(z, eng.class_labels(gc, spec.label, b, keys[0]))[:, 0]
+        c = None  # conditional G: the label's class, or one drawn per image from its key
+        if gc.c_dim:
+          c = (eng.class_labels(gc, spec.label, b) if spec.label is not None else
+               jax.nn.one_hot(jax.vmap(lambda k: jax.random.randint(
+                   jax.random.fold_in(k, 3), (), 0, gc.c_dim))(keys), gc.c_dim))
+        w = model.mapping(z, c)[:, 0]
         latent = w if spec.space == 'w' else jnp.broadcast_to(w[:, None], (b,) + shape)
     noise = {}
     if spec.optimize_noise:
@@ -483,6 +488,15 @@ class Inverter:
     return eng.Latents(jnp.asarray(latent, jnp.float32),
                        {k: jnp.asarray(v, jnp.float32) for k, v in noise.items()})
 
+  def _check_label(self, records) -> None:
+    """Z latents of a conditional generator must come from inversions with this class."""
+    for r in records:
+      label = json.loads(r.config_json or '{}').get('label', '')
+      if self.model.class_index(label) != self.spec.label:
+        raise LatentsError(f'{r.path or r.name}: its z was inverted with class {label!r}, not '
+                           f'{self.config.label!r}; set --config.label={label} or start from its '
+                           'ws in W+ space.')
+
   def _given(self, init, b, shape):
     gc, space = self.model.g_config, self.spec.space
     noise = None
@@ -490,6 +504,8 @@ class Inverter:
       for r in init:
         r.check(self.generator_id, getattr(r, 'path', ''))
       if all(r.space == space for r in init):
+        if space == 'z' and gc.c_dim:  # a z means something only with its class
+          self._check_label(init)
         lat = np.stack([r.latent for r in init])
       else:
         lat = np.stack([r.ws for r in init])

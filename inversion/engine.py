@@ -134,6 +134,8 @@ def class_labels(g_config: networks.GeneratorConfig, label: Optional[int], batch
   """Mapping labels c [batch, c_dim]: None for an unconditional generator; one-hot `label`;
   or, with no label, classes drawn uniformly from `key` (the mix `w_avg` is tracked over)."""
   if not g_config.c_dim:
+    if label is not None:
+      raise ValueError(f'This generator is unconditional: drop the class label {label}.')
     return None
   if label is None:
     if key is None:
@@ -581,6 +583,8 @@ class EngineSpec:
   def __post_init__(self):
     latent_shape(self.g_config, self.space)
     c_dim = self.g_config.c_dim
+    if self.label is not None and not c_dim:
+      raise ValueError(f'This generator is unconditional: drop the class label {self.label}.')
     if self.label is not None and not 0 <= self.label < c_dim:
       raise ValueError(f'label {self.label} is not a class of this generator (c_dim={c_dim})')
     if c_dim and self.space == 'z' and self.label is None:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from generators import checkpoint
 from inversion import api, images, weights
+from inversion import engine as eng
 from tests.test_engine import ROOT, generated, scaled_fixture_model
 
 STEPS, CHUNK = 12, 3   # 4 chunks per batch
@@ -252,7 +253,7 @@ def test_demo_writes_grid_table_and_curves(tmp_path, model):
   assert 'psnr' in out['table'] and 'lpips' not in out['table']  # no LPIPS weights here
 
 
-def test_conditional_generator_inverts_with_a_class():
+def test_conditional_generator_inverts_with_a_class(tmp_path):
   """A conditional generator (c_dim > 0): Z space maps z with the named class, W+ needs no
   class, the class's mean w is the 'mean' start, and class errors list the classes."""
   from generators import networks
@@ -272,6 +273,10 @@ def test_conditional_generator_inverts_with_a_class():
   np.testing.assert_allclose(result.ws, want_ws, rtol=1e-5, atol=1e-6)
   assert result.ws.shape == (1, g_config.num_ws, 8) and np.all(np.isfinite(result.metrics['mse']))
 
+  record = api.load_latents(api.save_latents(tmp_path / 'a.npz', result, 0, cond), cond)
+  with pytest.raises(api.LatentsError, match='--config.label=defect'):  # its z is a defect's
+    api.invert(target, cond, api.as_config('image2stylegan:z', overrides + [
+        '--config.label=clean', '--config.init=given']), init=[record], progress=False)
   with pytest.raises(ValueError, match='set config.label'):
     api.Inverter(cond, api.as_config('image2stylegan:z', overrides))
   with pytest.raises(ValueError, match='0=clean, 1=defect'):
@@ -287,7 +292,26 @@ def test_conditional_generator_inverts_with_a_class():
   np.testing.assert_allclose(plain.initial_latents(keys).latent[0, 0], 0.5)  # the buffer
   per_class = [api.Inverter(cond, api.as_config('image2stylegan:w', overrides + [
       f'--config.label={name}'])).initial_latents(keys).latent[0] for name in ('clean', 'defect')]
+  z_samples = jax.random.normal(jax.random.PRNGKey(eng.W_STATS_SEED), (500, 8))
   for index, start in enumerate(per_class):  # each class starts at its own sample mean of w
-    stats = api.w_stats(cond, 500, label=index)
-    np.testing.assert_allclose(start, stats.w_avg, rtol=1e-6)
+    class_mean = cond.mapping(z_samples, cond.labels(index, 500))[:, 0].mean(0)
+    np.testing.assert_allclose(start, class_mean, rtol=1e-5, atol=1e-6)
   assert float(jnp.max(jnp.abs(per_class[0] - per_class[1]))) > 1e-4
+
+  # With a conditional D, its features (which do not depend on the class) are the perceptual
+  # term: no labels needed there; its logits do need them.
+  d_config = networks.DiscriminatorConfig(c_dim=2, img_resolution=16, img_channels=3,
+                                          channel_base=64, channel_max=16)
+  d_vars = networks.init_discriminator(d_config, jax.random.PRNGKey(2))
+  disc = networks.Discriminator(d_config)
+  img = jnp.asarray(target)
+  with pytest.raises(ValueError, match='pass labels c'):
+    disc.apply(d_vars, img)
+  unlabelled = disc.apply(d_vars, img, method=networks.Discriminator.features)
+  labelled = disc.apply(d_vars, img, cond.labels(0, 1), method=networks.Discriminator.features)
+  assert 'logits' not in unlabelled and 'logits' in labelled
+  np.testing.assert_array_equal(unlabelled['b4_fc'], labelled['b4_fc'])
+  with_d = checkpoint.Model(g_config, g_vars, d_config, d_vars, cond.metadata)
+  result = api.invert(target, with_d, api.as_config('image2stylegan:wplus', overrides + [
+      '--config.loss.perceptual=discriminator']), progress=False)
+  assert np.all(np.isfinite(result.losses['discriminator']))
