@@ -62,9 +62,13 @@ def _swd(a: np.ndarray, b: np.ndarray) -> dict:
   return {k: float(v) for k, v in result.items()}
 
 
-def _real(num: int, size: int, region: str, seed: int, defect_fraction: float = 0.0) -> np.ndarray:
-  """Random crops of a region, a `defect_fraction` of them with a painted defect (+ mask)."""
-  crops = data.cut(data.sample_coords(num, size, seed=seed, region=region), size)
+def _crops(num: int, size: int, region: str, seed: int) -> np.ndarray:
+  """uint8 [num, size, size, 3] random crops of a region."""
+  return data.cut(data.sample_coords(num, size, seed=seed, region=region), size)
+
+
+def _real(crops: np.ndarray, defect_fraction: float = 0.0, seed: int = 0) -> np.ndarray:
+  """Crops in the model's range, a `defect_fraction` of them with a painted defect (+ mask)."""
   if defect_fraction:
     crops = defects.with_defects(crops, defect_fraction, seed=seed).images
   return data.to_model_range(crops)
@@ -93,8 +97,9 @@ def main(argv=None) -> None:
       raise SystemExit(f"This benchmark knows the embedded model's classes {train.CLASS_NAMES}; "
                        f"{args.checkpoint} has {model.class_names}.")
     labels = train.defect_labels(bank)[np.random.default_rng(4).integers(0, len(bank), args.num)]
-  heldout = _real(args.num, size, "heldout", seed=1)
-  heldout_mix = _real(args.num, size, "heldout", seed=1, defect_fraction=fraction)
+  heldout_crops = _crops(args.num, size, "heldout", seed=1)
+  heldout = _real(heldout_crops)
+  heldout_mix = _real(heldout_crops, fraction, seed=1)
   fakes = _samples(model, model.g_vars, args.num, seed=3, labels=labels)
   rows = [{"pair": "G_ema vs held-out", **_swd(fakes, heldout)},
           {"pair": "G_ema vs held-out with defects", **_swd(fakes, heldout_mix)}]
@@ -103,11 +108,11 @@ def main(argv=None) -> None:
     one_class = np.eye(model.g_config.c_dim, dtype=np.float32)[np.full(args.num, index)]
     fakes_class = _samples(model, model.g_vars, args.num, seed=5, labels=one_class)
     rows.append({"pair": f"G_ema [{name}] vs held-out, defect fraction {index}",
-                 **_swd(fakes_class, _real(args.num, size, "heldout", seed=1,
-                                           defect_fraction=float(index)))})
+                 **_swd(fakes_class, _real(heldout_crops, float(index), seed=1))})
   if not args.no_baselines:
-    training = _real(args.num, size, "train", seed=2)
-    training_mix = _real(args.num, size, "train", seed=2, defect_fraction=fraction)
+    training_crops = _crops(args.num, size, "train", seed=2)
+    training = _real(training_crops)
+    training_mix = _real(training_crops, fraction, seed=2)
     untrained_vars = networks.init_generator(model.g_config, jax.random.PRNGKey(0))
     untrained = _samples(model, untrained_vars, args.num, seed=3, labels=labels)
     rows = [{"pair": "real (train) vs held-out", **_swd(training, heldout)},
@@ -126,8 +131,8 @@ def main(argv=None) -> None:
       per_class = {name: _defect_share(fakes[labels[:, i] > 0])
                    for i, name in enumerate(model.class_names)}
       print(f"images with a defect, per class: {per_class}")
-  train_mask_fraction = float(np.mean(bank[..., 3] > 127))
-  train_defect_images = float(np.mean(np.any(bank[..., 3] > 127, axis=(1, 2))))
+  train_mask_fraction = float(np.mean(bank[..., 3] > train.MASK_ON))
+  train_defect_images = float(np.mean(train.defect_labels(bank)[:, 1]))
   print(f"defect-mask pixels: generated {mask_fraction}, training set {train_mask_fraction:.4f}; "
         f"images with a defect: generated {defect_images}, training set {train_defect_images:.3f}")
   train._grid_png(fakes[:64], out.with_suffix(".png"))

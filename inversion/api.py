@@ -466,11 +466,8 @@ class Inverter:
       if spec.space == 'z':
         latent = z
       else:
-        c = None  # conditional G: the label's class, or one drawn per image from its key
-        if gc.c_dim:
-          c = (eng.class_labels(gc, spec.label, b) if spec.label is not None else
-               jax.nn.one_hot(jax.vmap(lambda k: jax.random.randint(
-                   jax.random.fold_in(k, 3), (), 0, gc.c_dim))(keys), gc.c_dim))
+        # A conditional G: the label's class, or one drawn per image from its own key.
+        c = eng.class_labels(gc, spec.label, b, jax.vmap(lambda k: jax.random.fold_in(k, 3))(keys))
         w = model.mapping(z, c)[:, 0]
         latent = w if spec.space == 'w' else jnp.broadcast_to(w[:, None], (b,) + shape)
     noise = {}

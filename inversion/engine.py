@@ -130,18 +130,20 @@ def latent_shape(g_config: networks.GeneratorConfig, space: str) -> tuple[int, .
 
 
 def class_labels(g_config: networks.GeneratorConfig, label: Optional[int], batch: int,
-                 key: Optional[Array] = None) -> Optional[Array]:
+                 keys: Optional[Array] = None) -> Optional[Array]:
   """Mapping labels c [batch, c_dim]: None for an unconditional generator; one-hot `label`;
-  or, with no label, classes drawn uniformly from `key` (the mix `w_avg` is tracked over)."""
+  or, with no label, one class per sample drawn uniformly from its key in `keys` [batch, 2]
+  (the mix `w_avg` is tracked over)."""
   if not g_config.c_dim:
     if label is not None:
       raise ValueError(f'This generator is unconditional: drop the class label {label}.')
     return None
   if label is None:
-    if key is None:
+    if keys is None:
       raise ValueError(f'This generator is conditional (c_dim={g_config.c_dim}): give the '
                        'class label (config.label) to map z.')
-    return jax.nn.one_hot(jax.random.randint(key, (batch,), 0, g_config.c_dim), g_config.c_dim)
+    draw = lambda k: jax.random.randint(k, (), 0, g_config.c_dim)
+    return jax.nn.one_hot(jax.vmap(draw)(keys), g_config.c_dim)
   return jnp.broadcast_to(jax.nn.one_hot(label, g_config.c_dim), (batch, g_config.c_dim))
 
 
@@ -191,7 +193,8 @@ def estimate_w_stats(g_config: networks.GeneratorConfig, g_vars: PyTree,
   if num_samples < 1:
     raise ValueError(f'num_samples must be >= 1, got {num_samples}')
   z = jax.random.normal(jax.random.PRNGKey(seed), (num_samples, g_config.z_dim))
-  c = class_labels(g_config, label, num_samples, jax.random.fold_in(jax.random.PRNGKey(seed), 1))
+  c = class_labels(g_config, label, num_samples,
+                   jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 1), num_samples))
   chunk = min(chunk, num_samples)
   pad = -num_samples % chunk
   padded = lambda a: None if a is None else (

@@ -297,6 +297,13 @@ def test_conditional_generator_inverts_with_a_class(tmp_path):
     class_mean = cond.mapping(z_samples, cond.labels(index, 500))[:, 0].mean(0)
     np.testing.assert_allclose(start, class_mean, rtol=1e-5, atol=1e-6)
   assert float(jnp.max(jnp.abs(per_class[0] - per_class[1]))) > 1e-4
+  # Random starts without a class: each image maps its z with a class drawn from its own key,
+  # so an image's start does not depend on the batch it is in.
+  random_w = api.Inverter(cond, api.as_config('image2stylegan:w', overrides + [
+      '--config.init=random']))
+  three = jax.random.split(jax.random.PRNGKey(4), 3)
+  np.testing.assert_allclose(random_w.initial_latents(three).latent[1:],
+                             random_w.initial_latents(three[1:]).latent, rtol=1e-6)
 
   # With a conditional D, its features (which do not depend on the class) are the perceptual
   # term: no labels needed there; its logits do need them.
