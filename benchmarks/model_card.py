@@ -1,43 +1,50 @@
 """Write generators/embedded/MODEL_CARD.md from an evaluation JSON (benchmarks.embedded_model).
 
     python -m benchmarks.embedded_model --workdir runs/embedded --out out/bench/embedded_model.json
-    python -m benchmarks.model_card out/bench/embedded_model.json [EARLIER_EVAL.json ...]
+    python -m benchmarks.model_card out/bench/embedded_model.json [EARLIER_EVAL.json ...] \
+        [--model conditional]
 
 Earlier evaluations (of checkpoints along the way) add rows to the card's SWD-over-training table.
+The card, samples.png and training_curve.png go to the shipped model's directory
+(`checkpoint.embedded_dir(--model)`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import shutil
-import sys
 
 import configs
 from generators import checkpoint, convert, train
 
-CARD = checkpoint.EMBEDDED_DIR / "MODEL_CARD.md"
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> None:
-  argv = sys.argv[1:] if argv is None else argv
-  if not argv:
-    raise SystemExit("usage: python -m benchmarks.model_card EVAL_JSON [EARLIER_EVAL_JSON ...]")
-  evaluations = [json.loads(pathlib.Path(p).read_text()) for p in argv]
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.model_card", description=__doc__)
+  parser.add_argument("evaluations", nargs="+", metavar="EVAL_JSON",
+                      help="the shipped snapshot's evaluation, then earlier ones")
+  parser.add_argument("--model", default="default", choices=tuple(checkpoint.EMBEDDED_MODELS),
+                      help="which shipped model the card describes")
+  args = parser.parse_args(argv)
+  model_dir = checkpoint.embedded_dir(args.model)
+  evaluations = [json.loads(pathlib.Path(p).read_text()) for p in args.evaluations]
   evaluation = evaluations[0]
   pairs = [row["pair"] for row in evaluation["rows"]]
   if not all(any(p.startswith(b) for p in pairs) for b in ("real (train) vs", "untrained G")):
-    raise SystemExit(f"{argv[0]} has no baseline rows (real vs real, untrained G), which the card "
-                     "shows: evaluate the model without --no-baselines.")
+    raise SystemExit(f"{args.evaluations[0]} has no baseline rows (real vs real, untrained G), "
+                     "which the card shows: evaluate the model without --no-baselines.")
   meta = evaluation["metadata"]
   cfg = meta["train_config"]
-  samples = pathlib.Path(argv[0]).with_suffix(".png")
-  shutil.copy(samples, checkpoint.EMBEDDED_DIR / "samples.png")
+  samples = pathlib.Path(args.evaluations[0]).with_suffix(".png")
+  shutil.copy(samples, model_dir / "samples.png")
   curve = ""
   # The loss curve of the training run, from whichever evaluation was given its workdir.
   curve_png = next((e["curve_png"] for e in evaluations if e.get("curve_png")), None)
   if curve_png:
-    shutil.copy(curve_png, checkpoint.EMBEDDED_DIR / "training_curve.png")
+    shutil.copy(curve_png, model_dir / "training_curve.png")
     curve = "\n![G and D losses over the last training run](training_curve.png)\n"
   progress = "\n".join(
       f"| {_kimg_label(e['metadata'])} | "
@@ -46,7 +53,7 @@ def main(argv=None) -> None:
   # Later snapshots of the same run (fine-tuning runs from a snapshot are other lineages).
   later = [e for e in evaluations if _total_kimg(e["metadata"]) > _total_kimg(meta)
            and e["metadata"].get("init_from") == meta.get("init_from")]
-  reproduce = _reproduce(meta)
+  reproduce = _reproduce(meta, args.model)
   if meta.get("init_from"):
     start = meta["init_from"]
     history = (f"Trained in two runs on 2 CPU cores: {start.get('kimg', 0):.1f} kimg "
@@ -80,7 +87,8 @@ def main(argv=None) -> None:
       f"| {r['pair']} | " + " | ".join(f"{r[k]:.1f}" for k in r if k != "pair") + " |"
       for r in evaluation["rows"])
   levels = [k for k in evaluation["rows"][0] if k != "pair"]
-  card = f"""# Embedded model card
+  title = "" if args.model == "default" else f": `{checkpoint.EMBEDDED_PREFIX}{args.model}`"
+  card = f"""# Embedded model card{title}
 
 A 64x64 StyleGAN2 (`skip` generator, `resnet` discriminator) with 4 output channels: RGB and a
 defect-mask channel (-1 = no defect, +1 = defect). Trained by `generators/train.py` with
@@ -129,8 +137,8 @@ Reproduce (each step resumes after a kill):
 {reproduce}
 ```
 """
-  CARD.write_text(card)
-  print(f"wrote {CARD}")
+  (model_dir / "MODEL_CARD.md").write_text(card)
+  print(f"wrote {model_dir / 'MODEL_CARD.md'}")
 
 
 def _flags(train_config: dict, stop_kimg: float) -> str:
@@ -153,25 +161,30 @@ def _flag_value(value) -> str:
   return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _reproduce(meta: dict) -> str:
-  """The commands that retrain this model: one run, or a first run and a fine-tuning run."""
+def _reproduce(meta: dict, model: str = "default") -> str:
+  """The commands that retrain shipped model `model`: one run, or a first run and a fine-tuning
+  run."""
   train = "python -m generators train --config embedded --workdir "
   export = "python -m generators export --workdir "
+  shipped = (checkpoint.embedded_dir(model) / "model").relative_to(REPO)
+  run = "runs/embedded" if model == "default" else f"runs/embedded_{model}"
   start = meta.get("init_from")
   if start:
     first_config = start.get("train_config", meta["train_config"])
-    commands = [train + "runs/embedded" + _flags(first_config, start["kimg"]),
-                export + "runs/embedded --out runs/base_model",
+    commands = [train + run + _flags(first_config, start["kimg"]),
+                export + run + " --out runs/base_model",
                 train + "runs/finetune --config.init_from=runs/base_model"
                 + _flags(meta["train_config"], meta["kimg"]),
-                export + "runs/finetune --out generators/embedded/model"]
+                export + f"runs/finetune --out {shipped}"]
   else:
-    commands = [train + "runs/embedded" + _flags(meta["train_config"], meta["kimg"]),
-                export + "runs/embedded --out generators/embedded/model"]
-  workdir = "runs/finetune" if start else "runs/embedded"
-  commands += [f"python -m benchmarks.embedded_model --workdir {workdir} "
-               "--out out/bench/embedded_model.json",
-               "python -m benchmarks.model_card out/bench/embedded_model.json"]
+    commands = [train + run + _flags(meta["train_config"], meta["kimg"]),
+                export + f"{run} --out {shipped}"]
+  workdir = "runs/finetune" if start else run
+  evaluation = f"out/bench/embedded_{model}.json" if model != "default" else \
+      "out/bench/embedded_model.json"
+  commands += [f"python -m benchmarks.embedded_model --workdir {workdir} --out {evaluation}",
+               f"python -m benchmarks.model_card {evaluation}"
+               + ("" if model == "default" else f" --model {model}")]
   return "\n".join(commands)
 
 

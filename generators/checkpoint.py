@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 FORMAT_NAME = "stylegan-inversion-jax"
 FORMAT_VERSION = 1
 EMBEDDED_DIR = pathlib.Path(__file__).resolve().parent / "embedded"
+# The models we train and ship, by name: `load("embedded:NAME")`, `load_embedded(NAME)`. Each
+# directory holds model/, MODEL_CARD.md, samples.png; "default" is what a missing path means.
+EMBEDDED_MODELS = {"default": ""}
+EMBEDDED_PREFIX = "embedded:"
 
 
 @dataclasses.dataclass
@@ -181,12 +185,15 @@ def load(path: Optional[str | os.PathLike] = None, which: str = "G_ema",
 
   Args:
     path: a native model directory, an NVlabs `.pkl`, a rosinality `.pt`, a plain state-dict
-      file or a TF StyleGAN2 pickle. None = the embedded default model.
+      file or a TF StyleGAN2 pickle. None = the embedded default model; "embedded:NAME" = a
+      shipped model by name (`EMBEDDED_MODELS`).
     which: for NVlabs pickles, 'G_ema' (default) or 'G'.
     **config_overrides: architecture fields the file cannot tell (e.g. `conv_clamp=256`).
   """
   if path is None:
     return load_embedded()
+  if str(path).startswith(EMBEDDED_PREFIX):
+    return load_embedded(str(path)[len(EMBEDDED_PREFIX):])
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"Checkpoint {path} does not exist.")
@@ -213,9 +220,17 @@ def load(path: Optional[str | os.PathLike] = None, which: str = "G_ema",
                {"source": str(path), "source_format": raw.source_format})
 
 
-def load_embedded() -> Model:
-  """The small StyleGAN2 we train and ship (see generators/embedded/MODEL_CARD.md)."""
-  path = EMBEDDED_DIR / "model"
+def embedded_dir(name: str = "default") -> pathlib.Path:
+  """Directory of the shipped model `name` (its model/, MODEL_CARD.md and samples.png)."""
+  if name not in EMBEDDED_MODELS:
+    raise ValueError(f"No embedded model {name!r}; the shipped ones are "
+                     + ", ".join(EMBEDDED_PREFIX + n for n in EMBEDDED_MODELS) + ".")
+  return EMBEDDED_DIR / EMBEDDED_MODELS[name]
+
+
+def load_embedded(name: str = "default") -> Model:
+  """A small StyleGAN2 we train and ship, by name (see its MODEL_CARD.md)."""
+  path = embedded_dir(name) / "model"
   if not (path / "model.json").exists():
     raise FileNotFoundError(
         f"The embedded model is missing at {path}. It ships with the repository; reinstall, or "

@@ -28,7 +28,7 @@ def _load_generator(path):
   from generators import checkpoint  # pylint: disable=import-outside-toplevel
   try:
     return checkpoint.load(path)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, ValueError) as e:
     raise SystemExit(f'error: {e}') from None
 
 
@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
   sub = p.add_subparsers(dest='command', required=True)
 
   inv = sub.add_parser('invert', help='invert images (a folder, files), resumable')
-  inv.add_argument('--checkpoint', default=None, help='generator file/dir (default: embedded)')
+  inv.add_argument('--checkpoint', default=None,
+                   help='generator file/dir, or embedded:NAME (default: embedded:default)')
   inv.add_argument('--images', nargs='+', required=True, help='a folder or image files')
   inv.add_argument('--method', choices=sorted(METHODS), default='wplus')
   inv.add_argument('--steps', type=int, default=None, help='optimisation steps (config.steps)')

@@ -273,6 +273,13 @@ def test_conditional_generator_inverts_with_a_class(tmp_path):
   np.testing.assert_allclose(result.ws, want_ws, rtol=1e-5, atol=1e-6)
   assert result.ws.shape == (1, g_config.num_ws, 8) and np.all(np.isfinite(result.metrics['mse']))
 
+  # The demo's examples are defect-free crops: on a conditional generator it inverts them as
+  # 'clean' unless told otherwise.
+  example = sorted(api.EXAMPLES_DIR.glob('*.png'))[0]
+  demo = api.demo(tmp_path / 'demo', cond, steps=6, examples=[str(example)], spaces=('z',),
+                  overrides=overrides[1:], progress=False)
+  assert json.loads(demo['results']['z'].config_json)['label'] == 'clean'
+
   record = api.load_latents(api.save_latents(tmp_path / 'a.npz', result, 0, cond), cond)
   with pytest.raises(api.LatentsError, match='--config.label=defect'):  # its z is a defect's
     api.invert(target, cond, api.as_config('image2stylegan:z', overrides + [

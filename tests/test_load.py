@@ -88,3 +88,24 @@ def test_load_errors(tmp_path):
   junk.write_bytes(b"\x00\x01 not a checkpoint at all")
   with pytest.raises(ValueError, match="junk.pkl"):
     checkpoint.load(junk)
+
+
+@pytest.mark.parametrize('name', list(checkpoint.EMBEDDED_MODELS))
+def test_shipped_embedded_models_load_by_name(name):
+  """Every shipped model loads as `embedded:NAME`, with the architecture its training config
+  asks for, its D, and class names exactly when it was trained with defect labels."""
+  from generators import train
+  model = checkpoint.load(f'{checkpoint.EMBEDDED_PREFIX}{name}')
+  cfg = model.metadata['train_config']
+  assert (model.resolution, model.channels) == (cfg['data']['resolution'], 4)
+  assert model.g_config.channel_max == cfg['model']['channel_max'] and model.d_vars is not None
+  conditional = cfg['data'].get('defect_labels', False)
+  assert model.g_config.c_dim == model.d_config.c_dim == (len(train.CLASS_NAMES) if conditional
+                                                          else 0)
+  assert model.metadata.get('class_names', []) == (list(train.CLASS_NAMES) if conditional else [])
+  assert (checkpoint.embedded_dir(name) / 'MODEL_CARD.md').is_file()
+
+
+def test_unknown_embedded_model_lists_the_shipped_ones():
+  with pytest.raises(ValueError, match='the shipped ones are embedded:default'):
+    checkpoint.load('embedded:textures')

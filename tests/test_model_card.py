@@ -51,3 +51,13 @@ def test_reproduce_a_fine_tuned_model_runs_both_stages():
   assert stage1 == _config(total_kimg=163.2)
   assert stage2 == {**second, "init_from": "runs/base_model"}
   assert "--out runs/base_model" in commands and "--out generators/embedded/model" in commands
+
+
+def test_reproduce_the_conditional_model_trains_with_labels_into_its_own_directory():
+  labelled = _config(**{"data.defect_labels": True})
+  commands = model_card._reproduce(
+      {"training_steps": 5000, "kimg": 160.0, "train_config": labelled}, "conditional")
+  (run,) = _train_configs(commands)
+  assert run == _config(**{"data.defect_labels": True, "total_kimg": 160.0})
+  assert "--workdir runs/embedded_conditional --out generators/embedded/conditional/model" \
+      in commands and commands.endswith("--model conditional")
