@@ -53,7 +53,9 @@ def test_reproduce_a_fine_tuned_model_runs_both_stages():
   assert "--out runs/base_model" in commands and "--out generators/embedded/model" in commands
 
 
-def test_reproduce_the_conditional_model_trains_with_labels_into_its_own_directory():
+def test_reproduce_the_conditional_model_trains_with_labels_into_its_own_directory(monkeypatch):
+  from generators import checkpoint
+  monkeypatch.setitem(checkpoint.EMBEDDED_MODELS, "conditional", "conditional")
   labelled = _config(**{"data.defect_labels": True})
   commands = model_card._reproduce(
       {"training_steps": 5000, "kimg": 160.0, "train_config": labelled}, "conditional")
