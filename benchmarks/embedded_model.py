@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import time
 
 import jax
 import jax.numpy as jnp
@@ -54,12 +55,17 @@ def _defect_share(images: np.ndarray) -> float:
   return float(np.mean(np.any(images[..., 3] > 0, axis=(1, 2))))
 
 
-def _swd(a: np.ndarray, b: np.ndarray) -> dict:
+def _row(pair: str, a: np.ndarray, b: np.ndarray) -> dict:
+  """One table row: the SWD of image sets a and b; says when it is done (a sweep takes minutes)."""
   from inversion import metrics
 
+  start = time.perf_counter()
   result = metrics.sliced_wasserstein(jnp.asarray(a[..., :3]), jnp.asarray(b[..., :3]),
                                       jax.random.PRNGKey(SWD_KEY))
-  return {k: float(v) for k, v in result.items()}
+  row = {"pair": pair, **{k: float(v) for k, v in result.items()}}
+  print(f"  {pair}: SWD x1e3 avg {row['SWDx1e3_avg']:.1f} ({time.perf_counter() - start:.0f} s)",
+        flush=True)
+  return row
 
 
 def _crops(num: int, size: int, region: str, seed: int) -> np.ndarray:
@@ -101,24 +107,23 @@ def main(argv=None) -> None:
   heldout = _real(heldout_crops)
   heldout_mix = _real(heldout_crops, fraction, seed=1)
   fakes = _samples(model, model.g_vars, args.num, seed=3, labels=labels)
-  rows = [{"pair": "G_ema vs held-out", **_swd(fakes, heldout)},
-          {"pair": "G_ema vs held-out with defects", **_swd(fakes, heldout_mix)}]
+  rows = [_row("G_ema vs held-out", fakes, heldout),
+          _row("G_ema vs held-out with defects", fakes, heldout_mix)]
   for index, name in enumerate(model.class_names if labels is not None else ()):
     # train.CLASS_NAMES order: class 0 has no defect, class 1 one defect per crop.
     one_class = np.eye(model.g_config.c_dim, dtype=np.float32)[np.full(args.num, index)]
     fakes_class = _samples(model, model.g_vars, args.num, seed=5, labels=one_class)
-    rows.append({"pair": f"G_ema [{name}] vs held-out, defect fraction {index}",
-                 **_swd(fakes_class, _real(heldout_crops, float(index), seed=1))})
+    rows.append(_row(f"G_ema [{name}] vs held-out, defect fraction {index}", fakes_class,
+                     _real(heldout_crops, float(index), seed=1)))
   if not args.no_baselines:
     training_crops = _crops(args.num, size, "train", seed=2)
     training = _real(training_crops)
     training_mix = _real(training_crops, fraction, seed=2)
     untrained_vars = networks.init_generator(model.g_config, jax.random.PRNGKey(0))
     untrained = _samples(model, untrained_vars, args.num, seed=3, labels=labels)
-    rows = [{"pair": "real (train) vs held-out", **_swd(training, heldout)},
-            {"pair": "real (train) vs held-out, both with defects",
-             **_swd(training_mix, heldout_mix)}, *rows,
-            {"pair": "untrained G vs held-out", **_swd(untrained, heldout)}]
+    rows = [_row("real (train) vs held-out", training, heldout),
+            _row("real (train) vs held-out, both with defects", training_mix, heldout_mix),
+            *rows, _row("untrained G vs held-out", untrained, heldout)]
   columns = ["pair"] + [k for k in rows[0] if k != "pair"]
   print(f"device: {common.device_description()}; {args.num} images per set, SWD x1e3")
   common.print_table(rows, columns)
