@@ -1061,7 +1061,8 @@ def _summarise(out: pathlib.Path, paths, names, inv: Inverter, generator, align=
 # ----------------------------------------------------------------------------------------------
 # Demo.
 
-EXAMPLES_DIR = pathlib.Path(__file__).resolve().parents[1] / 'examples'
+# The repository's examples/, linked into the package so that `pip install .` ships them too.
+EXAMPLES_DIR = pathlib.Path(__file__).resolve().parent / 'examples'
 DEMO_SPACES = ('z', 'w', 'wplus')
 DEMO_STEPS = 600   # Image2StyleGAN uses 5000; 600 keeps Z + W + W+ of 6 images under 5 min
 EXAMPLES_CLASS = 'clean'  # the committed examples are defect-free held-out crops
