@@ -161,30 +161,39 @@ def _flag_value(value) -> str:
   return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _paths(model: str) -> dict[str, str]:
+  """Where shipped model `model` is trained, fine-tuned, exported and evaluated (its card's
+  commands); each model gets its own, as a run resumes whatever its workdir holds."""
+  suffix = "" if model == "default" else f"_{model}"
+  evaluation = f"out/bench/embedded_model{suffix}.json"
+  return {"run": f"runs/embedded{suffix}", "base": f"runs/base_model{suffix}",
+          "finetune": f"runs/finetune{suffix}",
+          "shipped": str((checkpoint.embedded_dir(model) / "model").relative_to(REPO)),
+          "evaluation": evaluation,
+          "card": f"python -m benchmarks.model_card {evaluation}"
+                  + ("" if model == "default" else f" --model {model}")}
+
+
 def _reproduce(meta: dict, model: str = "default") -> str:
   """The commands that retrain shipped model `model`: one run, or a first run and a fine-tuning
   run."""
   train = "python -m generators train --config embedded --workdir "
   export = "python -m generators export --workdir "
-  shipped = (checkpoint.embedded_dir(model) / "model").relative_to(REPO)
-  run = "runs/embedded" if model == "default" else f"runs/embedded_{model}"
+  paths = _paths(model)
   start = meta.get("init_from")
   if start:
     first_config = start.get("train_config", meta["train_config"])
-    commands = [train + run + _flags(first_config, start["kimg"]),
-                export + run + " --out runs/base_model",
-                train + "runs/finetune --config.init_from=runs/base_model"
+    commands = [train + paths["run"] + _flags(first_config, start["kimg"]),
+                export + f"{paths['run']} --out {paths['base']}",
+                train + f"{paths['finetune']} --config.init_from={paths['base']}"
                 + _flags(meta["train_config"], meta["kimg"]),
-                export + f"runs/finetune --out {shipped}"]
+                export + f"{paths['finetune']} --out {paths['shipped']}"]
   else:
-    commands = [train + run + _flags(meta["train_config"], meta["kimg"]),
-                export + f"{run} --out {shipped}"]
-  workdir = "runs/finetune" if start else run
-  evaluation = f"out/bench/embedded_{model}.json" if model != "default" else \
-      "out/bench/embedded_model.json"
-  commands += [f"python -m benchmarks.embedded_model --workdir {workdir} --out {evaluation}",
-               f"python -m benchmarks.model_card {evaluation}"
-               + ("" if model == "default" else f" --model {model}")]
+    commands = [train + paths["run"] + _flags(meta["train_config"], meta["kimg"]),
+                export + f"{paths['run']} --out {paths['shipped']}"]
+  workdir = paths["finetune"] if start else paths["run"]
+  commands += [f"python -m benchmarks.embedded_model --workdir {workdir} "
+               f"--out {paths['evaluation']}", paths["card"]]
   return "\n".join(commands)
 
 

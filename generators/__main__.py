@@ -22,7 +22,7 @@ def main(argv=None) -> int:
   sample = sub.add_parser("sample", help="write a grid of samples from a checkpoint")
   sample.add_argument("--checkpoint", default=None,
                       help="model file or directory, or embedded:NAME (default: the embedded "
-                      "model; embedded:conditional draws `--class clean` or `defect` crops)")
+                      "model)")
   sample.add_argument("--seeds", type=_seeds, default=_seeds("0-15"))
   sample.add_argument("--psi", type=float, default=1.0, help="truncation psi (1 = none)")
   sample.add_argument("--noise-mode", default="const", choices=("const", "random", "none"))
@@ -54,8 +54,8 @@ def main(argv=None) -> int:
       model = checkpoint.load(args.checkpoint)
       images = np.asarray(model.sample(args.seeds, psi=args.psi, noise_mode=args.noise_mode,
                                        label=args.label))
-    except ValueError as err:  # an unknown embedded name; a class missing, unknown or unwanted
-      parser.error(str(err))
+    except (FileNotFoundError, ValueError) as err:  # no such file or embedded model; a class
+      parser.error(str(err))                        # label missing, unknown or not wanted
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     train_lib._grid_png(images, out)

@@ -193,6 +193,9 @@ def load(path: Optional[str | os.PathLike] = None, which: str = "G_ema",
   if path is None:
     return load_embedded()
   if str(path).startswith(EMBEDDED_PREFIX):
+    if config_overrides or which != "G_ema":
+      raise ValueError(f"{path} is a shipped native model: `which` and architecture overrides "
+                       "apply only to other formats; leave them out.")
     return load_embedded(str(path)[len(EMBEDDED_PREFIX):])
   path = pathlib.Path(path)
   if not path.exists():

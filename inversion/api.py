@@ -1061,12 +1061,12 @@ def _summarise(out: pathlib.Path, paths, names, inv: Inverter, generator, align=
 # ----------------------------------------------------------------------------------------------
 # Demo.
 
-# The repository's examples/, linked into the package so that `pip install .` ships them too.
+# The demo's held-out crops: package data, so `pip install .` ships them (examples/ links here).
 EXAMPLES_DIR = pathlib.Path(__file__).resolve().parent / 'examples'
 DEMO_SPACES = ('z', 'w', 'wplus')
 DEMO_STEPS = 600   # Image2StyleGAN uses 5000; 600 keeps Z + W + W+ of 6 images under 5 min
-EXAMPLES_CLASS = 'clean'  # the committed examples are defect-free held-out crops
                    # on 2 CPU cores (about 65 ms per step for the batch of 6 at 64 px)
+EXAMPLES_CLASS = 'clean'  # the committed examples are defect-free held-out crops
 SPACE_LABELS = {'z': 'Z', 'w': 'W', 'wplus': 'W+'}
 
 
@@ -1096,17 +1096,17 @@ def demo(out_dir: str | os.PathLike = 'out/demo', generator=None, *, steps: int 
   if generator is None:
     from generators import checkpoint  # pylint: disable=import-outside-toplevel
     generator = checkpoint.load(None)
-  if (EXAMPLES_CLASS in generator.class_names
-      and not any(o.startswith('--config.label=') for o in overrides)):
-    log.info('Conditional generator: inverting the examples as class %r (--config.label).',
-             EXAMPLES_CLASS)
-    overrides = [f'--config.label={EXAMPLES_CLASS}', *overrides]
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   targets, names = images_lib.load_images(examples, generator.resolution, generator.channels)
   results, rows = {}, []
   for space in spaces:
     cfg = as_config(f'image2stylegan:{space}', [f'--config.steps={int(steps)}', *overrides])
+    if not cfg.label and EXAMPLES_CLASS in generator.class_names:
+      if space == spaces[0]:
+        log.info('Conditional generator: inverting the examples as class %r (set '
+                 '--config.label for another).', EXAMPLES_CLASS)
+      cfg.label = EXAMPLES_CLASS
     res = invert(targets, generator, cfg, names=names, out_dir=out / space, progress=progress)
     results[space] = res
     for r in res.metric_rows():

@@ -9,8 +9,9 @@ from PIL import Image
 from scipy import ndimage
 
 from generators import data, defects, mvtec
+from inversion import api
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+EXAMPLES = str(api.EXAMPLES_DIR)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -311,6 +311,13 @@ def test_conditional_generator_inverts_with_a_class(tmp_path):
   three = jax.random.split(jax.random.PRNGKey(4), 3)
   np.testing.assert_allclose(random_w.initial_latents(three).latent[1:],
                              random_w.initial_latents(three[1:]).latent, rtol=1e-6)
+  # ... and one batch mixes classes: each start is mapping(z, c) of one class or the other.
+  keys16 = jax.random.split(jax.random.PRNGKey(6), 16)
+  starts = random_w.initial_latents(keys16).latent
+  z16 = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), (8,)))(keys16)
+  gaps = np.stack([np.abs(starts - cond.mapping(z16, cond.labels(i, 16))[:, 0]).max(-1)
+                   for i in (0, 1)])  # [class, image]
+  assert np.all(gaps.min(0) < 1e-5) and set(gaps.argmin(0).tolist()) == {0, 1}
 
   # With a conditional D, its features (which do not depend on the class) are the perceptual
   # term: no labels needed there; its logits do need them.

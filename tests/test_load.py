@@ -109,3 +109,9 @@ def test_shipped_embedded_models_load_by_name(name):
 def test_unknown_embedded_model_lists_the_shipped_ones():
   with pytest.raises(ValueError, match='the shipped ones are embedded:default'):
     checkpoint.load('embedded:textures')
+
+
+def test_every_shipped_model_directory_is_registered():
+  """A model directory under generators/embedded/ that no `embedded:NAME` reaches is a mistake."""
+  found = {p.parent.parent for p in checkpoint.EMBEDDED_DIR.glob("**/model/model.json")}
+  assert found == {checkpoint.embedded_dir(n) for n in checkpoint.EMBEDDED_MODELS}

@@ -63,3 +63,10 @@ def test_reproduce_the_conditional_model_trains_with_labels_into_its_own_directo
   assert run == _config(**{"data.defect_labels": True, "total_kimg": 160.0})
   assert "--workdir runs/embedded_conditional --out generators/embedded/conditional/model" \
       in commands and commands.endswith("--model conditional")
+  # A fine-tuned one keeps out of the default model's runs (a run resumes what its workdir holds).
+  tuned = model_card._reproduce({"training_steps": 500, "kimg": 16.0, "train_config": labelled,
+                                 "init_from": {"kimg": 160.0, "train_config": labelled}},
+                                "conditional")
+  workdirs = [w.split()[0] for w in tuned.split("--workdir ")[1:]]
+  assert workdirs and all(w.endswith("_conditional") for w in workdirs), workdirs
+  assert "runs/base_model " not in tuned and "runs/base_model_conditional" in tuned
