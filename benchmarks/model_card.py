@@ -208,10 +208,15 @@ def _ada(train_config: dict) -> str:
 def _conditioning(train_config: dict) -> str:
   if not train_config["data"].get("defect_labels"):
     return ""
-  return ("\nG and D are class-conditional (`data.defect_labels`, c_dim 2): a crop's one-hot label "
+  text = ("\nG and D are class-conditional (`data.defect_labels`, c_dim 2): a crop's one-hot label "
           "says whether its mask holds a defect (`clean` / `defect`), and fakes get the labels of "
           "random training crops. Pick the class when sampling (`--class defect`) and, for Z-space "
           "inversion, with `--config.label`.")
+  if train_config.get("transition_end_kimg"):
+    text += (" The classes were faded in (transitional conditioning, Shahbazi et al. 2022): "
+             f"their weight rose from 0 to 1 between {train_config['transition_start_kimg']:g} and "
+             f"{train_config['transition_end_kimg']:g} kimg of this run.")
+  return text
 
 
 def _defect_images(evaluation: dict) -> str:

@@ -23,6 +23,11 @@ def get_config(arg=None):
   config.data.defect_fraction = 0.5
   # Conditional G and D on a one-hot "clean" / "defect" label read off each crop's mask.
   config.data.defect_labels = False
+  # Transitional conditioning (generators/train.py): the classes' weight ramps 0 -> 1 between
+  # these kimg; end 0 = none (full conditioning from the start, which collapsed the "defect"
+  # class onto a few images for a while in a 256 kimg run).
+  config.transition_start_kimg = 0.0
+  config.transition_end_kimg = 0.0
 
   # Networks.
   config.model = ml_collections.ConfigDict()

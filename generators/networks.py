@@ -296,7 +296,10 @@ class MappingNetwork(nn.Module):
 
   @nn.compact
   def __call__(self, z: Optional[Array], c: Optional[Array] = None, psi: float | Array = 1.0,
-               cutoff: Optional[int] = None, update_w_avg: bool = False) -> Array:
+               cutoff: Optional[int] = None, update_w_avg: bool = False,
+               c_scale: float | Array = 1.0) -> Array:
+    """`c_scale` weighs the normalised class embedding (1 = NVlabs; transitional conditioning
+    ramps it from 0, where w depends on z alone, see `generators.train.transition`)."""
     embed = 0 if self.c_dim == 0 else (self.embed_features or self.w_dim)
     hidden = self.layer_features or self.w_dim
     features = [self.z_dim + embed] + [hidden] * (self.num_layers - 1) + [self.w_dim]
@@ -307,7 +310,7 @@ class MappingNetwork(nn.Module):
       if c is None:
         raise ValueError(f"This network is conditional (c_dim={self.c_dim}): pass labels c.")
       y = FullyConnectedLayer(self.c_dim, embed, name="embed")(c.astype(jnp.float32))
-      parts.append(normalize_2nd_moment(y))
+      parts.append(normalize_2nd_moment(y) * c_scale)
     x = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
     for i in range(self.num_layers):
       x = FullyConnectedLayer(features[i], features[i + 1], activation="lrelu",
@@ -509,11 +512,11 @@ class Generator(nn.Module):
 
 def mapping(config: GeneratorConfig, variables: Mapping[str, Any], z: Array,
             c: Optional[Array] = None, psi: float | Array = 1.0,
-            cutoff: Optional[int] = None) -> Array:
-  """z [B, z_dim] (and labels c [B, c_dim]) -> ws [B, num_ws, w_dim], truncated by `psi` on
-  layers `< cutoff` (all layers when None)."""
+            cutoff: Optional[int] = None, c_scale: float | Array = 1.0) -> Array:
+  """z [B, z_dim] (and labels c [B, c_dim], their embedding weighted by `c_scale`) -> ws
+  [B, num_ws, w_dim], truncated by `psi` on layers `< cutoff` (all layers when None)."""
   return Generator(config).apply(
-      variables, z, c, psi, cutoff, method=lambda g, *a: g.mapping(*a))
+      variables, z, c, psi, cutoff, False, c_scale, method=lambda g, *a: g.mapping(*a))
 
 
 def synthesis(config: GeneratorConfig, variables: Mapping[str, Any], ws: Array,

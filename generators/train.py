@@ -14,6 +14,16 @@ fakes get labels drawn from the training set's, as NVlabs draws `gen_c`. An unco
 may draw fewer defects than the data holds without D being able to tell per image; a
 conditional D sees which images must show one.
 
+Transitional conditioning (`transition_end_kimg` > 0; Shahbazi et al., ICLR 2022, "Collapse
+by Conditioning"): class-conditional training on little data can collapse a class onto a few
+images; this starts unconditional and fades the classes in. G's class embedding is weighted
+by `transition` (0 -> 1, linear in kimg between `transition_start_kimg` and
+`transition_end_kimg`), and D gets an unconditional logit (`TRANSITION_HEAD`, a dense layer on
+its epilogue's fc features) beside the projection one: loss = unconditional + transition x
+conditional, R1 on the unconditional logit. At 1 the networks are NVlabs' conditional ones;
+export drops the extra head. With `init_from` an unconditional model, the run starts from it:
+at transition 0 the widened networks compute exactly what it did.
+
 `init_from` (a native model path) starts a new run from a trained G_ema and D, with fresh
 optimiser states, as NVlabs' `--resume=network.pkl` does (G and G_ema both start from G_ema).
 
@@ -27,6 +37,7 @@ crop bank is a pure function of the seed, and every step's randomness is derived
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -54,8 +65,10 @@ INIT_FROM_FILE = "init_from.json"  # in a workdir: metadata of the model a fine-
 CLASS_NAMES = ("clean", "defect")  # one-hot label order with data.defect_labels
 # Config fields added after runs were started, with the value that means "off": a run whose
 # saved config lacks one ran without it (resume and the model card read it so).
-FIELDS_ADDED_OFF = {"lr_rampdown": 0.0, "ada_target": 0.0, "data.defect_labels": False}
+FIELDS_ADDED_OFF = {"lr_rampdown": 0.0, "ada_target": 0.0, "data.defect_labels": False,
+                    "transition_start_kimg": 0.0, "transition_end_kimg": 0.0}
 MASK_ON = 127  # uint8 mask channel: a defect pixel is above this
+TRANSITION_HEAD = "transition_out"  # in d_params: D's unconditional logit while transitioning
 
 
 class TrainState(NamedTuple):
@@ -96,15 +109,44 @@ def _optimizers(config):
   return g_opt, d_opt
 
 
+def transitional(config) -> bool:
+  """Whether the run fades class conditioning in (see the module docstring)."""
+  return bool(config.data.get("defect_labels")) and config.get("transition_end_kimg", 0.0) > 0
+
+
+def transition(config, step: int) -> float:
+  """Weight of the class conditioning at `step`: 0 until `transition_start_kimg`, linear to 1
+  at `transition_end_kimg`; 1 without transitional conditioning."""
+  if not transitional(config):
+    return 1.0
+  kimg = step * config.batch_size / 1000
+  start, end = config.transition_start_kimg, config.transition_end_kimg
+  return float(np.clip((kimg - start) / max(end - start, 1e-9), 0.0, 1.0))
+
+
+def _transition_head(d_config) -> networks.FullyConnectedLayer:
+  return networks.FullyConnectedLayer(d_config.channels(4), 1, name=TRANSITION_HEAD)
+
+
 def init_state(config, g_config, d_config) -> TrainState:
   g_key, d_key = jax.random.split(jax.random.PRNGKey(config.seed))
   g_vars = networks.init_generator(g_config, g_key)
-  d_vars = networks.init_discriminator(d_config, d_key)
+  d_params = networks.init_discriminator(d_config, d_key)["params"]
+  if transitional(config):
+    head = _transition_head(d_config)
+    d_params = {**d_params, TRANSITION_HEAD: head.init(
+        jax.random.fold_in(d_key, 1), jnp.zeros((1, head.in_features)))["params"]}
+  return _fresh_state(config, g_vars, d_params)
+
+
+def _fresh_state(config, g_vars, d_params) -> TrainState:
+  """Step 0 with G = G_ema = `g_vars` and fresh optimiser states (each tree its own copy: the
+  steps donate the state)."""
   g_opt, d_opt = _optimizers(config)
-  ema = jax.tree_util.tree_map(jnp.copy, g_vars)  # its own buffers: the steps donate the state
-  return TrainState(jnp.zeros((), jnp.int32), g_vars["params"], g_vars["buffers"], ema,
-                    d_vars["params"], g_opt.init(g_vars["params"]), d_opt.init(d_vars["params"]),
-                    jnp.zeros((), jnp.float32))
+  copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)
+  return TrainState(jnp.zeros((), jnp.int32), copy(g_vars["params"]), copy(g_vars["buffers"]),
+                    copy(g_vars), copy(d_params), g_opt.init(g_vars["params"]),
+                    d_opt.init(d_params), jnp.zeros((), jnp.float32))
 
 
 def init_state_from(config, g_config, d_config,
@@ -112,33 +154,60 @@ def init_state_from(config, g_config, d_config,
   """A fresh TrainState whose G, G_ema and D are a saved model's G_ema and D (fine-tuning)."""
   model = (path_or_model if isinstance(path_or_model, checkpoint.Model)
            else checkpoint.load(path_or_model))
+  unconditional = dataclasses.replace(g_config, c_dim=0), dataclasses.replace(d_config, c_dim=0)
+  if (transitional(config) and (model.g_config, model.d_config) == unconditional
+      and model.d_vars is not None):
+    return _fresh_state(config, *_widen_to_conditional(config, g_config, d_config, model))
   if model.g_config != g_config or model.d_config != d_config:
     raise ValueError("The init_from model does not match the config's networks:\n"
                      f"  model:  {model.g_config}\n          {model.d_config}\n"
                      f"  config: {g_config}\n          {d_config}\n"
                      "Set config.model (and data.resolution, data.defect_labels) to the "
-                     "model's architecture.")
-  g_opt, d_opt = _optimizers(config)
-  copy = lambda tree: jax.tree_util.tree_map(jnp.array, tree)  # own buffers: steps donate them
-  g_vars, d_params = model.g_vars, model.d_vars["params"]
-  return TrainState(jnp.zeros((), jnp.int32), copy(g_vars["params"]), copy(g_vars["buffers"]),
-                    copy(g_vars), copy(d_params), g_opt.init(g_vars["params"]),
-                    d_opt.init(d_params), jnp.zeros((), jnp.float32))
+                     "model's architecture; an unconditional model can start a conditional run "
+                     "with transitional conditioning (transition_end_kimg > 0).")
+  if transitional(config):
+    raise ValueError("Transitional conditioning starts from an unconditional model (or from "
+                     "scratch); this init_from model is already conditional.")
+  return _fresh_state(config, model.g_vars, model.d_vars["params"])
 
 
-def _generate(g_config, g_params, g_buffers, key, c, batch, style_mixing_prob, batch_sharding):
-  """Fakes (labels `c`, None if unconditional) with style mixing and random noise; returns
-  (images, updated buffers)."""
+def _widen_to_conditional(config, g_config, d_config, model: checkpoint.Model):
+  """(G variables, D params) of the conditional networks that compute, at transition 0, exactly
+  what the unconditional `model` does: its mapping's first layer gains fresh input rows for the
+  class embedding (the z rows rescaled for the wider equalised-lr gain), D's old `out` layer
+  becomes the unconditional `TRANSITION_HEAD`, and the class embedding, D's mapping and its
+  projection `out` start fresh."""
+  fresh = init_state(config, g_config, d_config)
+  g_params = jax.tree_util.tree_map(jnp.asarray, model.g_vars["params"])
+  fc0_old = g_params["mapping"]["fc0"]["weight"]
+  fc0_new = fresh.g_params["mapping"]["fc0"]["weight"]
+  gain_ratio = math.sqrt(fc0_new.shape[0] / fc0_old.shape[0])  # lr_mult / sqrt(in_features)
+  mapping = {**g_params["mapping"], "embed": fresh.g_params["mapping"]["embed"],
+             "fc0": {**g_params["mapping"]["fc0"], "weight": jnp.concatenate(
+                 [fc0_old * gain_ratio, fc0_new[fc0_old.shape[0]:]], axis=0)}}
+  g_vars = {"params": {**g_params, "mapping": mapping}, "buffers": model.g_vars["buffers"]}
+  old_d = model.d_vars["params"]
+  d_params = {**old_d, "mapping": fresh.d_params["mapping"],
+              "b4": {**old_d["b4"], "out": fresh.d_params["b4"]["out"]},
+              TRANSITION_HEAD: old_d["b4"]["out"]}
+  return g_vars, d_params
+
+
+def _generate(g_config, g_params, g_buffers, key, c, c_scale, batch, style_mixing_prob,
+              batch_sharding):
+  """Fakes (labels `c`, None if unconditional, weighted by `c_scale`) with style mixing and
+  random noise; returns (images, updated buffers)."""
   z_key, z2_key, cut_key, mix_key, noise_key = jax.random.split(key, 5)
   shard = lambda x: jax.lax.with_sharding_constraint(x, batch_sharding)
   z = shard(jax.random.normal(z_key, (batch, g_config.z_dim)))
   gen = networks.Generator(g_config)
   variables = {"params": g_params, "buffers": g_buffers}
-  ws, updates = gen.apply(variables, z, c, 1.0, None, True, mutable=["buffers"],
+  ws, updates = gen.apply(variables, z, c, 1.0, None, True, c_scale, mutable=["buffers"],
                           method=lambda g, *a: g.mapping(*a))
   if style_mixing_prob > 0:
     z2 = shard(jax.random.normal(z2_key, z.shape))
-    ws2 = gen.apply(variables, z2, c, method=lambda g, *a: g.mapping(*a))
+    ws2 = gen.apply(variables, z2, c, 1.0, None, False, c_scale,
+                    method=lambda g, *a: g.mapping(*a))
     num_ws = g_config.num_ws
     cutoff = jax.random.randint(cut_key, (), 1, num_ws)
     cutoff = jnp.where(jax.random.uniform(mix_key) < style_mixing_prob, cutoff, num_ws)
@@ -172,15 +241,32 @@ def make_steps(config, g_config, d_config, mesh: Mesh):
   def seen_by_d(images, key, p):  # D's view: ADA-augmented when ADA is on
     return augment.augment(images, key, p) if ada_target else images
 
-  def g_step(state: TrainState, key, ema_beta, lr_scale, gen_c=None):
-    """One G step; `gen_c`: the fakes' labels (None: unconditional)."""
+  head = _transition_head(d_config) if transitional(config) else None
+
+  def logits(d_params, images, c):
+    """D's logits [B, 1]: (the loss's first term, R1's and ADA's; the conditional logits that
+    transitional conditioning weighs in, else None)."""
+    if head is None:
+      return disc.apply({"params": d_params}, images, c), None
+    core = {k: v for k, v in d_params.items() if k != TRANSITION_HEAD}
+    feats = disc.apply({"params": core}, images, c, method=networks.Discriminator.features)
+    return head.apply({"params": d_params[TRANSITION_HEAD]}, feats["b4_fc"]), feats["logits"]
+
+  def softplus_loss(scores, sign, c_scale):
+    """mean softplus(sign * logits), the conditional term (if any) weighted by `c_scale`."""
+    first, conditional = scores
+    loss = jnp.mean(jax.nn.softplus(sign * first))
+    return loss if conditional is None else loss + c_scale * jnp.mean(
+        jax.nn.softplus(sign * conditional))
+
+  def g_step(state: TrainState, key, ema_beta, lr_scale, gen_c=None, c_scale=1.0):
+    """One G step; `gen_c`: the fakes' labels (None: unconditional), `c_scale`: `transition`."""
     gen_key, aug_key = jax.random.split(key)
 
     def loss_fn(g_params):
-      img, buffers = generate(g_params, state.g_buffers, gen_key, gen_c)
-      logits = disc.apply({"params": state.d_params}, seen_by_d(img, aug_key, state.augment_p),
-                          gen_c)
-      return jnp.mean(jax.nn.softplus(-logits)), buffers
+      img, buffers = generate(g_params, state.g_buffers, gen_key, gen_c, c_scale)
+      scores = logits(state.d_params, seen_by_d(img, aug_key, state.augment_p), gen_c)
+      return softplus_loss(scores, -1.0, c_scale), buffers
 
     (loss, buffers), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
     updates, g_opt_state = g_opt.update(grads, state.g_opt, state.g_params)
@@ -191,25 +277,28 @@ def make_steps(config, g_config, d_config, mesh: Mesh):
     state = state._replace(g_params=g_params, g_buffers=buffers, ema=ema, g_opt=g_opt_state)
     return state, {"g_loss": loss}
 
-  def d_step(state: TrainState, real, key, lr_scale, real_c=None, gen_c=None, *, with_r1: bool):
-    """One D step; `real_c`, `gen_c`: the reals' and the fakes' labels (None: unconditional)."""
+  def d_step(state: TrainState, real, key, lr_scale, real_c=None, gen_c=None, c_scale=1.0, *,
+             with_r1: bool):
+    """One D step; `real_c`, `gen_c`: the reals' and the fakes' labels (None: unconditional),
+    `c_scale`: `transition`."""
     gen_key, fake_aug_key, real_aug_key = jax.random.split(key, 3)
-    fake, _ = generate(state.g_params, state.g_buffers, gen_key, gen_c)
+    fake, _ = generate(state.g_params, state.g_buffers, gen_key, gen_c, c_scale)
     fake = jax.lax.stop_gradient(fake)
 
     def loss_fn(d_params):
-      d = lambda x, k, c: disc.apply({"params": d_params}, seen_by_d(x, k, state.augment_p), c)
-      fake_logits = d(fake, fake_aug_key, gen_c)
+      d = lambda x, k, c: logits(d_params, seen_by_d(x, k, state.augment_p), c)
+      fake_scores = d(fake, fake_aug_key, gen_c)
       if with_r1:  # R1 on the reals before augmentation, as NVlabs does
-        real_logits, vjp = jax.vjp(lambda x: d(x, real_aug_key, real_c), real)
-        (real_grad,) = vjp(jnp.ones_like(real_logits))
+        real_scores, vjp = jax.vjp(lambda x: d(x, real_aug_key, real_c), real)
+        (real_grad,) = vjp((jnp.ones_like(real_scores[0]),
+                            None if real_scores[1] is None else jnp.zeros_like(real_scores[1])))
         r1 = jnp.mean(jnp.sum(jnp.square(real_grad), axis=(1, 2, 3)))
       else:
-        real_logits, r1 = d(real, real_aug_key, real_c), jnp.zeros(())
-      main = jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
+        real_scores, r1 = d(real, real_aug_key, real_c), jnp.zeros(())
+      main = softplus_loss(fake_scores, 1.0, c_scale) + softplus_loss(real_scores, -1.0, c_scale)
       total = main + (config.r1_gamma / 2) * r1 * config.r1_interval
-      return total, ({"d_loss": main, "r1": r1, "real_score": jnp.mean(real_logits),
-                      "fake_score": jnp.mean(fake_logits)}, real_logits)
+      return total, ({"d_loss": main, "r1": r1, "real_score": jnp.mean(real_scores[0]),
+                      "fake_score": jnp.mean(fake_scores[0])}, real_scores[0])
 
     grads, (metrics, real_logits) = jax.grad(loss_fn, has_aux=True)(state.d_params)
     updates, d_opt_state = d_opt.update(grads, state.d_opt, state.d_params)
@@ -368,12 +457,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     g_key, d_key = jax.random.split(key)
     scale = lr_scale(config, step, total_steps)
-    state, g_metrics = g_step(state, g_key, ema_beta(config, step), scale, g_gen_c)
+    c_scale = transition(config, step)
+    state, g_metrics = g_step(state, g_key, ema_beta(config, step), scale, g_gen_c, c_scale)
     if step % config.r1_interval == 0:
-      state, d_metrics = d_r1(state, real, d_key, scale, real_c, d_gen_c)
+      state, d_metrics = d_r1(state, real, d_key, scale, real_c, d_gen_c, c_scale)
       last_r1 = d_metrics.pop("r1")  # logged with the next record
     else:
-      state, d_metrics = d_plain(state, real, d_key, scale, real_c, d_gen_c)
+      state, d_metrics = d_plain(state, real, d_key, scale, real_c, d_gen_c, c_scale)
       d_metrics.pop("r1")
     done = step + 1
     bar.update(1)
@@ -385,12 +475,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
                                  "checkpoint with a lower learning rate or larger r1_gamma.")
       record.update(step=done, kimg=done * config.batch_size / 1000, lr_scale=scale,
                     seconds=round(time.time() - t0, 1))
+      if transitional(config):
+        record["transition"] = c_scale
       metrics_file.write(json.dumps(record) + "\n")
       metrics_file.flush()
       bar.set_postfix(g=f"{record['g_loss']:.3f}", d=f"{record['d_loss']:.3f}")
     if done % config.sample_every == 0 or done == total_steps:
-      images = networks.synthesis(g_config, state.ema,
-                                  networks.mapping(g_config, state.ema, grid_z, grid_c))
+      images = networks.synthesis(g_config, state.ema, networks.mapping(
+          g_config, state.ema, grid_z, grid_c, c_scale=transition(config, done)))
       _grid_png(np.asarray(images), workdir / "samples" / f"step{done:06d}.png")
     if done % config.checkpoint_every == 0 or done == total_steps:
       manager.save(done, args=ocp.args.StandardSave(jax.device_get(state)))
@@ -429,5 +521,10 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
     meta["total_kimg_trained"] = start.pop("total_kimg_trained", start.get("kimg", 0.0)) \
         + meta["kimg"]
     meta["init_from"] = start
-  model = checkpoint.Model(g_config, state.ema, d_config, {"params": state.d_params}, meta)
+  if transition(config, step) < 1:
+    log.warning("Step %d is %.0f%% through the run's transitional conditioning; the exported G "
+                "weighs the classes fully (NVlabs' conditional networks have no such weight).",
+                step, 100 * transition(config, step))
+  d_params = {k: v for k, v in state.d_params.items() if k != TRANSITION_HEAD}
+  model = checkpoint.Model(g_config, state.ema, d_config, {"params": d_params}, meta)
   return checkpoint.save(out, model, overwrite=True)

@@ -114,6 +114,55 @@ def test_conditional_training_on_defect_labels(tmp_path):
                          "--out", str(tmp_path / "t.png")])
 
 
+def test_transitional_conditioning_starts_from_an_unconditional_model(tmp_path, caplog):
+  """An unconditional model widened to the conditional networks computes exactly what it did at
+  transition 0; the classes then fade in on schedule; export drops D's unconditional head."""
+  plain = configs.load_config("embedded:quick")
+  g_plain, d_plain = train.model_configs(plain, 16, 4)
+  start = train.init_state(plain, g_plain, d_plain)
+  base = checkpoint.Model(g_plain, start.ema, d_plain, {"params": start.d_params})
+  checkpoint.save(tmp_path / "base", base)
+  config = configs.load_config("embedded:quick", [
+      "--config.data.defect_labels=True", f"--config.init_from={tmp_path / 'base'}",
+      "--config.transition_start_kimg=0.004", "--config.transition_end_kimg=0.012"])
+  assert [train.transition(config, step) for step in range(5)] == [0, 0, 0.5, 1, 1]
+  assert train.transition(configs.load_config("embedded:quick"), 0) == 1.0
+
+  g_config, d_config = train.model_configs(config, 16, 4)
+  widened = train.init_state_from(config, g_config, d_config, base)
+  z = jax.random.normal(jax.random.PRNGKey(1), (2, g_config.z_dim))
+  classes = np.eye(2, dtype=np.float32)
+  ws_plain = networks.mapping(g_plain, base.g_vars, z)
+  for c in classes:  # at transition 0 the class does not matter, and w is the old model's
+    ws = networks.mapping(g_config, widened.ema, z, np.stack([c, c]), c_scale=0.0)
+    np.testing.assert_allclose(ws, ws_plain, rtol=1e-5, atol=1e-6)
+  ws_full = networks.mapping(g_config, widened.ema, jax.numpy.stack([z[0], z[0]]), classes)
+  assert float(np.abs(ws_full[0] - ws_full[1]).max()) > 1e-4  # at 1 it does
+  img = networks.synthesis(g_plain, base.g_vars, ws_plain)
+  core = {k: v for k, v in widened.d_params.items() if k != train.TRANSITION_HEAD}
+  feats = networks.Discriminator(d_config).apply({"params": core}, img, classes,
+                                                 method=networks.Discriminator.features)
+  head = train._transition_head(d_config).apply(
+      {"params": widened.d_params[train.TRANSITION_HEAD]}, feats["b4_fc"])
+  np.testing.assert_allclose(head, networks.Discriminator(d_plain).apply(base.d_vars, img),
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="transitional conditioning"):  # not without the ramp
+    train.init_state_from(configs.load_config("embedded:quick", [
+        "--config.data.defect_labels=True"]), g_config, d_config, base)
+
+  state = train.train(config, tmp_path / "run")
+  assert int(state.step) == 4
+  records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["transition"] for r in records] == [0.0, 1.0]  # at step indices 1 and 3
+  assert all(np.isfinite(r["g_loss"]) and np.isfinite(r["d_loss"]) for r in records)
+  model = checkpoint.load(train.export(tmp_path / "run", tmp_path / "model"))
+  assert train.TRANSITION_HEAD not in model.d_vars["params"]
+  assert model.metadata["class_names"] == ["clean", "defect"]
+  with caplog.at_level("WARNING"):
+    train.export(tmp_path / "run", tmp_path / "early", step=2)
+  assert "transitional conditioning" in caplog.text
+
+
 def test_lr_scale_is_constant_then_a_cosine_ramp_to_zero():
   config = configs.load_config("embedded:quick", ["--config.lr_rampdown=0.5"])
   scales = np.array([train.lr_scale(config, step, 100) for step in range(101)])
