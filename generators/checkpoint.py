@@ -211,6 +211,10 @@ def load(path: Optional[str | os.PathLike] = None, which: str = "G_ema",
   from generators import formats  # the torch-free readers
 
   raw = formats.read_checkpoint(path, which=which)
+  if raw.architecture != "stylegan2":
+    raise ValueError(f"{path} holds a {raw.architecture} (alias-free) generator; this toolkit "
+                     "runs StyleGAN2 only. `formats.read_checkpoint` still gives its weights; "
+                     "for inversion use a StyleGAN2 file (e.g. NVlabs' stylegan2-*.pkl).")
   g_config, g_vars = convert.generator_from_state(raw.generator, raw.generator_kwargs,
                                                   **config_overrides)
   d_config = d_vars = None

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
-from generators import networks, upfirdn
+from generators import formats, networks, upfirdn
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,21 @@ def _resolutions(state: StateDict, pattern: str) -> list[int]:
 
 def _infer_channel_rule(channels: dict[int, int], what: str) -> tuple[int, int]:
   """(channel_base, channel_max) reproducing `channels[res] = min(base // res, max)`."""
-  channel_max = max(channels.values())
-  below_max = [res * c for res, c in channels.items() if c < channel_max]
-  channel_base = min(below_max) if below_max else channel_max * max(channels)
-  for res, c in channels.items():
-    if min(channel_base // res, channel_max) != c:
-      raise ConversionError(
-          f"{what}: channel counts {dict(sorted(channels.items()))} do not follow "
-          "min(channel_base // res, channel_max); this is not a StyleGAN2 network.")
-  return channel_base, channel_max
+  rule = formats.channel_rule(channels)
+  if rule is None:
+    raise ConversionError(
+        f"{what}: channel counts {dict(sorted(channels.items()))} do not follow "
+        "min(channel_base // res, channel_max); this is not a StyleGAN2 network.")
+  return rule
+
+
+def _require_lrelu(groups: Mapping[str, Mapping[str, Any]], what: str) -> None:
+  """Our networks use leaky ReLU throughout, as every published StyleGAN2 does; refuse others."""
+  for group, kwargs in groups.items():
+    act = kwargs.get("activation", "lrelu")
+    if act != "lrelu":
+      raise ConversionError(f"{what}: {group}.activation={act!r} is not supported (only "
+                            "'lrelu', the StyleGAN2 default).")
 
 
 def generator_config_from_state(state: StateDict, kwargs: Optional[Mapping[str, Any]] = None,
@@ -73,12 +79,15 @@ def _generator_config_from_kwargs(kwargs: Mapping[str, Any]) -> networks.Generat
   mapping_kwargs = dict(kwargs.get("mapping_kwargs") or {})
   synthesis_kwargs = dict(kwargs.get("synthesis_kwargs") or {})
   known = {"channel_base", "channel_max", "num_fp16_res", "conv_clamp", "architecture",
-           "use_noise", "resample_filter", "fp16_channels_last"}
+           "use_noise", "resample_filter", "fp16_channels_last", "activation",
+           "fused_modconv_default"}
   unknown = set(synthesis_kwargs) - known
   if unknown:
     raise ConversionError(
         f"synthesis_kwargs {sorted(unknown)} are not StyleGAN2 options (a StyleGAN3 or other "
-        "generator?); only stylegan2-ada-pytorch generators are supported.")
+        "generator?); only NVlabs StyleGAN2 generators are supported.")
+  _require_lrelu({"synthesis_kwargs": synthesis_kwargs, "mapping_kwargs": mapping_kwargs},
+                 "generator")
   taps = synthesis_kwargs.get("resample_filter", upfirdn.DEFAULT_TAPS)
   return networks.GeneratorConfig(
       z_dim=int(kwargs["z_dim"]), w_dim=int(kwargs["w_dim"]),
@@ -145,6 +154,8 @@ def discriminator_config_from_state(state: StateDict, kwargs: Optional[Mapping[s
     epilogue = dict(kwargs.get("epilogue_kwargs") or {})
     mapping_kwargs = dict(kwargs.get("mapping_kwargs") or {})
     block = dict(kwargs.get("block_kwargs") or {})
+    _require_lrelu({"block_kwargs": block, "epilogue_kwargs": epilogue,
+                    "mapping_kwargs": mapping_kwargs}, "discriminator")
     taps = block.get("resample_filter", upfirdn.DEFAULT_TAPS)
     config = networks.DiscriminatorConfig(
         img_resolution=int(kwargs["img_resolution"]), img_channels=int(kwargs["img_channels"]),

@@ -20,7 +20,10 @@ pickle), never from the file extension; the format from the object inside.
 Conversion conventions (verified, see the end of this docstring):
 
 NVlabs pickles: each network's nested module state (`_parameters`, `_buffers`, `_modules`)
-flattens to the state dict as-is; the kwargs are the recorded `_init_kwargs`.
+flattens to the state dict as-is; the kwargs are the recorded `_init_kwargs`. The StyleGAN2 of
+NVlabs' stylegan3 repository (its `stylegan2-*.pkl` downloads, `--cfg=stylegan2` runs and
+legacy.py conversions) has the same tensors; its flat synthesis kwargs are nested and its
+conv_clamp default (256, not None) is written out.
 
 TensorFlow pickles: as stylegan2-ada-pytorch `legacy.py` converts them: conv kernels
 `[kh, kw, I, O] -> [O, I, kh, kw]`, dense `[I, O] -> [O, I]`, `mod_bias + 1` (TF adds the
@@ -145,7 +148,8 @@ class RawCheckpoint:
   discriminator: dict[str, np.ndarray] | None
   generator_kwargs: dict | None             # official init kwargs (z_dim, c_dim, w_dim,
   #                                           img_resolution, img_channels, mapping_kwargs,
-  #                                           synthesis_kwargs) when the file determines them
+  #                                           synthesis_kwargs) when the file determines them,
+  #                                           always in stylegan2-ada-pytorch's layout
   discriminator_kwargs: dict | None
   path: str
   which: str = 'G_ema'                      # network taken where the file has several
@@ -285,11 +289,15 @@ def _resolutions(sd: Mapping[str, Any], pattern: str) -> list[int]:
   return sorted({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
 
 
-def _channel_rule(channels: Mapping[int, int]) -> tuple[int, int] | None:
-  """(channel_base, channel_max) with channels[res] = min(base // res, max), or None."""
+def channel_rule(channels: Mapping[int, int]) -> tuple[int, int] | None:
+  """(channel_base, channel_max) with channels[res] = min(base // res, max), or None.
+
+  Each res below the maximum bounds base from below by res * channels[res]; the largest of
+  those bounds is the smallest base that fits them all (a base that is not a multiple of every
+  res, e.g. 1000 -> 31 channels at 32 px, 15 at 64 px, is found too)."""
   channel_max = max(channels.values())
   below = [res * c for res, c in channels.items() if c < channel_max]
-  channel_base = min(below) if below else channel_max * max(channels)
+  channel_base = max(below) if below else channel_max * max(channels)
   ok = all(min(channel_base // r, channel_max) == c for r, c in channels.items())
   return (channel_base, channel_max) if ok else None
 
@@ -324,7 +332,7 @@ def infer_generator_kwargs(sd: Mapping[str, np.ndarray], where: str = 'state dic
   _need(sd, [f'synthesis.b{res_max}.torgb.weight']
         + [f'synthesis.b{r}.conv1.weight' for r in resolutions], 'generator', where)
   channels = {r: int(sd[f'synthesis.b{r}.conv1.weight'].shape[0]) for r in resolutions}
-  rule = _channel_rule(channels)
+  rule = channel_rule(channels)
   if rule is None:
     raise ShapeMismatchError(
         f'{where}: generator channel counts {channels} do not follow '
@@ -371,7 +379,7 @@ def infer_discriminator_kwargs(sd: Mapping[str, np.ndarray],
   _need(sd, [f'b{res_max}.fromrgb.weight'], 'discriminator', where)
   channels = {r: int(sd[f'b{r}.conv0.weight'].shape[0]) for r in resolutions}
   channels[4] = int(sd['b4.conv.weight'].shape[0])
-  rule = _channel_rule(channels)
+  rule = channel_rule(channels)
   if rule is None:
     raise ShapeMismatchError(
         f'{where}: discriminator channel counts {channels} do not follow '
@@ -454,6 +462,34 @@ def _is_stylegan3(obj: torch_io.PersistentObject, sd: Mapping[str, Any]) -> bool
           or 'class SynthesisInput' in (obj.module_src or ''))
 
 
+# NVlabs' stylegan3 repository has its own StyleGAN2 (training/networks_stylegan2.py: the
+# `stylegan2-*.pkl` files it publishes, its `--cfg=stylegan2` runs, its legacy.py conversions).
+# Its Generator takes the synthesis options flat instead of in `synthesis_kwargs`, and its
+# SynthesisBlock and Discriminator default conv_clamp to 256 where stylegan2-ada-pytorch has None.
+_GENERATOR_TOP_KWARGS = ('z_dim', 'c_dim', 'w_dim', 'img_resolution', 'img_channels',
+                         'mapping_kwargs')
+_STYLEGAN3_REPO_MARK = 'fused_modconv_default'  # an option only that repo's source has
+STYLEGAN3_REPO_CONV_CLAMP = 256
+
+
+def _from_stylegan3_repo(g_obj: torch_io.PersistentObject, g_kwargs: dict | None) -> bool:
+  return (_STYLEGAN3_REPO_MARK in (g_obj.module_src or '')
+          or (g_kwargs is not None and 'synthesis_kwargs' not in g_kwargs))
+
+
+def _ada_layout(g_kwargs: dict | None, d_kwargs: dict | None):
+  """Init kwargs of the stylegan3 repository's StyleGAN2 -> the stylegan2-ada-pytorch layout,
+  with that repository's conv_clamp default written out."""
+  if g_kwargs is not None and 'synthesis_kwargs' not in g_kwargs:
+    synthesis = {k: v for k, v in g_kwargs.items() if k not in _GENERATOR_TOP_KWARGS}
+    synthesis.setdefault('conv_clamp', STYLEGAN3_REPO_CONV_CLAMP)
+    g_kwargs = {**{k: g_kwargs[k] for k in _GENERATOR_TOP_KWARGS if k in g_kwargs},
+                'synthesis_kwargs': synthesis}
+  if d_kwargs is not None and 'conv_clamp' not in d_kwargs:
+    d_kwargs = {**d_kwargs, 'conv_clamp': STYLEGAN3_REPO_CONV_CLAMP}
+  return g_kwargs, d_kwargs
+
+
 def _from_nvlabs(obj: Mapping, which: str, where: str) -> RawCheckpoint:
   if which not in obj or not isinstance(obj[which], torch_io.PersistentObject):
     present = [k for k in ('G_ema', 'G', 'D') if k in obj]
@@ -469,6 +505,9 @@ def _from_nvlabs(obj: Mapping, which: str, where: str) -> RawCheckpoint:
     d = torch_io.state_dict_of(d_obj)
     d_kwargs = _plain(d_obj.init_kwargs) if d_obj.init_kwargs else None
   if arch == 'stylegan2':
+    if _from_stylegan3_repo(g_obj, g_kwargs):
+      notes.append("the stylegan3 repository's StyleGAN2 (training/networks_stylegan2.py)")
+      g_kwargs, d_kwargs = _ada_layout(g_kwargs, d_kwargs)
     g = _check_generator(g, g_kwargs, where, f'{which} generator')
     if d is not None:
       d = _check_discriminator(d, d_kwargs, where)
@@ -611,7 +650,7 @@ def _rosinality_generator(sd: Mapping[str, np.ndarray], latent_avg, where: str):
 
   channels = {r: int(g[f'synthesis.b{r}.conv1.weight'].shape[0])
               for r in [4] + [8 * 2 ** k for k in range(n_rgb)]}
-  rule = _channel_rule(channels)
+  rule = channel_rule(channels)
   kwargs = None
   if rule is not None:
     kwargs = {
@@ -674,7 +713,7 @@ def _rosinality_discriminator(sd: Mapping[str, np.ndarray], where: str):
   channels = {res_max // 2 ** (j - 1): int(d[f'b{res_max // 2 ** (j - 1)}.conv0.weight'].shape[0])
               for j in range(1, n_blocks + 1)}
   channels[4] = int(d['b4.conv.weight'].shape[0])
-  rule = _channel_rule(channels)
+  rule = channel_rule(channels)
   kwargs = None
   if rule is not None:
     kwargs = {

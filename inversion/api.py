@@ -903,8 +903,9 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     generator, else a LatentsError says so).
   - The running batch's state (latents, optimiser state, keys, loss curves) is written to
     out_dir/_work/state.npz every `checkpoint_every` chunks (default config.checkpoint_every),
-    so a killed job loses at most that many chunks; rerunning the same command resumes it and
-    gives the result an uninterrupted run gives.
+    and after its last chunk, so a killed job loses at most that many chunks (none while the
+    batch's outputs are being written); rerunning the same command resumes it and gives the
+    result an uninterrupted run gives.
   - An image whose loss becomes non-finite stops at its last finite latent; it is saved with its
     status, reported in the result and metrics, and the others continue.
   - The last batch is padded (repeating its last image) so every batch compiles the same
@@ -950,11 +951,14 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
       raise ValueError(f'{work} is the checkpoint of a job with another generator, config or '
                        f'batch size. Rerun with the same settings to resume it, or delete {work} '
                        'to start this batch afresh.')
-    first = [i for i in meta['indices'] if i in todo]
-    if first != meta['indices']:
-      log.warning('ignoring %s: its images are no longer all pending', work)
+    # The batch's images by name (the folder may have changed); some may be saved already if
+    # the job was killed while writing the batch's outputs.
+    saved_names = meta.get('names') or []
+    if not saved_names or not set(saved_names) <= set(names):
+      log.warning('ignoring %s: its images are no longer all in this job', work)
       resume = None
     else:
+      first = [names.index(n) for n in saved_names]
       rest = [i for i in todo if i not in first]
       batches = [first] + [rest[s:s + batch_size] for s in range(0, len(rest), batch_size)]
   inverted, failed = [], {}
@@ -979,10 +983,10 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
       start_chunk = meta['next_chunk']
       log.info('resuming %d images from %s at chunk %d', len(idx), work, start_chunk)
     state, data = eng.shard(state, data, eng.batch_mesh(batch_size, devices))
-    meta = {**meta_base, 'indices': idx}
+    meta = {**meta_base, 'names': [names[i] for i in idx]}
 
-    def on_chunk(info, meta=meta):
-      if (info.chunk + 1) % every == 0 and info.chunk + 1 < info.num_chunks:
+    def on_chunk(info, meta=meta):  # the last chunk too: a kill while saving loses nothing
+      if (info.chunk + 1) % every == 0 or info.chunk + 1 == info.num_chunks:
         _save_checkpoint(work, info, meta)
       if callback is not None:
         callback(info)
@@ -995,12 +999,14 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     n = len(idx)
     result = _take(result, n)
     for i, name in enumerate(result.names):
+      if name in skipped:  # saved before a kill interrupted this batch's saving
+        continue
       images_lib.save_image(str(out / 'reconstructions' / f'{name}.png'),
                             np.nan_to_num(result.reconstructions[i]))
       save_latents(lat_dir / f'{name}.npz', result, i, generator)
       if result.failed[i]:
         failed[name] = result.status(i)
-    inverted += result.names
+    inverted += [name for name in result.names if name not in skipped]
     if work.exists():
       work.unlink()
   rows = _summarise(out, paths, names, inv, generator, align)

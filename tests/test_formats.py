@@ -31,6 +31,13 @@ G_KWARGS = dict(z_dim=64, c_dim=0, w_dim=64, img_resolution=32, img_channels=3,
 D_KWARGS = dict(c_dim=0, img_resolution=32, img_channels=3, architecture='resnet',
                 channel_base=2048, channel_max=64, num_fp16_res=0, conv_clamp=256,
                 block_kwargs={}, mapping_kwargs={}, epilogue_kwargs=dict(mbstd_group_size=4))
+# The same networks as NVlabs' stylegan3 repository pickles its StyleGAN2
+# (training/networks_stylegan2.py): synthesis options flat, conv_clamp left at its default (256).
+G_KWARGS_SG3_REPO = dict(z_dim=64, c_dim=0, w_dim=64, img_resolution=32, img_channels=3,
+                         mapping_kwargs=dict(num_layers=8), channel_base=2048, channel_max=64,
+                         num_fp16_res=0, architecture='skip', activation='lrelu',
+                         fused_modconv_default='inference_only')
+D_KWARGS_SG3_REPO = {k: v for k, v in D_KWARGS.items() if k != 'conv_clamp'}
 TF_G = dict(latent_size=64, dlatent_size=64, resolution=32, num_channels=3, fmap_base=1024,
             fmap_max=64, mapping_layers=8, conv_clamp=256)
 TF_D = dict(resolution=32, num_channels=3, fmap_base=1024, fmap_max=64, mbstd_group_size=4)
@@ -88,6 +95,27 @@ def test_nvlabs_pickle(tmp_path, nets):
   assert type(raw.generator_kwargs['mapping_kwargs']) is dict  # EasyDicts become dicts
   assert raw.path == str(path) and raw.architecture == 'stylegan2'
   _assert_state(formats.read_checkpoint(path, which='G').generator, g_train)
+
+
+def test_stylegan3_repository_stylegan2_pickle(tmp_path, nets):
+  g, d = nets
+  path = tmp_path / 'stylegan2-tiny-32x32.pkl'
+  W.write_pickle(W.nvlabs_snapshot(g, d, G_KWARGS_SG3_REPO, D_KWARGS_SG3_REPO), path)
+  raw = formats.read_checkpoint(path)
+  _assert_state(raw.generator, g)
+  _assert_state(raw.discriminator, d)
+  # nested as stylegan2-ada-pytorch has them, with that repository's conv_clamp default written
+  extra = dict(activation='lrelu', fused_modconv_default='inference_only')
+  assert raw.generator_kwargs == dict(
+      G_KWARGS, synthesis_kwargs=dict(G_KWARGS['synthesis_kwargs'], **extra))
+  assert raw.discriminator_kwargs == D_KWARGS
+  assert any('stylegan3 repository' in n for n in raw.notes)
+
+
+def test_channel_rule_with_a_base_that_is_not_a_power_of_two():
+  channels = {res: min(1000 // res, 64) for res in (4, 8, 16, 32, 64)}  # 62 at 16, 31 at 32
+  assert formats.channel_rule(channels) == (992, 64)  # the smallest base giving these counts
+  assert formats.channel_rule({4: 64, 8: 64, 16: 20, 32: 31}) is None
 
 
 def test_rosinality_checkpoint(tmp_path, nets):

@@ -77,6 +77,28 @@ def folder_runs(tmp_path_factory, model, image_dir):
               state_file=state_file)
 
 
+@pytest.fixture(scope='module')
+def killed_while_saving(folder_runs, model, image_dir):
+  """A folder job killed after the first image of batch 1 was saved, and rerun."""
+  out = folder_runs['base'] / 'saving'
+  save = api.save_latents
+
+  def save_once_then_die(path, *args, **kwargs):
+    if (out / 'latents').exists() and os.listdir(out / 'latents'):
+      raise Interrupt()
+    save(path, *args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(api, 'save_latents', save_once_then_die)
+    with pytest.raises(Interrupt):
+      api.invert_folder(image_dir, model, folder_config(), out, batch_size=2, progress=False)
+  killed = sorted(os.listdir(out / 'latents'))
+  later = []
+  resumed = api.invert_folder(image_dir, model, folder_config(), out, batch_size=2,
+                              progress=False, callback=lambda info: later.append(info.chunk))
+  return dict(out=out, killed=killed, later=later, resumed=resumed)
+
+
 def test_resume_after_kill_equals_uninterrupted(folder_runs, model):
   r = folder_runs
   assert r['killed'] == {'checkpoint': True, 'latents': []}  # killed inside batch 1
@@ -90,6 +112,18 @@ def test_resume_after_kill_equals_uninterrupted(folder_runs, model):
     np.testing.assert_array_equal(a.losses['total'], b.losses['total'])
   # a third run finds everything done
   assert r['again'].skipped == ['img0', 'img1', 'img2'] and r['again'].inverted == []
+
+
+def test_kill_while_saving_a_batch_loses_nothing(killed_while_saving, folder_runs, model):
+  r = killed_while_saving
+  assert r['killed'] == ['img0.npz']
+  assert r['later'] == [0, 1, 2, 3]  # batch 1 came back from its final checkpoint: only batch 2 ran
+  assert r['resumed'].skipped == ['img0'] and r['resumed'].inverted == ['img1', 'img2']
+  for name in ('img0', 'img1', 'img2'):
+    a = api.load_latents(folder_runs['base'] / 'full' / 'latents' / f'{name}.npz', model)
+    b = api.load_latents(r['out'] / 'latents' / f'{name}.npz', model)
+    np.testing.assert_array_equal(a.latent, b.latent)
+  assert not (r['out'] / '_work' / 'state.npz').exists()
 
 
 def test_folder_outputs_and_latents_layout(folder_runs, model):

@@ -13,7 +13,8 @@ from PIL import Image
 
 from generators import checkpoint
 from tests import torch_format_writer as W
-from tests.test_formats import D_KWARGS, G_KWARGS, TF_D, TF_G
+from tests.test_formats import (D_KWARGS, D_KWARGS_SG3_REPO, G_KWARGS, G_KWARGS_SG3_REPO, TF_D,
+                                TF_G)
 from tests.test_networks import PARITY_RTOL, nchw, rel_err
 
 
@@ -25,6 +26,8 @@ def nets(official_g_state, official_d_state):
 def _write(kind, path, g, d):
   if kind == "nvlabs":
     W.write_pickle(W.nvlabs_snapshot(g, d, G_KWARGS, D_KWARGS), path)
+  elif kind == "stylegan3-repo":
+    W.write_pickle(W.nvlabs_snapshot(g, d, G_KWARGS_SG3_REPO, D_KWARGS_SG3_REPO), path)
   elif kind == "rosinality":
     W.write_torch_zip(W.rosinality_checkpoint(g, d), path)
   elif kind == "state-dict":
@@ -34,13 +37,14 @@ def _write(kind, path, g, d):
 
 
 @pytest.mark.parametrize("kind,name", [
-    ("nvlabs", "network-snapshot-000100.pkl"), ("rosinality", "550000.pt"),
+    ("nvlabs", "network-snapshot-000100.pkl"), ("stylegan3-repo", "stylegan2-tiny.pkl"),
+    ("rosinality", "550000.pt"),
     ("state-dict", "G_ema.pth"), ("tf", "stylegan2-tiny.pkl")])
 def test_every_format_redraws_the_fixture(tmp_path, nets, stylegan2_ref, kind, name):
   path = tmp_path / name
   _write(kind, path, *nets)
   # rosinality and bare state dicts do not record conv_clamp; the fixture was made with 256.
-  overrides = {} if kind in ("nvlabs", "tf") else {"conv_clamp": 256}
+  overrides = {} if kind in ("nvlabs", "stylegan3-repo", "tf") else {"conv_clamp": 256}
   model = checkpoint.load(path, **overrides)
   assert model.g_config.conv_clamp == 256
   with jax.default_matmul_precision("highest"):
@@ -76,6 +80,21 @@ def test_native_round_trip_and_sample_cli(tmp_path, nets, stylegan2_ref, monkeyp
   expected = np.asarray(back.sample([0, 1, 2, 3], psi=0.7))
   top_left = np.clip(np.rint((expected[0] + 1) * 127.5), 0, 255)
   np.testing.assert_allclose(grid[:32, :32], top_left, atol=1)
+
+
+def test_unsupported_networks_are_refused_by_name(tmp_path, nets):
+  g, d = nets
+  relu = tmp_path / "relu.pkl"
+  W.write_pickle(W.nvlabs_snapshot(g, d, dict(G_KWARGS_SG3_REPO, activation="relu"),
+                                   D_KWARGS_SG3_REPO), relu)
+  with pytest.raises(ValueError, match="synthesis_kwargs.activation='relu' is not supported"):
+    checkpoint.load(relu)
+  alias_free = tmp_path / "stylegan3-t.pkl"
+  sg3 = {"synthesis.input.affine.weight": np.ones((4, 64), np.float32),
+         "mapping.fc0.weight": g["mapping.fc0.weight"]}
+  W.write_pickle(W.nvlabs_snapshot(sg3, d, {"z_dim": 64}, D_KWARGS), alias_free)
+  with pytest.raises(ValueError, match="stylegan3 \\(alias-free\\) generator"):
+    checkpoint.load(alias_free)
 
 
 def test_load_errors(tmp_path):
