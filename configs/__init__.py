@@ -50,10 +50,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
       raise ValueError(f"Override {item!r} must look like --config.field=value.")
     node = config
     *parents, leaf = key.split(".")
-    for part in parents:
-      node = node[part]
-    if leaf not in node:
-      raise ValueError(f"Config has no field {key!r}; fields here: {sorted(node.keys())}.")
+    for part in parents + [leaf]:
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise ValueError(f"Config has no field {key!r}; fields here: {fields}.")
+      if part != leaf:
+        node = node[part]
     old = node[leaf]
     new = _parse(value)
     if isinstance(old, float) and isinstance(new, int):
@@ -62,7 +64,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
       new = tuple(new)
     if isinstance(old, str) and isinstance(new, (int, float)):  # e.g. a class label given as 1
       new = value
-    node[leaf] = new
+    try:
+      node[leaf] = new
+    except TypeError:  # ml_collections keeps each field's type
+      raise ValueError(f"--config.{key}={value}: the field is of type {type(old).__name__} "
+                       f"(default {old!r}); give a value of that type.") from None
 
 
 def load_config(name_or_path: str, overrides: Optional[Sequence[str]] = None

@@ -2,6 +2,7 @@
 
     python -m inversion invert --checkpoint G.pkl --images DIR_OR_FILES --method wplus \
         --steps 1000 --out out/run [--batch-size 8] [--mask M.png] [--config.optimizer.lr=0.02]
+        [--init out/encoder/latents]             # start from given latents (files per image)
         [--align my_module:detect_landmarks]     # FFHQ face alignment (inversion/align.py)
     python -m inversion edit interpolate --a out/run/latents/a.npz --b out/run/latents/b.npz \
         --num 8 --out morph.png [--checkpoint G.pkl]
@@ -24,14 +25,6 @@ METHODS = {'z': 'image2stylegan:z', 'w': 'image2stylegan:w', 'wplus': 'image2sty
            'wplus_noise': 'image2stylegan:wplus_noise', 'projector': 'projector'}
 
 
-def _load_generator(path):
-  from generators import checkpoint  # pylint: disable=import-outside-toplevel
-  try:
-    return checkpoint.load(path)
-  except (FileNotFoundError, ValueError) as e:
-    raise SystemExit(f'error: {e}') from None
-
-
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='python -m inversion', description=__doc__.split('\n')[0])
   sub = p.add_subparsers(dest='command', required=True)
@@ -46,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
   inv.add_argument('--batch-size', type=int, default=8, help='images per compiled batch')
   inv.add_argument('--mask', default=None, help='mask image for every image (white = counts)')
   inv.add_argument('--seed', type=int, default=None, help='PRNG seed (config.seed)')
+  inv.add_argument('--init', default=None, metavar='DIR',
+                   help="start from latents files named like the images (e.g. another job's "
+                        'latents/ folder, or an encoder\'s output) instead of config.init')
   inv.add_argument('--align', default=None, metavar='MODULE:FUNCTION',
                    help='FFHQ-align faces first, with your landmark detector: a function '
                         'image [H, W, 3] -> [68, 2] (x, y) or None (see inversion/align.py)')
@@ -79,6 +75,14 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
   for noisy in ('absl', 'jax._src.xla_bridge'):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  try:
+    return _run(args, overrides)
+  except (ValueError, FileNotFoundError) as e:  # bad input, settings or files: no traceback
+    raise SystemExit(f'error: {e}') from None
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> int:
+  from generators import checkpoint  # pylint: disable=import-outside-toplevel
   from inversion import api, editing  # pylint: disable=import-outside-toplevel
 
   if args.command == 'invert':
@@ -88,20 +92,14 @@ def main(argv=None) -> int:
     if args.seed is not None:
       extra.append(f'--config.seed={args.seed}')
     config = api.as_config(METHODS[args.method], extra + overrides)
-    model = _load_generator(args.checkpoint)
+    model = checkpoint.load(args.checkpoint)
     images = args.images[0] if len(args.images) == 1 else args.images
     align = None
     if args.align:
       from inversion import align as align_lib  # pylint: disable=import-outside-toplevel
-      try:
-        align = align_lib.aligner_from_spec(args.align, model.resolution)
-      except ValueError as e:
-        raise SystemExit(f'error: {e}') from None
-    try:
-      res = api.invert_folder(images, model, config, args.out, args.batch_size, mask=args.mask,
-                              progress=not args.no_progress, align=align)
-    except ValueError as e:  # bad input or settings (e.g. a class label): say it without a trace
-      raise SystemExit(f'error: {e}') from None
+      align = align_lib.aligner_from_spec(args.align, model.resolution)
+    res = api.invert_folder(images, model, config, args.out, args.batch_size, mask=args.mask,
+                            progress=not args.no_progress, align=align, init=args.init)
     cols = [c for c in ('mse', 'psnr', 'ssim', 'lpips') if any(c in r for r in res.rows)]
     print(api.format_table(res.rows, ['name'] + cols + ['status']))
     print(f'{len(res.inverted)} inverted, {len(res.skipped)} already done, '
@@ -117,16 +115,13 @@ def main(argv=None) -> int:
       flags = {'interpolate': '--a, --b', 'crossover': '--content, --style',
                'expression': '--a, --b, --c'}[args.kind]
       raise SystemExit(f'error: edit {args.kind} needs {flags}')
-    model = _load_generator(args.checkpoint)
-    try:
-      path = editing.run_edit(args.kind, model, files, args.out, num=args.num,
-                              cutoff=args.cutoff, strength=args.strength)
-    except api.LatentsError as e:
-      raise SystemExit(f'error: {e}') from None
+    model = checkpoint.load(args.checkpoint)
+    path = editing.run_edit(args.kind, model, files, args.out, num=args.num,
+                            cutoff=args.cutoff, strength=args.strength)
     print(f'wrote {path}')
     return 0
 
-  model = _load_generator(args.checkpoint)
+  model = checkpoint.load(args.checkpoint)
   steps = api.DEMO_STEPS if args.steps is None else args.steps
   out = api.demo(args.out, model, steps=steps, overrides=overrides,
                  progress=not args.no_progress)

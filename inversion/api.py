@@ -446,8 +446,8 @@ class Inverter:
     shape = eng.latent_shape(gc, spec.space)
     mode = cfg.init if init is None else 'given'
     if mode == 'given' and init is None:
-      raise ValueError("config.init='given' needs latents: pass init=... (API) or --init FILE "
-                       '(CLI)')
+      raise ValueError("config.init='given' needs latents: pass init=... (API) or --init DIR "
+                       '(CLI: a folder of latents files named like the images)')
     given_noise = None
     if mode == 'given':
       latent, given_noise = self._given(init, b, shape)
@@ -895,8 +895,8 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
                   progress: bool = True,
                   callback: Optional[Callable[[eng.ChunkInfo], None]] = None,
                   latent_terms=None, term_params=None, devices=None,
-                  align: Optional[Callable[[np.ndarray, str], np.ndarray]] = None
-                  ) -> FolderResult:
+                  align: Optional[Callable[[np.ndarray, str], np.ndarray]] = None,
+                  init: Optional[str | os.PathLike] = None) -> FolderResult:
   """Inverts every image of a folder (or a list of files) in batches; resumable.
 
   - Images whose latents file exists in out_dir/latents are skipped (it must belong to this
@@ -921,6 +921,9 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     callback: after every chunk (after the checkpoint), with an `engine.ChunkInfo`.
     align: optional image pre-processing, as `inversion.images.load_image` (e.g. an
       `inversion.align.FaceAligner` for FFHQ models).
+    init: a folder of latents files named `<image name>.npz` (another job's `latents/`, an
+      encoder's output) to start from instead of `config.init`; each must belong to this
+      generator. A latents file of another space starts from its ws where that fits.
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
@@ -975,7 +978,8 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     targets = np.stack(targets)
     masks = _check_mask(mask, batch_size, res)
     keys = _image_keys(base_key, batch_size, padded)
-    state, data = inv.start(targets, masks, keys)
+    state, data = inv.start(targets, masks, keys,
+                            init=None if init is None else _init_records(init, names, padded))
     start_chunk, curves = 0, None
     if bi == 0 and resume is not None:
       meta, arrays, curves = resume
@@ -1013,6 +1017,19 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
   for name, status in failed.items():
     log.warning('%s: %s', name, status)
   return FolderResult(out, names, inverted, skipped, failed, rows)
+
+
+def _init_records(init_dir, names: Sequence[str], indices: Sequence[int]) -> list[LatentRecord]:
+  """The start latents of a folder job's batch: `init_dir/<name>.npz` for each image."""
+  records = []
+  for i in indices:
+    f = pathlib.Path(init_dir) / f'{names[i]}.npz'
+    if not f.is_file():
+      raise FileNotFoundError(f'{f} does not exist: --init needs a latents file for every image '
+                              f'(named like the image, {names[i]}.npz). Invert {names[i]} first, '
+                              'or leave --init out to start it from config.init.')
+    records.append(load_latents(f))
+  return records
 
 
 def _take(result: InversionResult, n: int) -> InversionResult:

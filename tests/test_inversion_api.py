@@ -126,6 +126,23 @@ def test_kill_while_saving_a_batch_loses_nothing(killed_while_saving, folder_run
   assert not (r['out'] / '_work' / 'state.npz').exists()
 
 
+def test_folder_job_starts_from_given_latents(folder_runs, model, image_dir, tmp_path):
+  full = folder_runs['base'] / 'full' / 'latents'
+  config = folder_config()
+  config.optimizer.lr = 0.0  # no step moves the latents: the result is the start
+  res = api.invert_folder(image_dir, model, config, tmp_path / 'from_init', batch_size=2,
+                          progress=False, init=full)
+  for name in res.inverted:
+    a = api.load_latents(full / f'{name}.npz', model)
+    b = api.load_latents(tmp_path / 'from_init' / 'latents' / f'{name}.npz', model)
+    np.testing.assert_array_equal(a.latent, b.latent)
+  (tmp_path / 'partial').mkdir()
+  (tmp_path / 'partial' / 'img0.npz').write_bytes((full / 'img0.npz').read_bytes())
+  with pytest.raises(FileNotFoundError, match='img1.npz does not exist: --init needs'):
+    api.invert_folder(image_dir, model, folder_config(), tmp_path / 'partial_out', batch_size=2,
+                      progress=False, init=tmp_path / 'partial')
+
+
 def test_folder_outputs_and_latents_layout(folder_runs, model):
   out = folder_runs['base'] / 'full'
   for f in ('grid.png', 'metrics.csv', 'metrics.json', 'losses.png'):
@@ -246,6 +263,25 @@ def test_embedded_model_missing_gives_clear_cli_error(tmp_path, monkeypatch, ima
   monkeypatch.setattr(checkpoint, 'EMBEDDED_DIR', tmp_path / 'nowhere')
   with pytest.raises(SystemExit, match='embedded model is missing'):
     cli.main(['invert', '--images', str(image_dir), '--out', str(tmp_path / 'o')])
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['invert', '--config.nope=1'], "Config has no field 'nope'"),
+    (['invert', '--config.steps=abc'], 'the field is of type int'),
+    (['invert', '--init', 'no_such_dir'], 'no_such_dir/img0.npz does not exist: --init needs'),
+    (['edit', 'interpolate', '--a', 'missing.npz', '--b', 'missing.npz'],
+     'latents file missing.npz does not exist')])
+def test_cli_reports_bad_settings_without_a_traceback(tmp_path, monkeypatch, image_dir, model,
+                                                      argv, message):
+  from inversion import __main__ as cli
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(checkpoint, 'load', lambda path: model)  # no file reading needed here
+  if argv[0] == 'invert':
+    argv = argv[:1] + ['--images', str(image_dir), '--out', 'o', '--no-progress'] + argv[1:]
+  else:
+    argv = argv + ['--out', 'o.png']
+  with pytest.raises(SystemExit, match=f'^error: .*{message}'):
+    cli.main(argv)
 
 
 def test_cli_invert_smoke(tmp_path, model, image_dir):
