@@ -21,6 +21,14 @@ def get_config(arg=None):
   config.data.resolution = RESOLUTION
   config.data.num_crops = 20_000  # bank drawn once; flips/rotations are in the bank
   config.data.defect_fraction = 0.5
+  # Real data instead (generators/mvtec.py): an MVTec AD folder and category, e.g.
+  # --config.data.mvtec_root=/data/mvtec_ad --config.data.mvtec_category=carpet; its train
+  # split gives good images, its test split the defective ones with their masks. Whole images
+  # are area-resized to the resolution; num_crops and defect_fraction do not apply.
+  config.data.mvtec_root = ""
+  config.data.mvtec_category = ""
+  config.data.mvtec_splits = "train,test"
+  config.data.mvtec_dihedral = "auto"  # 8 flips/rotations: auto (texture categories) | yes | no
   # Conditional G and D on a one-hot "clean" / "defect" label read off each crop's mask.
   config.data.defect_labels = False
   # Transitional conditioning (generators/train.py): the classes' weight ramps 0 -> 1 between

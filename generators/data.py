@@ -107,7 +107,7 @@ def regions(shape: Sequence[int]) -> tuple[Box, Box]:
   return Box(0, h, 0, split), Box(0, h, split, w)
 
 
-def _apply_op(crops: np.ndarray, op: int) -> np.ndarray:
+def dihedral(crops: np.ndarray, op: int) -> np.ndarray:
   """Dihedral transform ``op`` on [N, H, W, C] crops (left-right flip first, then rot90)."""
   if op >= 4:
     crops = crops[:, :, ::-1]
@@ -153,7 +153,7 @@ def cut(coords: CropCoords, size: int = CROP_SIZE, sources: Sequence[str] = SOUR
       for start in range(0, len(idx), CHUNK):
         part = idx[start:start + CHUNK]
         crops = windows[coords.y[part], coords.x[part]].transpose(0, 2, 3, 1)  # [n, s, s, 1]
-        out[part] = _apply_op(crops, op)  # broadcasts the grey channel to all output channels
+        out[part] = dihedral(crops, op)  # broadcasts the grey channel to all output channels
   return out
 
 

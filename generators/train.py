@@ -54,7 +54,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
-from generators import augment, checkpoint, data, defects, networks
+from generators import augment, checkpoint, data, defects, mvtec, networks
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,9 @@ CLASS_NAMES = ("clean", "defect")  # one-hot label order with data.defect_labels
 # Config fields added after runs were started, with the value that means "off": a run whose
 # saved config lacks one ran without it (resume and the model card read it so).
 FIELDS_ADDED_OFF = {"lr_rampdown": 0.0, "ada_target": 0.0, "data.defect_labels": False,
-                    "transition_start_kimg": 0.0, "transition_end_kimg": 0.0}
+                    "transition_start_kimg": 0.0, "transition_end_kimg": 0.0,
+                    "data.mvtec_root": "", "data.mvtec_category": "",
+                    "data.mvtec_splits": "train,test", "data.mvtec_dihedral": "auto"}
 MASK_ON = 127  # uint8 mask channel: a defect pixel is above this
 TRANSITION_HEAD = "transition_out"  # in d_params: D's unconditional logit while transitioning
 
@@ -340,7 +342,19 @@ def ema_beta(config, step: int) -> float:
 
 
 def training_set(config, resolution: int) -> np.ndarray:
-  """uint8 [N, H, W, 4]: RGB crops + mask channel (0/255), a pure function of the seed."""
+  """uint8 [N, H, W, 4]: RGB + mask channel (0/255). The skimage texture crops with procedural
+  defects (a pure function of the seed), or a real MVTec AD category when
+  `config.data.mvtec_root` is set."""
+  if config.data.get("mvtec_root"):
+    if not config.data.get("mvtec_category"):
+      raise ValueError("--config.data.mvtec_root needs --config.data.mvtec_category (e.g. "
+                       f"carpet; one of {', '.join(mvtec.CATEGORIES)}).")
+    dihedral = {"auto": None, "yes": True, "no": False}.get(config.data.mvtec_dihedral, "bad")
+    if dihedral == "bad":
+      raise ValueError("--config.data.mvtec_dihedral must be auto, yes or no, got "
+                       f"{config.data.mvtec_dihedral!r}.")
+    return mvtec.training_images(config.data.mvtec_root, config.data.mvtec_category,
+                                 resolution, config.data.mvtec_splits.split(","), dihedral)
   return defects.defect_dataset(config.data.num_crops, size=resolution,
                                 defect_fraction=config.data.defect_fraction,
                                 seed=config.seed).images
@@ -373,6 +387,20 @@ def with_added_fields(saved: dict) -> dict:
       node = node.setdefault(part, {})
     node.setdefault(leaf, off)
   return out
+
+
+def _drop_records_after(path: pathlib.Path, step: int) -> None:
+  """Keeps the metrics records of steps <= `step` (and drops a line cut short by a kill)."""
+  if not path.exists():
+    return
+  kept = []
+  for line in path.read_text().splitlines():
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):
+      log.warning("%s: dropping an unreadable line %r", path, line[:80])
+  path.write_text("".join(l + "\n" for l in kept))
 
 
 def _checkpoint_manager(workdir: pathlib.Path, config: ml_collections.ConfigDict):
@@ -429,6 +457,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   step_config.total_kimg = 0.0  # the compiled steps depend on neither the run length
   step_config.init_from = None  # nor the initialisation
   step_config.lr_rampdown = 0.0  # nor the schedule (a per-step argument)
+  step_config.data = ml_collections.ConfigDict(  # nor the data, beyond the class labels
+      {"defect_labels": bool(config.data.get("defect_labels"))})
   g_step, d_plain, d_r1 = _cached_steps(step_config.to_json(), g_config, d_config, tuple(devices))
 
   bank = training_set(config, resolution)
@@ -442,6 +472,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   start = int(state.step)
   bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
              desc=f"train {workdir.name}")
+  _drop_records_after(workdir / "metrics.jsonl", start)  # logged before a kill, then redone
   metrics_file = open(workdir / "metrics.jsonl", "a")
   t0 = time.time()
   last_r1 = jnp.full((), jnp.nan)  # the latest R1 penalty (it runs every r1_interval steps)

@@ -12,6 +12,7 @@ import pytest
 import configs
 from generators import __main__ as generators_cli
 from generators import checkpoint, defects, networks, train
+from tests.test_data import mvtec_root  # pylint: disable=unused-import  (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +34,17 @@ def test_train_resume_is_exact_and_exports(tmp_path, quick_config):
   train.train(first_half, tmp_path / "resumed")
   # Written before two config fields existed: it resumes as if they were off.
   saved = json.loads(quick_config.to_json())
-  del saved["lr_rampdown"], saved["data"]["defect_labels"]
+  del saved["lr_rampdown"], saved["data"]["defect_labels"], saved["data"]["mvtec_root"]
   (tmp_path / "resumed" / "config.json").write_text(json.dumps(saved))
+  # A record logged after the last checkpoint, and a line cut short by the kill: dropped.
+  with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 3, "g_loss": 1.0}\n{"step": 4, "g_lo')
   resumed = train.train(quick_config, tmp_path / "resumed")
   assert int(resumed.step) == int(straight.step) == 4
   for a, b in zip(_leaves(straight), _leaves(resumed)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  records = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(l)["step"] for l in records] == [2, 4]
 
   lines = [json.loads(l) for l in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in lines] == [2, 4]
@@ -79,6 +85,24 @@ def test_train_resume_is_exact_and_exports(tmp_path, quick_config):
   tuned_model = checkpoint.load(train.export(tmp_path / "tuned", tmp_path / "tuned_model"))
   assert tuned_model.metadata["init_from"]["training_steps"] == 4
   assert tuned_model.metadata["total_kimg_trained"] == pytest.approx(0.016 + 0.008)
+
+
+def test_training_on_a_real_mvtec_category(tmp_path, quick_config, mvtec_root):
+  """`--config.data.mvtec_root/mvtec_category`: the category's images (train: good; test: good
+  and defects with masks) in their 8 flips/rotations (a texture category) feed the same loop."""
+  config = quick_config.copy_and_resolve_references()
+  config.data.mvtec_root, config.data.mvtec_category = mvtec_root, "carpet"
+  config.total_kimg = 2 * config.batch_size / 1000
+  bank = train.training_set(config, config.data.resolution)
+  assert bank.shape == (8 * 5, 16, 16, 4) and bank.dtype == np.uint8  # 3 train + 2 test images
+  assert (bank[..., 3] > 0).any(axis=(1, 2)).sum() == 8  # the hole, 8 ways
+  state = train.train(config, tmp_path / "mvtec")
+  assert int(state.step) == 2
+  config.data.mvtec_dihedral = "no"
+  assert len(train.training_set(config, 16)) == 5
+  config.data.mvtec_category = ""
+  with pytest.raises(ValueError, match="needs --config.data.mvtec_category"):
+    train.training_set(config, 16)
 
 
 def test_conditional_training_on_defect_labels(tmp_path):
