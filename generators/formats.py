@@ -307,6 +307,9 @@ def _filter_taps(f: np.ndarray | None) -> list:
   if f is None or f.ndim != 2:
     return list(DEFAULT_FILTER)
   taps = np.asarray(f, np.float64).sum(axis=1)
+  if not np.isfinite(taps).all() or taps.sum() == 0:
+    raise CheckpointError(f'the stored resample_filter {np.asarray(f).tolist()} is not a '
+                          'low-pass filter (zero sum or non-finite); the file is corrupt.')
   taps = taps / taps.sum()
   default = np.asarray(DEFAULT_FILTER, np.float64) / sum(DEFAULT_FILTER)
   if taps.shape == default.shape and np.allclose(taps, default, atol=1e-6):
