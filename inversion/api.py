@@ -1078,6 +1078,10 @@ def _summarise(out: pathlib.Path, paths, names, inv: Inverter, generator, align=
   if len(lengths) == 1:
     plot_losses(out / 'losses.png', {k: np.stack(v) for k, v in curves.items()}, labels,
                 f'{inv.spec.space}, {inv.spec.num_steps} steps')
+  else:
+    log.info('%s: not drawn, the finished images ran different numbers of steps %s (earlier '
+             'runs with other settings); their curves are in the latents files',
+             out / 'losses.png', sorted(lengths))
   return rows
 
 
