@@ -55,6 +55,24 @@ def _defect_share(images: np.ndarray) -> float:
   return float(np.mean(np.any(images[..., 3] > 0, axis=(1, 2))))
 
 
+def mask_shapes(masks: np.ndarray) -> dict | None:
+  """How defect-like the masks of images with a defect are: the median number of separate
+  pieces (8-connected) per image and the median size of each image's largest piece, in pixels.
+  A painted defect is one shape (cracks: a few branches); many small pieces are speckle.
+  masks: bool [N, H, W]. None when no image has a defect."""
+  from scipy import ndimage
+
+  pieces, largest = [], []
+  for m in masks[masks.any(axis=(1, 2))]:
+    labelled, count = ndimage.label(m, structure=np.ones((3, 3)))
+    pieces.append(count)
+    largest.append(int(np.bincount(labelled.ravel())[1:].max()))
+  if not pieces:
+    return None
+  return {"images": len(pieces), "pieces_median": float(np.median(pieces)),
+          "largest_piece_px_median": float(np.median(largest))}
+
+
 def _row(pair: str, a: np.ndarray, b: np.ndarray) -> dict:
   """One table row: the SWD of image sets a and b; says when it is done (a sweep takes minutes)."""
   from inversion import metrics
@@ -140,12 +158,16 @@ def main(argv=None) -> None:
   train_defect_images = float(np.mean(train.defect_labels(bank)[:, 1]))
   print(f"defect-mask pixels: generated {mask_fraction}, training set {train_mask_fraction:.4f}; "
         f"images with a defect: generated {defect_images}, training set {train_defect_images:.3f}")
+  shapes = {"training": mask_shapes(bank[..., 3] > train.MASK_ON)}
+  if model.channels == 4:
+    shapes["generated"] = mask_shapes(fakes[..., 3] > 0)
+  print(f"defect masks (images with a defect): {shapes}")
   train._grid_png(fakes[:64], out.with_suffix(".png"))
   payload = {"device": common.device_description(), "num": args.num, "rows": rows,
              "mask_fraction_generated": mask_fraction,
              "mask_fraction_training": train_mask_fraction,
              "defect_images_generated": defect_images, "defect_images_training": train_defect_images,
-             "defect_images_per_class": per_class,
+             "defect_images_per_class": per_class, "mask_shapes": shapes,
              "metadata": model.metadata}
   if args.workdir:
     payload["curve_png"] = str(_plot_curve(pathlib.Path(args.workdir), out.with_name(

@@ -228,6 +228,12 @@ def _defect_images(evaluation: dict) -> str:
   if per_class:
     text += " Per class label: " + ", ".join(f"{name} {share:.1%}"
                                              for name, share in per_class.items()) + "."
+  shapes = evaluation.get("mask_shapes") or {}
+  if shapes.get("generated") and shapes.get("training"):
+    gen, real = shapes["generated"], shapes["training"]
+    text += (f" A generated defect mask has {gen['pieces_median']:g} separate pieces (median), "
+             f"the largest {gen['largest_piece_px_median']:g} px; a painted one "
+             f"{real['pieces_median']:g} piece(s), {real['largest_piece_px_median']:g} px.")
   return text
 
 

@@ -3,6 +3,8 @@
 import json
 import shlex
 
+import numpy as np
+
 import configs
 from benchmarks import model_card
 
@@ -70,3 +72,21 @@ def test_reproduce_the_conditional_model_trains_with_labels_into_its_own_directo
   workdirs = [w.split()[0] for w in tuned.split("--workdir ")[1:]]
   assert workdirs and all(w.endswith("_conditional") for w in workdirs), workdirs
   assert "runs/base_model " not in tuned and "runs/base_model_conditional" in tuned
+
+
+def test_mask_shapes_tell_one_defect_from_speckle():
+  from benchmarks.embedded_model import mask_shapes
+
+  masks = np.zeros((3, 16, 16), bool)
+  masks[0, 2:6, 2:8] = True             # one 24 px defect
+  masks[1, ::4, ::4] = True             # 16 one-pixel specks
+  masks[1, 9:11, 9:11] = True           # a 2x2 piece, joined diagonally to the speck at (8, 8)
+  # pieces: 1 and 16 (8-connected); largest: 24 and 5 px
+  assert mask_shapes(masks) == {"images": 2, "pieces_median": 8.5,
+                                "largest_piece_px_median": 14.5}
+  assert mask_shapes(np.zeros((2, 8, 8), bool)) is None
+  card = model_card._defect_images({
+      "defect_images_generated": 0.2, "defect_images_training": 0.5,
+      "mask_shapes": {"generated": {"pieces_median": 9.5, "largest_piece_px_median": 7.0},
+                      "training": {"pieces_median": 1.0, "largest_piece_px_median": 90.0}}})
+  assert "9.5 separate pieces (median), the largest 7 px; a painted one 1 piece(s), 90 px" in card
