@@ -214,7 +214,11 @@ for n in (1, 8):
   g_step, d_plain, d_r1 = train.make_steps(cfg, g, d, mesh)
   state = train.init_state(cfg, g, d)
   state, _ = g_step(state, jax.random.PRNGKey(1), 0.5, 1.0, gen_c)
-  state, m = d_r1(state, real, jax.random.PRNGKey(2), 1.0, real_c, gen_c)
+  args = (real, jax.random.PRNGKey(2), 1.0, real_c, gen_c)
+  if n == 8:  # data-parallel: each device takes 1 image, the gradients are summed across them
+    hlo = d_r1.lower(state, *args).compile().as_text()
+    assert "all-reduce" in hlo, "no cross-device reduction in the sharded D step"
+  state, m = d_r1(state, *args)
   out[n] = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
 for a, b in zip(out[1], out[8]):
   np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
