@@ -50,11 +50,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
       raise ValueError(f"Override {item!r} must look like --config.field=value.")
     node = config
     *parents, leaf = key.split(".")
-    for part in parents + [leaf]:
+    for depth, part in enumerate(parents + [leaf]):
       if not isinstance(node, ml_collections.ConfigDict) or part not in node:
         fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
         raise ValueError(f"Config has no field {key!r}; fields here: {fields}.")
-      if part != leaf:
+      if depth < len(parents):
         node = node[part]
     old = node[leaf]
     new = _parse(value)

@@ -292,12 +292,12 @@ def _resolutions(sd: Mapping[str, Any], pattern: str) -> list[int]:
 def channel_rule(channels: Mapping[int, int]) -> tuple[int, int] | None:
   """(channel_base, channel_max) with channels[res] = min(base // res, max), or None.
 
-  Each res below the maximum bounds base from below by res * channels[res]; the largest of
-  those bounds is the smallest base that fits them all (a base that is not a multiple of every
-  res, e.g. 1000 -> 31 channels at 32 px, 15 at 64 px, is found too)."""
+  Every res bounds base from below by res * channels[res] (below the maximum: base // res =
+  channels[res]; at it: base // res >= max). The largest bound is the smallest base that can
+  fit, then checked against all: a base that is not a multiple of every res (1000: 31
+  channels at 32 px, 15 at 64 px) is found too."""
   channel_max = max(channels.values())
-  below = [res * c for res, c in channels.items() if c < channel_max]
-  channel_base = max(below) if below else channel_max * max(channels)
+  channel_base = max(res * c for res, c in channels.items())
   ok = all(min(channel_base // r, channel_max) == c for r, c in channels.items())
   return (channel_base, channel_max) if ok else None
 
@@ -476,8 +476,11 @@ STYLEGAN3_REPO_CONV_CLAMP = 256
 
 
 def _from_stylegan3_repo(g_obj: torch_io.PersistentObject, g_kwargs: dict | None) -> bool:
-  return (_STYLEGAN3_REPO_MARK in (g_obj.module_src or '')
-          or (g_kwargs is not None and 'synthesis_kwargs' not in g_kwargs))
+  """The defining source says which repository; without it, a flat synthesis option does."""
+  if g_obj.module_src:
+    return _STYLEGAN3_REPO_MARK in g_obj.module_src
+  return g_kwargs is not None and 'synthesis_kwargs' not in g_kwargs and any(
+      k not in _GENERATOR_TOP_KWARGS for k in g_kwargs)
 
 
 def _ada_layout(g_kwargs: dict | None, d_kwargs: dict | None):

@@ -236,12 +236,20 @@ def training_images(root: str, category: str, resolution: int = 64,
   for split in splits:
     if split not in SPLITS:
       raise ValueError(f"splits must be drawn from {SPLITS}, got {split!r}")
+    if not os.path.isdir(os.path.join(_category_dir(root, category), split)):
+      raise FileNotFoundError(
+          f"MVTec AD {category} has no {split}/ folder under {root!r}; leave the split out "
+          f"(--config.data.mvtec_splits={','.join(s for s in splits if s != split) or 'train'}) "
+          "or restore the folder.")
   images = np.concatenate([load_mvtec(root, category, s, resolution).images for s in splits])
   if dihedral is None:
     dihedral = category in TEXTURE_CATEGORIES
   if dihedral:
     images = np.concatenate([data.dihedral(images, op) for op in range(data.NUM_OPS)])
   defective = int((images[..., 3] > 0).any(axis=(1, 2)).sum())
+  if not defective:
+    log.warning("MVTec AD %s (%s): no image has a defect, so the mask channel learns nothing; "
+                "the test split holds the defective images", category, "+".join(splits))
   log.info("MVTec AD %s (%s): %d training images, %d with a defect%s", category,
            "+".join(splits), len(images), defective,
            ", each in its 8 flips/rotations" if dihedral else "")

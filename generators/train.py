@@ -42,6 +42,7 @@ import functools
 import json
 import logging
 import math
+import os
 import pathlib
 import time
 from typing import Any, NamedTuple
@@ -393,14 +394,18 @@ def _drop_records_after(path: pathlib.Path, step: int) -> None:
   """Keeps the metrics records of steps <= `step` (and drops a line cut short by a kill)."""
   if not path.exists():
     return
+  lines = path.read_text().splitlines()
   kept = []
-  for line in path.read_text().splitlines():
+  for line in lines:
     try:
       if json.loads(line)["step"] <= step:
         kept.append(line)
     except (ValueError, KeyError, TypeError):
       log.warning("%s: dropping an unreadable line %r", path, line[:80])
-  path.write_text("".join(l + "\n" for l in kept))
+  if len(kept) < len(lines):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(l + "\n" for l in kept))
+    os.replace(tmp, path)  # a kill now leaves the old file or the new one, never half of one
 
 
 def _checkpoint_manager(workdir: pathlib.Path, config: ml_collections.ConfigDict):

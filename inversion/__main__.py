@@ -13,14 +13,18 @@
 Without --checkpoint the embedded default model is used. Methods: z, w, wplus, wplus_noise
 (configs/image2stylegan.py) and projector (configs/projector.py); any config field can be set
 with --config.field=value. `invert` is resumable: rerun the same command after an interruption.
+Errors in the input or settings print one `error:` line; STYLEGAN_INV_TRACEBACK=1 shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
+TRACEBACK_ENV = 'STYLEGAN_INV_TRACEBACK'  # set: errors raise with their traceback
 METHODS = {'z': 'image2stylegan:z', 'w': 'image2stylegan:w', 'wplus': 'image2stylegan:wplus',
            'wplus_noise': 'image2stylegan:wplus_noise', 'projector': 'projector'}
 
@@ -78,7 +82,9 @@ def main(argv=None) -> int:
   try:
     return _run(args, overrides)
   except (ValueError, FileNotFoundError) as e:  # bad input, settings or files: no traceback
-    raise SystemExit(f'error: {e}') from None
+    if os.environ.get(TRACEBACK_ENV):
+      raise
+    raise SystemExit(f'error: {e}\n(set {TRACEBACK_ENV}=1 for the traceback)') from None
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> int:

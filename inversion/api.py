@@ -885,6 +885,10 @@ def _load_checkpoint(path: pathlib.Path):
     log.warning('ignoring unreadable checkpoint %s (%s: %s); the batch restarts', path,
                 type(e).__name__, e)
     return None
+  if 'names' not in meta:
+    log.warning('ignoring %s: written by an older version (no image names); the batch restarts',
+                path)
+    return None
   state = {k[5:]: v for k, v in d.items() if k.startswith('state')}
   curves = {k[6:]: v for k, v in d.items() if k.startswith('curve/')}
   return meta, state, curves
@@ -944,20 +948,24 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
       load_latents(f, inv.generator_id)
       skipped.append(n)
   todo = [i for i, n in enumerate(names) if n not in skipped]
+  if init is not None and not pathlib.Path(init).is_dir():
+    raise FileNotFoundError(f'--init {init}: not a folder. It takes a folder of latents files '
+                            "named like the images (e.g. another job's <out>/latents).")
   meta_base = {'generator_id': inv.generator_id, 'config': inv.config.to_json(),
-               'batch_size': batch_size}
+               'batch_size': batch_size,
+               'init': None if init is None else str(pathlib.Path(init).resolve())}
   resume = _load_checkpoint(work) if work.exists() else None
   batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
   if resume is not None:
     meta = resume[0]
     if any(meta.get(k) != v for k, v in meta_base.items()):
-      raise ValueError(f'{work} is the checkpoint of a job with another generator, config or '
-                       f'batch size. Rerun with the same settings to resume it, or delete {work} '
-                       'to start this batch afresh.')
+      raise ValueError(f'{work} is the checkpoint of a job with another generator, config, '
+                       f'batch size or --init. Rerun with the same settings to resume it, or '
+                       f'delete {work} to start this batch afresh.')
     # The batch's images by name (the folder may have changed); some may be saved already if
     # the job was killed while writing the batch's outputs.
-    saved_names = meta.get('names') or []
-    if not saved_names or not set(saved_names) <= set(names):
+    saved_names = meta['names']
+    if not set(saved_names) <= set(names):
       log.warning('ignoring %s: its images are no longer all in this job', work)
       resume = None
     else:
@@ -978,10 +986,11 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     targets = np.stack(targets)
     masks = _check_mask(mask, batch_size, res)
     keys = _image_keys(base_key, batch_size, padded)
-    state, data = inv.start(targets, masks, keys,
-                            init=None if init is None else _init_records(init, names, padded))
+    resumed = bi == 0 and resume is not None  # its start latents come from the checkpoint
+    state, data = inv.start(targets, masks, keys, init=None if init is None or resumed else
+                            _init_records(init, names, padded))
     start_chunk, curves = 0, None
-    if bi == 0 and resume is not None:
+    if resumed:
       meta, arrays, curves = resume
       state = _unflatten(state, arrays, str(work))
       start_chunk = meta['next_chunk']

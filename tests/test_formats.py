@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from generators import formats
+from generators import formats, torch_io
 from generators.formats import (CheckpointError, KeyMismatchError, ShapeMismatchError,
                                 UnknownFormatError)
 from generators.torch_io import RefusedGlobalError
@@ -100,7 +100,8 @@ def test_nvlabs_pickle(tmp_path, nets):
 def test_stylegan3_repository_stylegan2_pickle(tmp_path, nets):
   g, d = nets
   path = tmp_path / 'stylegan2-tiny-32x32.pkl'
-  W.write_pickle(W.nvlabs_snapshot(g, d, G_KWARGS_SG3_REPO, D_KWARGS_SG3_REPO), path)
+  W.write_pickle(W.nvlabs_snapshot(g, d, G_KWARGS_SG3_REPO, D_KWARGS_SG3_REPO,
+                                   module_src=W.MODULE_SRC_STYLEGAN3_REPO), path)
   raw = formats.read_checkpoint(path)
   _assert_state(raw.generator, g)
   _assert_state(raw.discriminator, d)
@@ -110,12 +111,20 @@ def test_stylegan3_repository_stylegan2_pickle(tmp_path, nets):
       G_KWARGS, synthesis_kwargs=dict(G_KWARGS['synthesis_kwargs'], **extra))
   assert raw.discriminator_kwargs == D_KWARGS
   assert any('stylegan3 repository' in n for n in raw.notes)
+  # The source decides: a stylegan2-ada-pytorch G built with default arguments (no
+  # synthesis_kwargs saved) keeps that repository's conv_clamp default, None.
+  ada_default = torch_io.PersistentObject('Generator', W.MODULE_SRC, {})
+  assert not formats._from_stylegan3_repo(ada_default, {'z_dim': 512, 'w_dim': 512})
+  assert formats._from_stylegan3_repo(torch_io.PersistentObject('Generator', '', {}),
+                                      {'z_dim': 512, 'channel_base': 16384})
 
 
 def test_channel_rule_with_a_base_that_is_not_a_power_of_two():
   channels = {res: min(1000 // res, 64) for res in (4, 8, 16, 32, 64)}  # 62 at 16, 31 at 32
   assert formats.channel_rule(channels) == (992, 64)  # the smallest base giving these counts
   assert formats.channel_rule({4: 64, 8: 64, 16: 20, 32: 31}) is None
+  # At the maximum a res bounds base too: 504 // 8 = 63 (not 504 // 16 * 2 = 62)
+  assert formats.channel_rule({res: min(504 // res, 63) for res in (4, 8, 16, 32)}) == (504, 63)
 
 
 def test_rosinality_checkpoint(tmp_path, nets):

@@ -268,7 +268,7 @@ def test_embedded_model_missing_gives_clear_cli_error(tmp_path, monkeypatch, ima
 @pytest.mark.parametrize('argv,message', [
     (['invert', '--config.nope=1'], "Config has no field 'nope'"),
     (['invert', '--config.steps=abc'], 'the field is of type int'),
-    (['invert', '--init', 'no_such_dir'], 'no_such_dir/img0.npz does not exist: --init needs'),
+    (['invert', '--init', 'no_such_dir'], '--init no_such_dir: not a folder'),
     (['edit', 'interpolate', '--a', 'missing.npz', '--b', 'missing.npz'],
      'latents file missing.npz does not exist')])
 def test_cli_reports_bad_settings_without_a_traceback(tmp_path, monkeypatch, image_dir, model,

@@ -27,7 +27,8 @@ def _write(kind, path, g, d):
   if kind == "nvlabs":
     W.write_pickle(W.nvlabs_snapshot(g, d, G_KWARGS, D_KWARGS), path)
   elif kind == "stylegan3-repo":
-    W.write_pickle(W.nvlabs_snapshot(g, d, G_KWARGS_SG3_REPO, D_KWARGS_SG3_REPO), path)
+    W.write_pickle(W.nvlabs_snapshot(g, d, G_KWARGS_SG3_REPO, D_KWARGS_SG3_REPO,
+                                     module_src=W.MODULE_SRC_STYLEGAN3_REPO), path)
   elif kind == "rosinality":
     W.write_torch_zip(W.rosinality_checkpoint(g, d), path)
   elif kind == "state-dict":
@@ -86,7 +87,8 @@ def test_unsupported_networks_are_refused_by_name(tmp_path, nets):
   g, d = nets
   relu = tmp_path / "relu.pkl"
   W.write_pickle(W.nvlabs_snapshot(g, d, dict(G_KWARGS_SG3_REPO, activation="relu"),
-                                   D_KWARGS_SG3_REPO), relu)
+                                   D_KWARGS_SG3_REPO, module_src=W.MODULE_SRC_STYLEGAN3_REPO),
+                 relu)
   with pytest.raises(ValueError, match="synthesis_kwargs.activation='relu' is not supported"):
     checkpoint.load(relu)
   alias_free = tmp_path / "stylegan3-t.pkl"

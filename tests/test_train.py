@@ -11,7 +11,7 @@ import pytest
 
 import configs
 from generators import __main__ as generators_cli
-from generators import checkpoint, defects, networks, train
+from generators import checkpoint, defects, mvtec, networks, train
 from tests.test_data import mvtec_root  # pylint: disable=unused-import  (a fixture)
 
 
@@ -103,6 +103,8 @@ def test_training_on_a_real_mvtec_category(tmp_path, quick_config, mvtec_root):
   config.data.mvtec_category = ""
   with pytest.raises(ValueError, match="needs --config.data.mvtec_category"):
     train.training_set(config, 16)
+  with pytest.raises(FileNotFoundError, match="grid has no test/ folder.*mvtec_splits=train"):
+    mvtec.training_images(mvtec_root, "grid", 16)
 
 
 def test_conditional_training_on_defect_labels(tmp_path):

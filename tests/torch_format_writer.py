@@ -404,6 +404,10 @@ _NVLABS_D_CLASSES = [  # later entries win
 ]
 _BUFFERS = ('resample_filter', 'noise_const', 'w_avg')
 MODULE_SRC = '# training/networks.py (stand-in source text; a reader must never run it)\n'
+# The stylegan3 repository's training/networks_stylegan2.py: what tells it apart is an option
+# stylegan2-ada-pytorch's networks.py does not have.
+MODULE_SRC_STYLEGAN3_REPO = ('# training/networks_stylegan2.py of NVlabs/stylegan3 (stand-in)\n'
+                             '# class SynthesisBlock: ... fused_modconv_default = True, ...\n')
 PERSISTENCE = Global('torch_utils.persistence', '_reconstruct_persistent_obj')
 
 
@@ -419,21 +423,22 @@ def _module_tree(sd: dict[str, np.ndarray]) -> dict:
 
 
 def persistent_module(sd: dict[str, np.ndarray], classes, init_kwargs=None,
-                      path: str = '', extra_modules: tuple[str, ...] = ()) -> Reduce:
+                      path: str = '', extra_modules: tuple[str, ...] = (),
+                      module_src: str = MODULE_SRC) -> Reduce:
   """A persistent NVlabs module: `_reconstruct_persistent_obj(dict(type='class', ...))`."""
   tree = _module_tree(sd)
   for m in extra_modules:  # modules without tensors, e.g. b4.mbstd
     node = tree
     for p in m.split('.'):
       node = node.setdefault(p, {})
-  return _persistent(tree, classes, init_kwargs, path)
+  return _persistent(tree, classes, init_kwargs, path, module_src)
 
 
-def _persistent(tree: dict, classes, init_kwargs, path: str) -> Reduce:
+def _persistent(tree: dict, classes, init_kwargs, path: str, module_src: str) -> Reduce:
   params, buffers, modules = {}, {}, {}
   for k, v in tree.items():
     if isinstance(v, dict):
-      modules[k] = _persistent(v, classes, None, f'{path}.{k}' if path else k)
+      modules[k] = _persistent(v, classes, None, f'{path}.{k}' if path else k, module_src)
     elif k in _BUFFERS:
       buffers[k] = v
     else:
@@ -454,7 +459,7 @@ def _persistent(tree: dict, classes, init_kwargs, path: str) -> Reduce:
       '_init_args': (),
       '_init_kwargs': init_kwargs if init_kwargs is not None else easy_dict({}),
   }
-  meta = {'type': 'class', 'version': 6, 'module_src': MODULE_SRC, 'class_name': class_name,
+  meta = {'type': 'class', 'version': 6, 'module_src': module_src, 'class_name': class_name,
           'state': state}
   return Reduce(PERSISTENCE, (meta,))
 
@@ -466,12 +471,15 @@ def _easy(x):
 
 
 def nvlabs_snapshot(g: dict, d: dict, g_kwargs: dict, d_kwargs: dict,
-                    g_train: dict | None = None) -> dict:
+                    g_train: dict | None = None, module_src: str = MODULE_SRC) -> dict:
   """The dict an NVlabs `network-snapshot-*.pkl` holds (G, D, G_ema, augment_pipe, ...)."""
+  src = {'module_src': module_src}
   return {
-      'G': persistent_module(g if g_train is None else g_train, _NVLABS_CLASSES, _easy(g_kwargs)),
-      'D': persistent_module(d, _NVLABS_D_CLASSES, _easy(d_kwargs), extra_modules=('b4.mbstd',)),
-      'G_ema': persistent_module(g, _NVLABS_CLASSES, _easy(g_kwargs)),
+      'G': persistent_module(g if g_train is None else g_train, _NVLABS_CLASSES, _easy(g_kwargs),
+                             **src),
+      'D': persistent_module(d, _NVLABS_D_CLASSES, _easy(d_kwargs), extra_modules=('b4.mbstd',),
+                             **src),
+      'G_ema': persistent_module(g, _NVLABS_CLASSES, _easy(g_kwargs), **src),
       'augment_pipe': None,
       'training_set_kwargs': easy_dict({'class_name': 'training.dataset.ImageFolderDataset',
                                         'resolution': g_kwargs.get('img_resolution')}),
