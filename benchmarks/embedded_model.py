@@ -171,11 +171,13 @@ def main(argv=None) -> None:
              "metadata": model.metadata}
   if args.workdir:
     payload["curve_png"] = str(_plot_curve(pathlib.Path(args.workdir), out.with_name(
-        out.stem + "_curve.png")))
+        out.stem + "_curve.png"), model.metadata.get("kimg")))
   common.write_json(str(out), payload)
 
 
-def _plot_curve(workdir: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
+def _plot_curve(workdir: pathlib.Path, path: pathlib.Path,
+                snapshot_kimg: float | None = None) -> pathlib.Path:
+  """G and D losses of a training run; a line marks the evaluated snapshot."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -186,6 +188,8 @@ def _plot_curve(workdir: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
   fig, ax = plt.subplots(figsize=(6, 3.5))
   for key in ("g_loss", "d_loss"):
     ax.plot(kimg, [r[key] for r in records], label=key)
+  if snapshot_kimg is not None:
+    ax.axvline(snapshot_kimg, color="k", linestyle=":", label=f"this model ({snapshot_kimg:g})")
   ax.set_xlabel("kimg")
   ax.set_ylabel("loss")
   ax.legend()
