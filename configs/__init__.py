@@ -58,17 +58,20 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
         node = node[part]
     old = node[leaf]
     new = _parse(value)
-    if isinstance(old, float) and isinstance(new, int):
+    if isinstance(old, str) and not isinstance(new, str):  # e.g. a class label given as 1
+      new = value
+    if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
       new = float(new)
     if isinstance(old, tuple) and isinstance(new, list):
       new = tuple(new)
-    if isinstance(old, str) and isinstance(new, (int, float)):  # e.g. a class label given as 1
-      new = value
+    wrong_type = ValueError(f"--config.{key}={value}: the field is of type "
+                            f"{type(old).__name__} (now {old!r}); give a value of that type.")
+    if old is not None and isinstance(new, bool) != isinstance(old, bool):
+      raise wrong_type  # ml_collections would quietly turn True into 1.0, 1 into True
     try:
       node[leaf] = new
     except TypeError:  # ml_collections keeps each field's type
-      raise ValueError(f"--config.{key}={value}: the field is of type {type(old).__name__} "
-                       f"(default {old!r}); give a value of that type.") from None
+      raise wrong_type from None
 
 
 def load_config(name_or_path: str, overrides: Optional[Sequence[str]] = None

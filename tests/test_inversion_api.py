@@ -253,6 +253,14 @@ def test_config_and_weights_errors(model):
     api.Inverter(model, api.as_config('image2stylegan', ['--config.loss.perceptual=alex']))
   with pytest.raises(ValueError, match='no field'):
     api.as_config('projector', ['--config.optimizer.learning_rate=1'])
+  with pytest.raises(ValueError, match='no field'):
+    api.as_config('projector', ['--config.optimizer.lr.value=1'])  # lr is a leaf
+  # Types are kept; booleans never pass for numbers or the reverse (ml_collections would cast).
+  for bad in ('--config.optimizer.lr=True', '--config.steps=False', '--config.steps=1.5'):
+    with pytest.raises(ValueError, match='the field is of type'):
+      api.as_config('projector', [bad])
+  ok = api.as_config('projector', ['--config.optimizer.lr=1', '--config.label=3'])
+  assert ok.optimizer.lr == 1.0 and isinstance(ok.optimizer.lr, float) and ok.label == '3'
   with pytest.raises(ValueError, match='needs latents'):
     inv2 = api.Inverter(model, api.as_config('image2stylegan:w', ['--config.init=given']))
     inv2.initial_latents(jnp.zeros((1, 2), jnp.uint32))
