@@ -126,6 +126,23 @@ def test_kill_while_saving_a_batch_loses_nothing(killed_while_saving, folder_run
   assert not (r['out'] / '_work' / 'state.npz').exists()
 
 
+def test_resuming_with_other_settings_is_refused(tmp_path, model, image_dir):
+  def kill(info):
+    raise Interrupt()
+
+  with pytest.raises(Interrupt):
+    api.invert_folder(image_dir, model, folder_config(), tmp_path, batch_size=2, progress=False,
+                      callback=kill)
+  other = folder_config()
+  other.optimizer.lr = 0.02
+  for config, kwargs in [(other, {}), (folder_config(), {'batch_size': 3}),
+                         (folder_config(), {'init': tmp_path})]:
+    with pytest.raises(ValueError, match='another generator, config, batch size or --init.*'
+                                         'delete .*state.npz'):
+      api.invert_folder(image_dir, model, config, tmp_path, **{'batch_size': 2, **kwargs},
+                        progress=False)
+
+
 def test_folder_job_starts_from_given_latents(folder_runs, model, image_dir, tmp_path):
   full = folder_runs['base'] / 'full' / 'latents'
   config = folder_config()
