@@ -71,6 +71,7 @@ FIELDS_ADDED_OFF = {"lr_rampdown": 0.0, "ada_target": 0.0, "data.defect_labels":
                     "data.mvtec_root": "", "data.mvtec_category": "",
                     "data.mvtec_splits": "train,test", "data.mvtec_dihedral": "auto"}
 MASK_ON = 127  # uint8 mask channel: a defect pixel is above this
+MVTEC_DIHEDRAL = {"auto": None, "yes": True, "no": False}  # config -> mvtec.training_images
 TRANSITION_HEAD = "transition_out"  # in d_params: D's unconditional logit while transitioning
 
 
@@ -350,12 +351,12 @@ def training_set(config, resolution: int) -> np.ndarray:
     if not config.data.get("mvtec_category"):
       raise ValueError("--config.data.mvtec_root needs --config.data.mvtec_category (e.g. "
                        f"carpet; one of {', '.join(mvtec.CATEGORIES)}).")
-    dihedral = {"auto": None, "yes": True, "no": False}.get(config.data.mvtec_dihedral, "bad")
-    if dihedral == "bad":
-      raise ValueError("--config.data.mvtec_dihedral must be auto, yes or no, got "
-                       f"{config.data.mvtec_dihedral!r}.")
+    if config.data.mvtec_dihedral not in MVTEC_DIHEDRAL:
+      raise ValueError(f"--config.data.mvtec_dihedral must be one of {', '.join(MVTEC_DIHEDRAL)}"
+                       f", got {config.data.mvtec_dihedral!r}.")
     return mvtec.training_images(config.data.mvtec_root, config.data.mvtec_category,
-                                 resolution, config.data.mvtec_splits.split(","), dihedral)
+                                 resolution, config.data.mvtec_splits.split(","),
+                                 MVTEC_DIHEDRAL[config.data.mvtec_dihedral])
   return defects.defect_dataset(config.data.num_crops, size=resolution,
                                 defect_fraction=config.data.defect_fraction,
                                 seed=config.seed).images
