@@ -132,7 +132,13 @@ def _transition_head(d_config) -> networks.FullyConnectedLayer:
   return networks.FullyConnectedLayer(d_config.channels(4), 1, name=TRANSITION_HEAD)
 
 
-def init_state(config, g_config, d_config) -> TrainState:
+def _without_head(d_params: dict) -> dict:
+  """D's params as NVlabs' Discriminator has them (without `TRANSITION_HEAD`)."""
+  return {k: v for k, v in d_params.items() if k != TRANSITION_HEAD}
+
+
+def _init_networks(config, g_config, d_config) -> tuple[dict, dict]:
+  """Freshly initialised (G variables, D params), with D's transition head if the run has one."""
   g_key, d_key = jax.random.split(jax.random.PRNGKey(config.seed))
   g_vars = networks.init_generator(g_config, g_key)
   d_params = networks.init_discriminator(d_config, d_key)["params"]
@@ -140,7 +146,11 @@ def init_state(config, g_config, d_config) -> TrainState:
     head = _transition_head(d_config)
     d_params = {**d_params, TRANSITION_HEAD: head.init(
         jax.random.fold_in(d_key, 1), jnp.zeros((1, head.in_features)))["params"]}
-  return _fresh_state(config, g_vars, d_params)
+  return g_vars, d_params
+
+
+def init_state(config, g_config, d_config) -> TrainState:
+  return _fresh_state(config, *_init_networks(config, g_config, d_config))
 
 
 def _fresh_state(config, g_vars, d_params) -> TrainState:
@@ -181,18 +191,18 @@ def _widen_to_conditional(config, g_config, d_config, model: checkpoint.Model):
   class embedding (the z rows rescaled for the wider equalised-lr gain), D's old `out` layer
   becomes the unconditional `TRANSITION_HEAD`, and the class embedding, D's mapping and its
   projection `out` start fresh."""
-  fresh = init_state(config, g_config, d_config)
+  fresh_g, fresh_d = _init_networks(config, g_config, d_config)
   g_params = jax.tree_util.tree_map(jnp.asarray, model.g_vars["params"])
   fc0_old = g_params["mapping"]["fc0"]["weight"]
-  fc0_new = fresh.g_params["mapping"]["fc0"]["weight"]
+  fc0_new = fresh_g["params"]["mapping"]["fc0"]["weight"]
   gain_ratio = math.sqrt(fc0_new.shape[0] / fc0_old.shape[0])  # lr_mult / sqrt(in_features)
-  mapping = {**g_params["mapping"], "embed": fresh.g_params["mapping"]["embed"],
+  mapping = {**g_params["mapping"], "embed": fresh_g["params"]["mapping"]["embed"],
              "fc0": {**g_params["mapping"]["fc0"], "weight": jnp.concatenate(
                  [fc0_old * gain_ratio, fc0_new[fc0_old.shape[0]:]], axis=0)}}
   g_vars = {"params": {**g_params, "mapping": mapping}, "buffers": model.g_vars["buffers"]}
   old_d = model.d_vars["params"]
-  d_params = {**old_d, "mapping": fresh.d_params["mapping"],
-              "b4": {**old_d["b4"], "out": fresh.d_params["b4"]["out"]},
+  d_params = {**old_d, "mapping": fresh_d["mapping"],
+              "b4": {**old_d["b4"], "out": fresh_d["b4"]["out"]},
               TRANSITION_HEAD: old_d["b4"]["out"]}
   return g_vars, d_params
 
@@ -252,8 +262,8 @@ def make_steps(config, g_config, d_config, mesh: Mesh):
     transitional conditioning weighs in, else None)."""
     if head is None:
       return disc.apply({"params": d_params}, images, c), None
-    core = {k: v for k, v in d_params.items() if k != TRANSITION_HEAD}
-    feats = disc.apply({"params": core}, images, c, method=networks.Discriminator.features)
+    feats = disc.apply({"params": _without_head(d_params)}, images, c,
+                       method=networks.Discriminator.features)
     return head.apply({"params": d_params[TRANSITION_HEAD]}, feats["b4_fc"]), feats["logits"]
 
   def softplus_loss(scores, sign, c_scale):
@@ -562,6 +572,6 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
     log.warning("Step %d is %.0f%% through the run's transitional conditioning; the exported G "
                 "weighs the classes fully (NVlabs' conditional networks have no such weight).",
                 step, 100 * transition(config, step))
-  d_params = {k: v for k, v in state.d_params.items() if k != TRANSITION_HEAD}
-  model = checkpoint.Model(g_config, state.ema, d_config, {"params": d_params}, meta)
+  model = checkpoint.Model(g_config, state.ema, d_config,
+                           {"params": _without_head(state.d_params)}, meta)
   return checkpoint.save(out, model, overwrite=True)

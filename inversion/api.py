@@ -947,7 +947,8 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     if f.exists():
       load_latents(f, inv.generator_id)
       skipped.append(n)
-  todo = [i for i, n in enumerate(names) if n not in skipped]
+  done = set(skipped)
+  todo = [i for i, n in enumerate(names) if n not in done]
   if init is not None and not pathlib.Path(init).is_dir():
     raise FileNotFoundError(f'--init {init}: not a folder. It takes a folder of latents files '
                             "named like the images (e.g. another job's <out>/latents).")
@@ -1012,14 +1013,14 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     n = len(idx)
     result = _take(result, n)
     for i, name in enumerate(result.names):
-      if name in skipped:  # saved before a kill interrupted this batch's saving
+      if name in done:  # saved before a kill interrupted this batch's saving
         continue
       images_lib.save_image(str(out / 'reconstructions' / f'{name}.png'),
                             np.nan_to_num(result.reconstructions[i]))
       save_latents(lat_dir / f'{name}.npz', result, i, generator)
       if result.failed[i]:
         failed[name] = result.status(i)
-    inverted += [name for name in result.names if name not in skipped]
+    inverted += [name for name in result.names if name not in done]
     if work.exists():
       work.unlink()
   rows = _summarise(out, paths, names, inv, generator, align)
