@@ -261,14 +261,27 @@ def _descriptors(level, ys, xs, nhood):
   return desc.reshape(desc.shape[0], -1)
 
 
+def _sort_rows(x: jax.Array, on_host: bool | None = None) -> jax.Array:
+  """Sorts each row of a 2-D array. XLA:CPU's comparator sort ran 44x slower than NumPy's on
+  128 rows of 128k values (5.4 s against 0.12 s, 2 cores), and SWD is mostly sorting, so on
+  CPU (`on_host=None` decides by the backend) the sort is a host callback; the result is the
+  same either way."""
+  if on_host is None:
+    on_host = jax.default_backend() == 'cpu'
+  if not on_host:
+    return jnp.sort(x, axis=-1)
+  return jax.pure_callback(lambda v: np.sort(np.asarray(v), axis=-1),
+                           jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+
 def _sliced_wasserstein_1(a, b, key, dir_repeats, dirs_per_repeat):
   dists = []
   for k in jax.random.split(key, dir_repeats):
     dirs = jax.random.normal(k, (a.shape[1], dirs_per_repeat), jnp.float32)
     dirs = dirs / jnp.sqrt(jnp.sum(jnp.square(dirs), axis=0, keepdims=True))
-    pa = jnp.sort(jnp.matmul(a, dirs, precision=jax.lax.Precision.HIGHEST), axis=0)
-    pb = jnp.sort(jnp.matmul(b, dirs, precision=jax.lax.Precision.HIGHEST), axis=0)
-    dists.append(jnp.mean(jnp.abs(pa - pb)))
+    # [directions, descriptors]: each projection sorted along a contiguous row.
+    project = lambda d: _sort_rows(jnp.matmul(dirs.T, d.T, precision=jax.lax.Precision.HIGHEST))
+    dists.append(jnp.mean(jnp.abs(project(a) - project(b))))
   return jnp.mean(jnp.stack(dists))
 
 

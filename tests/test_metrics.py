@@ -1,5 +1,7 @@
 """Metrics against scikit-image and small independent NumPy/SciPy references."""
 
+import functools
+
 import numpy as np
 import pytest
 import scipy.ndimage
@@ -153,6 +155,15 @@ def test_swd_properties():
   # range convention does not matter: [0, 255] data gives the same numbers
   ab255 = swd((a + 1) * 127.5, (b + 1) * 127.5)
   np.testing.assert_allclose(ab255['SWDx1e3_avg'], ab['SWDx1e3_avg'], rtol=1e-3)
+
+
+def test_swd_host_sort_equals_xla_sort():
+  """On CPU SWD sorts its projections with NumPy in a host callback; it must agree exactly with
+  XLA's sort (which GPU and TPU use), ties and repeated values included."""
+  x = jnp.round(jax.random.normal(jax.random.PRNGKey(3), (4, 3000)) * 8) / 8
+  on_host = jax.jit(functools.partial(M._sort_rows, on_host=True))(x)
+  np.testing.assert_array_equal(on_host, M._sort_rows(x, on_host=False))
+  assert bool(jnp.all(jnp.diff(on_host, axis=-1) >= 0))
 
 
 def test_swd_input_checks():
