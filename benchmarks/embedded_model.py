@@ -74,7 +74,7 @@ def mask_shapes(masks: np.ndarray) -> dict | None:
 
 
 def _row(pair: str, a: np.ndarray, b: np.ndarray) -> dict:
-  """One table row: the SWD of image sets a and b; says when it is done (a sweep takes minutes)."""
+  """One table row: the SWD of image sets a and b, with the seconds it took."""
   from inversion import metrics
 
   start = time.perf_counter()
