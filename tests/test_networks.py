@@ -161,6 +161,27 @@ def test_noise_modes_and_explicit_noise():
                              rtol=1e-6)
 
 
+def test_random_noise_is_distinct_per_layer_and_image(monkeypatch):
+  """'random' draws its own map for every noise layer and every image (flaxmodels fed one map
+  to every layer): record each normal draw of a synthesis call and compare them."""
+  variables = networks.init_generator(TINY, jax.random.PRNGKey(0))
+  ws = mapping(TINY, variables, jnp.ones((2, 8)))
+  drawn, normal = [], jax.random.normal
+  def recording_normal(key, shape=(), dtype=float):
+    out = normal(key, shape, dtype)
+    if not isinstance(out, jax.core.Tracer):  # Flax checks param shapes with abstract inits
+      drawn.append(np.asarray(out))
+    return out
+  monkeypatch.setattr(jax.random, "normal", recording_normal)
+  with jax.disable_jit():  # concrete draws
+    networks.synthesis(TINY, variables, ws, "random", key=jax.random.PRNGKey(1))
+  assert [m.shape for m in drawn] == [(2, r, r) for r in TINY.noise_layers.values()]
+  flat = np.stack([m.reshape(2, -1)[:, :16] for m in drawn])  # every map has >= 16 pixels
+  per_image = flat.reshape(-1, 16)
+  correlation = np.corrcoef(per_image) - np.eye(len(per_image))
+  assert np.max(np.abs(correlation)) < 0.95, "two layers or two images got the same noise"
+
+
 def test_truncation_cutoff():
   variables = networks.init_generator(TINY, jax.random.PRNGKey(0))
   variables["buffers"]["mapping"]["w_avg"] = jnp.full((8,), 0.5)
