@@ -18,6 +18,7 @@ inversion engine's CPU schedule (`EngineSpec.micro_batch`).
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,26 @@ COLUMNS = ["resolution", "batch", "mode", "seconds", "images_per_s", "gflops", "
            "top_layer_conv_gflops", "of_top_layer_conv"]
 
 
+def ws_gradient(config: networks.GeneratorConfig, ws, variables):
+  """Gradient of sum(img^2) w.r.t. ws [B, num_ws, w_dim]: an inversion step's network work."""
+  return jax.grad(lambda ws: jnp.sum(networks.synthesis(config, variables, ws) ** 2))(ws)
+
+
+def one_by_one_gradient(config: networks.GeneratorConfig):
+  """`ws_gradient` one image at a time in a compiled loop, jitted: the inversion engine's CPU
+  schedule (EngineSpec.micro_batch), so each image's activations stay in cache; weight-only
+  work hoisted out of the loop and convolutions canonical, as the engine does
+  (`engine.hoist_invariants`)."""
+  @jax.jit
+  def looped(ws, variables):
+    prepare, apply = engine.hoist_invariants(
+        lambda w, _, v: ws_gradient(config, w[None], v)[0], ws[0], (), variables,
+        canonicalize=jax.default_backend() == "cpu")
+    prepared = prepare(())
+    return jax.lax.map(lambda w: apply(w, prepared), ws)
+  return looped
+
+
 def measure(resolution: int, batch: int, peak_gflops: float) -> list[dict]:
   config = common.config_f(resolution)
   variables = networks.init_generator(config, jax.random.PRNGKey(0))
@@ -39,19 +60,8 @@ def measure(resolution: int, batch: int, peak_gflops: float) -> list[dict]:
                                                              (batch, config.z_dim)))
   # The weights are arguments, not constants, as in the engine (XLA would fold weight-only work).
   forward = jax.jit(lambda ws, v: networks.synthesis(config, v, ws))
-  grad = lambda ws, v: jax.grad(lambda ws: jnp.sum(networks.synthesis(config, v, ws) ** 2))(ws)
-  backward = jax.jit(grad)
-
-  @jax.jit
-  def looped(ws, v):
-    """The inversion engine's CPU schedule (EngineSpec.micro_batch): one image at a time in a
-    loop, so each image's activations stay in cache; weight-only work hoisted out of the loop
-    and convolutions canonical, as the engine does (`engine.hoist_invariants`)."""
-    prepare, apply = engine.hoist_invariants(
-        lambda w, _, v: grad(w[None], v)[0], ws[0], (), v,
-        canonicalize=jax.default_backend() == "cpu")
-    prepared = prepare(())
-    return jax.lax.map(lambda w: apply(w, prepared), ws)
+  backward = jax.jit(functools.partial(ws_gradient, config))
+  looped = one_by_one_gradient(config)
   flops = common.synthesis_flops(config) * batch
   # The ceiling the layer shapes allow: a plain conv shaped like the top block's layers, where
   # most of the time goes at high resolution (few channels, many pixels).

@@ -43,16 +43,15 @@ from benchmarks import common
 from generators import checkpoint, networks
 from inversion import api, engine, vgg
 
-Z_DIM = W_DIM = 512
-CHANNEL_BASE, CHANNEL_MAX = 32768, 512
 VGG_SIZE = 256                     # the perceptual loss area-downsamples larger images to this
 VGG_LAYERS_USED = 9                # conv1_1 .. conv4_2, the deepest layer the loss reads
 
 
-def generator_config(resolution: int) -> networks.GeneratorConfig:
-  return networks.GeneratorConfig(z_dim=Z_DIM, w_dim=W_DIM, img_resolution=resolution,
-                                  img_channels=3, mapping_layers=8, channel_base=CHANNEL_BASE,
-                                  channel_max=CHANNEL_MAX)
+def random_model(resolution: int) -> checkpoint.Model:
+  """A config-F-shaped generator with NVlabs' random initialisation."""
+  cfg = common.config_f(resolution)
+  return checkpoint.Model(cfg, networks.init_generator(cfg, jax.random.PRNGKey(0)),
+                          metadata={'source': 'random config-F-shaped weights'})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,7 +70,7 @@ def vgg_forward_flops(resolution: int) -> float:
 
 
 def step_flops(resolution: int) -> dict:
-  g = common.synthesis_flops(generator_config(resolution))
+  g = common.synthesis_flops(common.config_f(resolution))
   v = vgg_forward_flops(resolution)
   return {'generator_fwd': g, 'vgg_fwd': v, 'per_image_step': 2 * g + 2 * v}
 
@@ -80,17 +79,12 @@ def step_flops(resolution: int) -> dict:
 # Timing.
 
 
-def bench(resolution: int, batch: int, chunk: int, iters: int, vgg_params, peak: float,
-          micro_batch: int = 0) -> dict:
-  """Times W+ inversion steps for one (resolution, batch); returns a result row."""
-  cfg = generator_config(resolution)
-  model = checkpoint.Model(cfg, networks.init_generator(cfg, jax.random.PRNGKey(0)),
-                           metadata={'source': 'random config-F-shaped weights'})
-  config = api.as_config('image2stylegan:wplus', [
-      f'--config.steps={chunk * (iters + 1)}', f'--config.chunk_size={chunk}',
-      '--config.loss.perceptual=vgg', '--config.loss.fallback=error',
-      '--config.metrics.lpips=off', f'--config.micro_batch={micro_batch}'])
-  inv = api.Inverter(model, config, term_params={'vgg': vgg_params})
+def time_engine(inv: api.Inverter, resolution: int, batch: int, iters: int
+                ) -> tuple[float, float, int]:
+  """Runs the engine's compiled chunk on `batch` random targets: once (compile + run), then
+  `iters` timed times. Returns (first chunk seconds, median seconds per step, images vectorised
+  per group)."""
+  chunk = inv.config.chunk_size
   rng = np.random.default_rng(batch)
   targets = rng.uniform(-1, 1, (batch, resolution, resolution, 3)).astype(np.float32)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(0), i))(jnp.arange(batch))
@@ -106,10 +100,22 @@ def bench(resolution: int, batch: int, chunk: int, iters: int, vgg_params, peak:
     state, _ = inv.engine.run_chunk(state, data)
     jax.block_until_ready(state)
     times.append(time.perf_counter() - t0)
-  s_step = statistics.median(times) / chunk
+  group = inv.engine.group_size(batch, engine.is_sharded(state))
+  return first, statistics.median(times) / chunk, group
+
+
+def bench(resolution: int, batch: int, chunk: int, iters: int, vgg_params, peak: float,
+          micro_batch: int = 0) -> dict:
+  """Times W+ inversion steps for one (resolution, batch); returns a result row."""
+  model = random_model(resolution)
+  config = api.as_config('image2stylegan:wplus', [
+      f'--config.steps={chunk * (iters + 1)}', f'--config.chunk_size={chunk}',
+      '--config.loss.perceptual=vgg', '--config.loss.fallback=error',
+      '--config.metrics.lpips=off', f'--config.micro_batch={micro_batch}'])
+  inv = api.Inverter(model, config, term_params={'vgg': vgg_params})
+  first, s_step, group = time_engine(inv, resolution, batch, iters)
   flops = step_flops(resolution)
   gflops = flops['per_image_step'] * batch / s_step / 1e9
-  group = inv.engine.group_size(batch, engine.is_sharded(state))
   return {'resolution': resolution, 'batch': batch, 'group': group, 'chunk': chunk, 'iters': iters,
           'first_chunk_s': first, 's_per_step': s_step, 'image_steps_per_s': batch / s_step,
           'gflop_per_image_step': flops['per_image_step'] / 1e9,
