@@ -51,7 +51,7 @@ COLUMNS = ["work", "resolution", "batch", "code", "seconds", "per_s", "gflops", 
            "speedup"]
 VGG16_CHANNELS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
                   512, 512, 512)
-VGG16_TAPS = (1, 4, 8, 12, 16)  # conv indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+VGG16_TAPS = (1, 3, 6, 9, 12)  # conv indices (0-based) of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 PROJECTOR_VGG_SIZE = 256        # projector.py area-downsamples larger images to this
 PROJECTOR_NOISE_REG = 1e5       # regularize_noise_weight
 PROJECTOR_LR = 0.1
@@ -225,9 +225,10 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--official-repo", required=True,
                       help="a clone of https://github.com/NVlabs/stylegan2-ada-pytorch")
-  parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024])
+  parser.add_argument("--sizes", type=int, nargs="*", default=[64, 256, 1024],
+                      help="synthesis rows at these resolutions (none: projector rows only)")
   parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
-  parser.add_argument("--projector-sizes", type=int, nargs="+", default=[256])
+  parser.add_argument("--projector-sizes", type=int, nargs="*", default=[256, 1024])
   parser.add_argument("--chunk", type=int, default=5, help="engine steps per timed chunk")
   parser.add_argument("--iters", type=int, default=2, help="timed engine chunks (median)")
   parser.add_argument("--out", default=None, help="JSON output path")
