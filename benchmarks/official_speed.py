@@ -143,7 +143,7 @@ def _official_projector_step(torch, g, target: np.ndarray):
     buf.requires_grad = True
   optimizer = torch.optim.Adam([w_opt] + noise_bufs, betas=(0.9, 0.999), lr=PROJECTOR_LR)
 
-  def step():
+  def step():  # projector.py's step; its w-noise and learning-rate schedules cost nothing here
     ws = (w_opt + torch.randn_like(w_opt) * 0.01).repeat([1, g.num_ws, 1])
     images = g.synthesis(ws, noise_mode="const")
     dist = (target_features - vgg(to_vgg(images))).square().sum()
