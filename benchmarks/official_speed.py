@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import functools
 import pathlib
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -83,17 +81,6 @@ def _official_generator(torch, official, resolution: int):
   return g.eval().requires_grad_(False)  # as projector.py uses it
 
 
-def _torch_time(fn, repeats: int = 3) -> float:
-  """Median seconds per call after one warm-up call."""
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def _stand_in_vgg16(torch):
   """VGG16's 13 convs with random weights, returning NVlabs vgg16.pt-style LPIPS features: the
   5 taps, each unit-normalised over channels and scaled by 1/sqrt(pixels), concatenated."""
@@ -123,7 +110,7 @@ def _stand_in_vgg16(torch):
 
 
 def _official_projector_step(torch, g, target: np.ndarray):
-  """One image's projector.py step as a closure (state kept inside), and its VGG stand-in."""
+  """One image's projector.py step as a closure (its state kept inside), on the VGG stand-in."""
   functional = torch.nn.functional
   vgg = _stand_in_vgg16(torch)
 
@@ -176,7 +163,7 @@ def synthesis_rows(torch, official, resolution: int, batch: int, peak: float) ->
   def official_step():
     ws = ws_torch.clone().requires_grad_(True)
     g.synthesis(ws, noise_mode="const").square().sum().backward()
-  official_s = _torch_time(official_step)
+  official_s = common.time_fn(official_step, repeats=3)
 
   variables = networks.init_generator(cfg, jax.random.PRNGKey(0))
   ws = jnp.asarray(ws_torch.numpy())
@@ -196,7 +183,7 @@ def projector_rows(torch, official, resolution: int, batches: list[int], chunk: 
   g = _official_generator(torch, official, resolution)
   target = np.random.default_rng(0).uniform(-1, 1, (1, resolution, resolution, 3)).astype(
       np.float32)
-  official_s = _torch_time(_official_projector_step(torch, g, target))
+  official_s = common.time_fn(_official_projector_step(torch, g, target), repeats=3)
   rows = [_row("projector step", resolution, 1, "official", official_s, None, None, official_s)]
   model = inversion_speed.random_model(resolution)
   for batch in batches:
