@@ -19,7 +19,9 @@ def get_config(arg=None):
   # Data: crops of the skimage texture photos, half of them with procedural defects.
   config.data = ml_collections.ConfigDict()
   config.data.resolution = RESOLUTION
-  config.data.num_crops = 20_000  # bank drawn once; flips/rotations are in the bank
+  # A bank of num_crops drawn once (flips/rotations are in the bank), or 0: fresh crops with
+  # freshly painted defects every step (D cannot memorise them; generators/train.py).
+  config.data.num_crops = 20_000
   config.data.defect_fraction = 0.5
   # Real data instead (generators/mvtec.py): an MVTec AD folder and category, e.g.
   # --config.data.mvtec_root=/data/mvtec_ad --config.data.mvtec_category=carpet; its train

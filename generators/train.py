@@ -353,6 +353,14 @@ def ema_beta(config, step: int) -> float:
   return 0.5 ** (config.batch_size / max(ema_nimg, 1e-8))
 
 
+def streams_crops(config) -> bool:
+  """`data.num_crops` = 0 on the skimage textures: fresh crops, with freshly painted defects,
+  every step instead of a bank drawn once. A trained D tells a fixed 20k bank from new crops
+  of the same photo regions (the model shipped before this option: mean logit +3.9 on its bank,
+  -1.1 on new crops), i.e. it memorises the bank; the photos hold ~10^6 distinct crops."""
+  return not config.data.get("mvtec_root") and config.data.num_crops == 0
+
+
 def training_set(config, resolution: int) -> np.ndarray:
   """uint8 [N, H, W, 4]: RGB + mask channel (0/255). The skimage texture crops with procedural
   defects (a pure function of the seed), or a real MVTec AD category when
@@ -367,9 +375,35 @@ def training_set(config, resolution: int) -> np.ndarray:
     return mvtec.training_images(config.data.mvtec_root, config.data.mvtec_category,
                                  resolution, config.data.mvtec_splits.split(","),
                                  MVTEC_DIHEDRAL[config.data.mvtec_dihedral])
-  return defects.defect_dataset(config.data.num_crops, size=resolution,
-                                defect_fraction=config.data.defect_fraction,
-                                seed=config.seed).images
+  return _defect_crops(config, config.data.num_crops, resolution, config.seed)
+
+
+def _defect_crops(config, num: int, resolution: int, seed) -> np.ndarray:
+  """uint8 [num, H, W, 4] skimage texture crops, `data.defect_fraction` of them with a defect."""
+  return defects.defect_dataset(num, size=resolution, defect_fraction=config.data.defect_fraction,
+                                seed=seed).images
+
+
+def real_batch(config, bank: np.ndarray | None, bank_labels: np.ndarray | None,
+               conditional: bool, resolution: int, rng: np.random.Generator):
+  """One step's reals, uint8 [B, H, W, 4], and for a conditional run their labels and two
+  draws of fakes' labels (G's and D's step), each [B, c_dim] (else None). Reals are rows of
+  `bank` (labels `bank_labels`), or fresh crops when it is None (`streams_crops`). Fakes'
+  labels are those of random training crops (NVlabs' gen_c); for fresh crops, shuffles of the
+  reals' labels, which hold the training set's number of defects (`_defect_crops` paints
+  exactly round(fraction x B))."""
+  if bank is None:
+    real = _defect_crops(config, config.batch_size, resolution, rng)
+    if not conditional:
+      return real, None, None, None
+    real_c = defect_labels(real)
+    return real, real_c, rng.permutation(real_c), rng.permutation(real_c)
+  index = rng.integers(0, len(bank), config.batch_size)
+  if not conditional:
+    return bank[index], None, None, None
+  return bank[index], *(bank_labels[i] for i in (
+      index, rng.integers(0, len(bank), config.batch_size),
+      rng.integers(0, len(bank), config.batch_size)))
 
 
 def _grid_png(images: np.ndarray, path: pathlib.Path) -> None:
@@ -477,12 +511,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
       {"defect_labels": bool(config.data.get("defect_labels"))})
   g_step, d_plain, d_r1 = _cached_steps(step_config.to_json(), g_config, d_config, tuple(devices))
 
-  bank = training_set(config, resolution)
-  labels = defect_labels(bank) if g_config.c_dim else None
+  bank = None if streams_crops(config) else training_set(config, resolution)
+  conditional = bool(g_config.c_dim)
+  bank_labels = defect_labels(bank) if conditional and bank is not None else None
   total_steps = int(round(config.total_kimg * 1000 / config.batch_size))
   grid_z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (GRID_SEEDS, g_config.z_dim))
   grid_c = None  # conditional: the grid's rows split evenly over the classes, in order
-  if labels is not None:
+  if conditional:
     grid_c = np.eye(len(CLASS_NAMES), dtype=np.float32)[
         np.arange(GRID_SEEDS) * len(CLASS_NAMES) // GRID_SEEDS]
   start = int(state.step)
@@ -494,13 +529,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   last_r1 = jnp.full((), jnp.nan)  # the latest R1 penalty (it runs every r1_interval steps)
   for step in range(start, total_steps):
     rng = np.random.default_rng([config.seed, step])
-    index = rng.integers(0, len(bank), config.batch_size)
-    real = jax.device_put(data.to_model_range(bank[index]), batch_sharding)
-    real_c = g_gen_c = d_gen_c = None
-    if labels is not None:  # fakes' labels: those of random training crops (NVlabs' gen_c)
-      real_c, g_gen_c, d_gen_c = (jax.device_put(labels[i], batch_sharding) for i in (
-          index, rng.integers(0, len(bank), config.batch_size),
-          rng.integers(0, len(bank), config.batch_size)))
+    real, *classes = real_batch(config, bank, bank_labels, conditional, resolution, rng)
+    real = jax.device_put(data.to_model_range(real), batch_sharding)
+    real_c, g_gen_c, d_gen_c = (c if c is None else jax.device_put(c, batch_sharding)
+                                for c in classes)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     g_key, d_key = jax.random.split(key)
     scale = lr_scale(config, step, total_steps)

@@ -117,7 +117,8 @@ def test_conditional_training_on_defect_labels(tmp_path):
   np.testing.assert_array_equal(train.defect_labels(crops.images)[:, 1], crops.kinds >= 0)
 
   config = configs.load_config("embedded:quick", ["--config.data.defect_labels=True",
-                                                  "--config.total_kimg=0.008"])
+                                                  "--config.total_kimg=0.008",
+                                                  "--config.data.num_crops=0"])  # streamed
   state = train.train(config, tmp_path / "run")
   assert int(state.step) == 2
   model = checkpoint.load(train.export(tmp_path / "run", tmp_path / "model"))
@@ -138,6 +139,29 @@ def test_conditional_training_on_defect_labels(tmp_path):
   with pytest.raises(SystemExit):  # no class for a conditional model: a usage error
     generators_cli.main(["sample", "--checkpoint", str(tmp_path / "model"), "--seeds", "0",
                          "--out", str(tmp_path / "t.png")])
+
+
+def test_streamed_crops_are_fresh_every_step_and_a_function_of_the_step():
+  """data.num_crops = 0: each step cuts new crops and paints new defects, reproducibly (exact
+  resume), with the configured defect share; fakes' labels hold as many defects as the reals."""
+  config = configs.load_config("embedded:quick", ["--config.data.num_crops=0",
+                                                  "--config.batch_size=16"])
+  assert train.streams_crops(config) and not train.streams_crops(configs.load_config("embedded:quick"))
+  step = lambda s, conditional=True: train.real_batch(config, None, None, conditional, 16,
+                                                      np.random.default_rng([config.seed, s]))
+  real, real_c, g_c, d_c = step(7)
+  again = step(7)
+  np.testing.assert_array_equal(real, again[0])
+  np.testing.assert_array_equal(g_c, again[2])
+  assert real.shape == (16, 16, 16, 4) and real.dtype == np.uint8
+  np.testing.assert_array_equal(real_c, train.defect_labels(real))
+  assert real_c[:, 1].sum() == g_c[:, 1].sum() == d_c[:, 1].sum() == 8  # defect_fraction 0.5
+  other = step(8, conditional=False)
+  assert other[1:] == (None, None, None)
+  assert not any((other[0] == r).all() for r in real)  # no crop of step 7 comes back
+  bank = train.training_set(configs.load_config("embedded:quick"), 16)  # the fixed bank instead
+  rows = train.real_batch(config, bank, None, False, 16, np.random.default_rng(0))[0]
+  assert all(any((row == b).all() for b in bank) for row in rows)
 
 
 def test_transitional_conditioning_starts_from_an_unconditional_model(tmp_path, caplog):
