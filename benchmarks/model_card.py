@@ -99,7 +99,7 @@ defect-mask channel (-1 = no defect, +1 = defect). Trained by `generators/train.
 ## Data
 Random 64x64 crops (with flips and 90-degree rotations) of the training regions of three CC0
 texture photographs bundled in scikit-image (`brick`, `grass`, `gravel`; grayscale, R = G = B),
-{cfg['data']['num_crops']} crops drawn once from seed {cfg['seed']};
+{_crops(cfg)};
 {cfg['data']['defect_fraction']:.0%} of them carry one procedural defect (scratch, crack, hole or
 stain, `generators/defects.py`) whose binary mask is the 4th channel. The right-most quarter of
 every photo is held out: training never sees it; evaluation and `examples/` come from it.
@@ -195,6 +195,15 @@ def _reproduce(meta: dict, model: str = "default") -> str:
   commands += [f"python -m benchmarks.embedded_model --workdir {workdir} "
                f"--out {paths['evaluation']}", paths["card"]]
   return "\n".join(commands)
+
+
+def _crops(train_config: dict) -> str:
+  """How the training crops were drawn: a bank once, or fresh every step (`data.num_crops` 0)."""
+  data = train_config["data"]
+  if data["num_crops"]:
+    return f"{data['num_crops']} crops drawn once from seed {train_config['seed']}"
+  return (f"fresh crops with freshly painted defects every step (seed {train_config['seed']}, "
+          "`data.num_crops` = 0), so that D cannot memorise a fixed set")
 
 
 def _ada(train_config: dict) -> str:
