@@ -6,7 +6,10 @@
 Rows (RGB channels, 1k images each unless --num says otherwise):
   real vs real      random held-out crops vs random training crops: the floor to aim for;
   G_ema vs held-out the shipped model (truncation off, random noise);
-  untrained G       the same architecture at its random initialisation.
+  untrained G       the same architecture at its random initialisation;
+  real, blurred     the training crops under a Gaussian blur of 0.5 and 1 px: a scale for the
+                    numbers (SWD weighs fine detail: a 1 px blur of real photos scores 51,
+                    about three times real vs real).
 The held-out crops are clean photos, so a model that leaves out defects scores better there;
 the "with defects" rows paint the training set's share of defects on the held-out (and, for
 the floor, the training) crops with the training recipe, which is what G learns to draw. A
@@ -33,6 +36,7 @@ from benchmarks import common
 from generators import checkpoint, data, defects, networks, train
 
 SWD_KEY = 7
+BLUR_SIGMAS = (0.5, 1.0)  # px, the Gaussian blurs of the "real, blurred" reference rows
 
 
 def _samples(model: checkpoint.Model, variables, num: int, seed: int,
@@ -98,6 +102,13 @@ def _real(crops: np.ndarray, defect_fraction: float = 0.0, seed: int = 0) -> np.
   return data.to_model_range(crops)
 
 
+def _blurred(images: np.ndarray, sigma: float) -> np.ndarray:
+  """[N, H, W, C] images under a Gaussian blur of `sigma` pixels (each image and channel)."""
+  from scipy import ndimage
+
+  return ndimage.gaussian_filter(images, sigma=(0, sigma, sigma, 0))
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--checkpoint", default=None, help="default: the embedded model")
@@ -141,7 +152,9 @@ def main(argv=None) -> None:
     untrained = _samples(model, untrained_vars, args.num, seed=3, labels=labels)
     rows = [_row("real (train) vs held-out", training, heldout),
             _row("real (train) vs held-out, both with defects", training_mix, heldout_mix),
-            *rows, _row("untrained G vs held-out", untrained, heldout)]
+            *rows, _row("untrained G vs held-out", untrained, heldout),
+            *(_row(f"real (train) blurred {sigma:g} px vs held-out", _blurred(training, sigma),
+                   heldout) for sigma in BLUR_SIGMAS)]
   columns = ["pair"] + [k for k in rows[0] if k != "pair"]
   print(f"device: {common.device_description()}; {args.num} images per set, SWD x1e3")
   common.print_table(rows, columns)
