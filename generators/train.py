@@ -28,8 +28,8 @@ at transition 0 the widened networks compute exactly what it did.
 optimiser states, as NVlabs' `--resume=network.pkl` does (G and G_ema both start from G_ema).
 
 Resuming is exact: the state (params, EMA, optimiser moments, step) is an orbax checkpoint, the
-crop bank is a pure function of the seed, and every step's randomness is derived from
-(seed, step).
+crop bank is a pure function of the seed, and every step's randomness (streamed crops
+included) is derived from (seed, step).
 
     python -m generators train --config embedded --workdir runs/embedded
     python -m generators export --workdir runs/embedded --out generators/embedded/model
@@ -356,9 +356,10 @@ def ema_beta(config, step: int) -> float:
 def streams_crops(config) -> bool:
   """`data.num_crops` = 0 on the skimage textures: fresh crops, with freshly painted defects,
   every step instead of a bank drawn once (the photos hold ~10^6 distinct crops), so that D
-  cannot memorise a fixed set. The shipped model's D does not (mean logit +3.9 on 500 crops of
-  its 20k bank, +4.2 on 500 new crops painted the same way); what it scores is defects (-1.1
-  on new clean crops), which its G draws too few of."""
+  cannot memorise a fixed set. The default since the fresh-crops model shipped (the same
+  quality in two thirds of the training of the bank-trained model before it; README). That
+  model's D had not memorised its 20k bank (mean logit +3.9 on 500 of its crops, +4.2 on 500
+  new crops painted alike); what it scored was defects (-1.1 on new clean crops)."""
   return not config.data.get("mvtec_root") and config.data.num_crops == 0
 
 
