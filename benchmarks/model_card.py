@@ -203,7 +203,7 @@ def _crops(train_config: dict) -> str:
   if data["num_crops"]:
     return f"{data['num_crops']} crops drawn once from seed {train_config['seed']}"
   return (f"fresh crops with freshly painted defects every step (seed {train_config['seed']}, "
-          "`data.num_crops` = 0), so that D cannot memorise a fixed set")
+          "`data.num_crops` = 0)")
 
 
 def _ada(train_config: dict) -> str:
