@@ -355,8 +355,8 @@ def ema_beta(config, step: int) -> float:
 
 def streams_crops(config) -> bool:
   """`data.num_crops` = 0 on the skimage textures: fresh crops, with freshly painted defects,
-  every step instead of a bank drawn once (the photos hold ~10^6 distinct crops), so that D
-  cannot memorise a fixed set. The default since the fresh-crops model shipped (the same
+  every step instead of a bank drawn once (the photos hold ~10^6 distinct crops). The
+  default since the fresh-crops model shipped (the same
   quality in two thirds of the training of the bank-trained model before it; README). That
   model's D had not memorised its 20k bank (mean logit +3.9 on 500 of its crops, +4.2 on 500
   new crops painted alike); what it scored was defects (-1.1 on new clean crops)."""
