@@ -90,9 +90,11 @@ def _row(pair: str, a: np.ndarray, b: np.ndarray) -> dict:
   return row
 
 
-def _crops(num: int, size: int, region: str, seed: int) -> np.ndarray:
-  """uint8 [num, size, size, 3] random crops of a region."""
-  return data.cut(data.sample_coords(num, size, seed=seed, region=region), size)
+def _crops(num: int, size: int, region: str, seed: int, rotations: str) -> np.ndarray:
+  """uint8 [num, size, size, 3] random crops of a region, rotated as the model's training
+  crops were (`data.rotations`)."""
+  return data.cut(data.sample_coords(num, size, seed=seed, region=region, rotations=rotations),
+                  size)
 
 
 def _real(crops: np.ndarray, defect_fraction: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -123,16 +125,18 @@ def main(argv=None) -> None:
 
   model = checkpoint.load(args.checkpoint)
   size = model.resolution
-  fraction = model.metadata.get("train_config", {}).get("data", {}).get(
-      "defect_fraction", defects.DEFECT_FRACTION)
-  bank = defects.defect_dataset(2000, size=size, defect_fraction=fraction, seed=0).images
+  data_config = model.metadata.get("train_config", {}).get("data", {})
+  fraction = data_config.get("defect_fraction", defects.DEFECT_FRACTION)
+  rotations = data_config.get("rotations", train.FIELDS_ADDED_OFF["data.rotations"])
+  bank = defects.defect_dataset(2000, size=size, defect_fraction=fraction, seed=0,
+                                rotations=rotations).images
   labels = None
   if model.g_config.c_dim:  # the classes of random training crops, as training draws them
     if model.class_names != list(train.CLASS_NAMES):
       raise SystemExit(f"This benchmark knows the embedded model's classes {train.CLASS_NAMES}; "
                        f"{args.checkpoint} has {model.class_names}.")
     labels = train.defect_labels(bank)[np.random.default_rng(4).integers(0, len(bank), args.num)]
-  heldout_crops = _crops(args.num, size, "heldout", seed=1)
+  heldout_crops = _crops(args.num, size, "heldout", seed=1, rotations=rotations)
   heldout = _real(heldout_crops)
   heldout_mix = _real(heldout_crops, fraction, seed=1)
   fakes = _samples(model, model.g_vars, args.num, seed=3, labels=labels)
@@ -145,7 +149,7 @@ def main(argv=None) -> None:
     rows.append(_row(f"G_ema [{name}] vs held-out, defect fraction {index}", fakes_class,
                      _real(heldout_crops, float(index), seed=1)))
   if not args.no_baselines:
-    training_crops = _crops(args.num, size, "train", seed=2)
+    training_crops = _crops(args.num, size, "train", seed=2, rotations=rotations)
     training = _real(training_crops)
     training_mix = _real(training_crops, fraction, seed=2)
     untrained_vars = networks.init_generator(model.g_config, jax.random.PRNGKey(0))

@@ -17,7 +17,7 @@ import pathlib
 import shutil
 
 import configs
-from generators import checkpoint, convert, train
+from generators import augment, checkpoint, convert, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ defect-mask channel (-1 = no defect, +1 = defect). Trained by `generators/train.
 ![samples](samples.png)
 
 ## Data
-Random 64x64 crops (with flips and 90-degree rotations) of the training regions of three CC0
+Random 64x64 crops (with {_rotations(cfg)}) of the training regions of three CC0
 texture photographs bundled in scikit-image (`brick`, `grass`, `gravel`; grayscale, R = G = B),
 {_crops(cfg)};
 {cfg['data']['defect_fraction']:.0%} of them carry one procedural defect (scratch, crack, hole or
@@ -206,10 +206,18 @@ def _crops(train_config: dict) -> str:
           "`data.num_crops` = 0)")
 
 
+def _rotations(train_config: dict) -> str:
+  rotations = train_config["data"].get("rotations", train.FIELDS_ADDED_OFF["data.rotations"])
+  return {"quarter": "flips and 90-degree rotations",
+          "half": "flips and 180-degree rotations: brick courses stay horizontal",
+          "none": "left-right flips"}[rotations]
+
+
 def _ada(train_config: dict) -> str:
   if not train_config.get("ada_target"):
     return "without ADA"
-  return (f"with ADA (x-flip, 90-degree rotation, integer translation, brightness, contrast; "
+  ops = train_config.get("ada_ops", ",".join(augment.OPS)).replace(",", ", ")
+  return (f"with ADA ({ops}; "
           f"p steered to r_t = {train_config['ada_target']:g}, at most 1 per "
           f"{train_config['ada_kimg']:g} kimg; `generators/augment.py`)")
 

@@ -11,12 +11,16 @@ on reals (the mean sign of its real logits, `r_t`, is above `target`) and falls 
 The subset used here suits textures on a pixel grid: x-flip, 90-degree rotation and integer
 translation (with wrap-around; the mask channel moves with the image) and brightness and
 contrast (colour channels only). NVlabs' 'bgc' pipeline adds arbitrary rotation, scaling,
-anisotropy and hue/saturation, which need the filtered geometric warp.
+anisotropy and hue/saturation, which need the filtered geometric warp. `ops` picks a subset
+(NVlabs' names): data that already comes in every flip, rotation and shift, as texture crops
+do, gains nothing from the geometric ones, and they let G collapse to one orientation that D
+sees rotated (a fine-tune of the embedded model drew every brick course horizontal).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +29,15 @@ TRANSLATE_MAX = 0.125  # of the image size, as NVlabs' xint_max
 BRIGHTNESS_STD = 0.2   # added to the colour channels, in the [-1, 1] image range
 CONTRAST_STD = 0.5     # log2 of the contrast factor
 COLOR_CHANNELS = 3     # the rest (a defect-mask channel) only moves with the geometry
+OPS = ("xflip", "rotate90", "xint", "brightness", "contrast")  # in the order they are applied
 
 
-def _augment_one(image: jax.Array, key: jax.Array, p: jax.Array) -> jax.Array:
-  """One [H, W, C] image, each augmentation applied with probability p."""
+def _augment_one(image: jax.Array, key: jax.Array, p: jax.Array, enabled: jax.Array
+                 ) -> jax.Array:
+  """One [H, W, C] image; each augmentation `enabled` (bool [len(OPS)]) applies with
+  probability p."""
   keys = jax.random.split(key, 6)
-  apply = jax.random.uniform(keys[0], (5,)) < p
+  apply = (jax.random.uniform(keys[0], (len(OPS),)) < p) & enabled
   size = image.shape[0]
 
   flipped = jnp.where(apply[0], image[:, ::-1], image)
@@ -50,12 +57,26 @@ def _augment_one(image: jax.Array, key: jax.Array, p: jax.Array) -> jax.Array:
   return jnp.concatenate([color, rest], axis=-1)
 
 
-def augment(images: jax.Array, key: jax.Array, p: jax.Array | float) -> jax.Array:
-  """[B, H, W, C] images in [-1, 1], each augmented independently with probability `p`."""
+def parse_ops(ops: str | Sequence[str]) -> tuple[str, ...]:
+  """Augmentation names from a comma-separated string (a config field) or a sequence."""
+  names = tuple(n.strip() for n in (ops.split(",") if isinstance(ops, str) else ops) if n.strip())
+  unknown = [n for n in names if n not in OPS]
+  if unknown or not names:
+    raise ValueError(f"Unknown or no ADA augmentations {unknown or list(names)}: pick from "
+                     f"{', '.join(OPS)} (comma-separated).")
+  return names
+
+
+def augment(images: jax.Array, key: jax.Array, p: jax.Array | float,
+            ops: str | Sequence[str] = OPS) -> jax.Array:
+  """[B, H, W, C] images in [-1, 1], each augmented independently with probability `p` by
+  each augmentation named in `ops`."""
   if images.shape[1] != images.shape[2]:
     raise ValueError(f"augment needs square images (90-degree rotations), got {images.shape}.")
+  enabled = jnp.asarray([name in parse_ops(ops) for name in OPS])
   keys = jax.random.split(key, images.shape[0])
-  return jax.vmap(_augment_one, in_axes=(0, 0, None))(images, keys, jnp.asarray(p, images.dtype))
+  return jax.vmap(_augment_one, in_axes=(0, 0, None, None))(
+      images, keys, jnp.asarray(p, images.dtype), enabled)
 
 
 def adjust_p(p: jax.Array, real_logits: jax.Array, target: float, images_per_unit: float

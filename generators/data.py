@@ -56,6 +56,9 @@ HELDOUT_FRACTION = 0.25
 CROP_SIZE = 64
 # The 8 dihedral transforms: op = 4 * flip + k, i.e. optional left-right flip, then rot90 by k.
 NUM_OPS = 8
+# Rotations a crop may get, in quarter turns: "half" keeps a photo's horizontal and vertical
+# axes where they were (brick courses stay horizontal), "none" keeps its orientation.
+QUARTER_TURNS = {"quarter": (0, 1, 2, 3), "half": (0, 2), "none": (0,)}
 # Crops are cut in chunks of this many to bound temporary memory (crop_bank, defect_dataset).
 CHUNK = 4096
 
@@ -116,11 +119,13 @@ def dihedral(crops: np.ndarray, op: int) -> np.ndarray:
 
 def sample_coords(n: int, size: int = CROP_SIZE, seed: int | np.random.Generator = 0,
                   sources: Sequence[str] = SOURCES, flips: bool = True,
-                  rotations: bool = True, region: str = "train") -> CropCoords:
+                  rotations: str = "quarter", region: str = "train") -> CropCoords:
   """Random crop positions inside the training regions (see ``crop_bank``), or inside the
   held-out strips with ``region='heldout'`` (overlapping crops, for distribution metrics)."""
   if region not in ("train", "heldout"):
     raise ValueError(f"region must be 'train' or 'heldout', got {region!r}")
+  if rotations not in QUARTER_TURNS:
+    raise ValueError(f"rotations must be one of {', '.join(QUARTER_TURNS)}, got {rotations!r}")
   rng = np.random.default_rng(seed)
   source = rng.integers(len(sources), size=n)
   y = np.empty(n, np.int64)
@@ -132,7 +137,8 @@ def sample_coords(n: int, size: int = CROP_SIZE, seed: int | np.random.Generator
     sel = source == i
     y[sel] = rng.integers(box.y0, box.y1 - size + 1, size=sel.sum())
     x[sel] = rng.integers(box.x0, box.x1 - size + 1, size=sel.sum())
-  op = rng.integers(4, size=n) if rotations else np.zeros(n, np.int64)
+  op = np.asarray(QUARTER_TURNS[rotations], np.int64)[
+      rng.integers(len(QUARTER_TURNS[rotations]), size=n)]
   if flips:
     op = op + 4 * rng.integers(2, size=n)
   return CropCoords(source, y, x, op)
@@ -158,7 +164,7 @@ def cut(coords: CropCoords, size: int = CROP_SIZE, sources: Sequence[str] = SOUR
 
 
 def crop_bank(n: int, size: int = CROP_SIZE, seed: int | np.random.Generator = 0,
-              sources: Sequence[str] = SOURCES, flips: bool = True, rotations: bool = True,
+              sources: Sequence[str] = SOURCES, flips: bool = True, rotations: str = "quarter",
               channels: int = 3, return_coords: bool = False):
   """Random training crops with random flips and 90-degree rotations.
 
@@ -173,7 +179,8 @@ def crop_bank(n: int, size: int = CROP_SIZE, seed: int | np.random.Generator = 0
     seed: an int or a ``numpy.random.Generator`` (consumed) for positions and transforms.
     sources: names of the source photos (subset of ``SOURCES``).
     flips: random left-right flips (with ``rotations`` gives all 8 dihedral transforms).
-    rotations: random rotations by multiples of 90 degrees.
+    rotations: random rotations by multiples of 90 degrees ("quarter"), of 180 ("half"), or
+      none ("none"); see ``QUARTER_TURNS``.
     channels: 3 (R = G = B, the model's format) or 1 (grey, a third of the memory).
     return_coords: also return the ``CropCoords`` the crops were cut at.
 

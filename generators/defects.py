@@ -336,7 +336,8 @@ def with_defects(crops: np.ndarray, defect_fraction: float = DEFECT_FRACTION,
 
 def defect_dataset(n: int, size: int = data.CROP_SIZE, defect_fraction: float = DEFECT_FRACTION,
                    kinds: Sequence[str] = KINDS, kind_probs: Sequence[float] | None = None,
-                   seed: int | np.random.Generator = 0) -> DefectDataset:
+                   seed: int | np.random.Generator = 0, rotations: str = "quarter"
+                   ) -> DefectDataset:
   """Training set of the 4-channel (image + mask) generator.
 
   Crops come from ``data.crop_bank`` (training regions only, random flips/rotations); exactly
@@ -351,12 +352,13 @@ def defect_dataset(n: int, size: int = data.CROP_SIZE, defect_fraction: float = 
     kinds: defect kinds to draw from (subset of ``KINDS``).
     kind_probs: relative weights of ``kinds``; None = the ``KIND_PROBS`` entries.
     seed: an int or a ``numpy.random.Generator`` (consumed).
+    rotations: the crops' rotations (``data.QUARTER_TURNS``).
 
   Returns:
     ``DefectDataset(images uint8 [n, size, size, 4], kinds int8 [n])``: RGB + mask (0/255).
   """
   rng = np.random.default_rng(seed)
-  coords = data.sample_coords(n, size, rng)
+  coords = data.sample_coords(n, size, rng, rotations=rotations)
   labels = _draw_kinds(n, defect_fraction, kinds, kind_probs, rng)
   images = np.empty((n, size, size, 4), np.uint8)
   for start in range(0, n, data.CHUNK):  # bounded temporaries

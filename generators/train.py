@@ -64,12 +64,15 @@ ADAM_EPS = 1e-8
 GRID_SEEDS = 16  # images in the periodic sample grid (4 x 4)
 INIT_FROM_FILE = "init_from.json"  # in a workdir: metadata of the model a fine-tuning run began at
 CLASS_NAMES = ("clean", "defect")  # one-hot label order with data.defect_labels
-# Config fields added after runs were started, with the value that means "off": a run whose
-# saved config lacks one ran without it (resume and the model card read it so).
-FIELDS_ADDED_OFF = {"lr_rampdown": 0.0, "ada_target": 0.0, "data.defect_labels": False,
+# Config fields added after runs were started, with the value that means "off" (for ada_ops:
+# all five, as before it existed): a run whose saved config lacks one ran without it (resume
+# and the model card read it so).
+FIELDS_ADDED_OFF = {"lr_rampdown": 0.0, "ada_target": 0.0, "ada_ops": ",".join(augment.OPS),
+                    "data.defect_labels": False,
                     "transition_start_kimg": 0.0, "transition_end_kimg": 0.0,
                     "data.mvtec_root": "", "data.mvtec_category": "",
-                    "data.mvtec_splits": "train,test", "data.mvtec_dihedral": "auto"}
+                    "data.mvtec_splits": "train,test", "data.mvtec_dihedral": "auto",
+                    "data.rotations": "quarter"}
 MASK_ON = 127  # uint8 mask channel: a defect pixel is above this
 MVTEC_DIHEDRAL = {"auto": None, "yes": True, "no": False}  # config -> mvtec.training_images
 TRANSITION_HEAD = "transition_out"  # in d_params: D's unconditional logit while transitioning
@@ -251,9 +254,10 @@ def make_steps(config, g_config, d_config, mesh: Mesh):
   ada_target = config.get("ada_target") or 0.0
   if ada_target:
     images_per_unit = augment.ada_images_per_unit(config.ada_kimg)
+    ada_ops = augment.parse_ops(config.get("ada_ops", augment.OPS))
 
   def seen_by_d(images, key, p):  # D's view: ADA-augmented when ADA is on
-    return augment.augment(images, key, p) if ada_target else images
+    return augment.augment(images, key, p, ada_ops) if ada_target else images
 
   head = _transition_head(d_config) if transitional(config) else None
 
@@ -383,6 +387,7 @@ def training_set(config, resolution: int) -> np.ndarray:
 def _defect_crops(config, num: int, resolution: int, seed) -> np.ndarray:
   """uint8 [num, H, W, 4] skimage texture crops, `data.defect_fraction` of them with a defect."""
   return defects.defect_dataset(num, size=resolution, defect_fraction=config.data.defect_fraction,
+                                rotations=config.data.rotations,
                                 seed=seed).images
 
 

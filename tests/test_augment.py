@@ -34,6 +34,23 @@ def test_p_one_moves_pixels_and_mask_together_and_changes_colour(images):
   assert not np.allclose(out[0] - images[0], out[1] - images[1])
 
 
+def test_colour_ops_alone_keep_every_pixel_in_place(images):
+  out = np.asarray(augment.augment(images, jax.random.PRNGKey(1), 1.0, "brightness,contrast"))
+  np.testing.assert_array_equal(out[..., 3], images[..., 3])  # no flip, rotation or shift
+  # Each image's colour is an affine map of its own pixels: brightness and contrast only.
+  for before, after in zip(np.asarray(images[..., :3]), out[..., :3]):
+    slope, offset = np.polyfit(before.ravel(), after.ravel(), 1)
+    np.testing.assert_allclose(after, slope * before + offset, atol=1e-5)
+    assert not np.isclose(slope, 1.0) or not np.isclose(offset, 0.0)
+  # Shifts alone move pixels without changing any value: each image keeps its sorted values.
+  shifted = np.asarray(augment.augment(images, jax.random.PRNGKey(1), 1.0, ["xint"]))
+  np.testing.assert_array_equal(np.sort(shifted.reshape(8, -1, 4), 1),
+                                np.sort(np.asarray(images).reshape(8, -1, 4), 1))
+  assert not np.array_equal(shifted, images)
+  with pytest.raises(ValueError, match="rotate90"):
+    augment.parse_ops("xflip,rotate")
+
+
 def test_gradients_flow_through_the_augmentations(images):
   weights = jax.random.normal(jax.random.PRNGKey(2), images.shape)
   grad = jax.jit(jax.grad(lambda x: jnp.sum(augment.augment(x, jax.random.PRNGKey(3), 1.0)

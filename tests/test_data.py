@@ -45,8 +45,12 @@ def test_crops_come_from_their_coordinates_with_the_dihedral_transform():
     op = coords.op[i]
     expected = np.rot90(window[:, ::-1] if op >= 4 else window, op % 4)
     np.testing.assert_array_equal(crops[i, ..., :1], expected)
-  _, plain = data.crop_bank(50, seed=1, flips=False, rotations=False, return_coords=True)
+  _, plain = data.crop_bank(50, seed=1, flips=False, rotations="none", return_coords=True)
   assert (plain.op == 0).all()
+  _, upright = data.crop_bank(200, seed=1, rotations="half", return_coords=True)
+  assert set(np.unique(upright.op)) == {0, 2, 4, 6}  # flips and half turns: axes stay put
+  with pytest.raises(ValueError, match="quarter, half, none"):
+    data.sample_coords(4, rotations="90")
 
 
 def test_training_crops_never_touch_the_heldout_strip():
