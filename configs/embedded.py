@@ -26,7 +26,9 @@ def get_config(arg=None):
   config.data.num_crops = 0
   config.data.defect_fraction = 0.5
   # Rotations of the crops (generators/data.py QUARTER_TURNS), each also left-right flipped at
-  # random: "quarter" (all 8 flips/rotations), "half" (brick courses stay horizontal), "none".
+  # random: "quarter" (all 8 flips/rotations), "half" (brick courses stay vertical, as in the
+  # photo), "none". "half" scored 43.9 at 112 kimg against its own held-out crops (real vs real
+  # 20.2; "quarter": 41.1 against 17.6), with larger defect masks; see README.
   config.data.rotations = "quarter"
   # Real data instead (generators/mvtec.py): an MVTec AD folder and category, e.g.
   # --config.data.mvtec_root=/data/mvtec_ad --config.data.mvtec_category=carpet; its train

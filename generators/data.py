@@ -57,7 +57,7 @@ CROP_SIZE = 64
 # The 8 dihedral transforms: op = 4 * flip + k, i.e. optional left-right flip, then rot90 by k.
 NUM_OPS = 8
 # Rotations a crop may get, in quarter turns: "half" keeps a photo's horizontal and vertical
-# axes where they were (brick courses stay horizontal), "none" keeps its orientation.
+# axes where they were (brick courses stay vertical, as in the photo), "none" keeps its orientation.
 QUARTER_TURNS = {"quarter": (0, 1, 2, 3), "half": (0, 2), "none": (0,)}
 # Crops are cut in chunks of this many to bound temporary memory (crop_bank, defect_dataset).
 CHUNK = 4096
