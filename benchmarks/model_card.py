@@ -209,7 +209,7 @@ def _crops(train_config: dict) -> str:
 def _rotations(train_config: dict) -> str:
   rotations = train_config["data"].get("rotations", train.FIELDS_ADDED_OFF["data.rotations"])
   return {"quarter": "flips and 90-degree rotations",
-          "half": "flips and 180-degree rotations: brick courses stay horizontal",
+          "half": "flips and 180-degree rotations: brick courses keep the photo's axis",
           "none": "left-right flips"}[rotations]
 
 
