@@ -124,6 +124,7 @@ Sliced Wasserstein distance (x1e3, ProGAN's Laplacian-pyramid patches, RGB chann
 
 Defect-mask pixels: {evaluation['mask_fraction_generated']:.4f} of generated pixels vs
 {evaluation['mask_fraction_training']:.4f} in the training set.{_defect_images(evaluation)}
+{_inversion(evaluation)}
 
 SWD (x1e3) of G_ema vs held-out crops along training:
 
@@ -234,6 +235,16 @@ def _conditioning(train_config: dict) -> str:
              f"their weight rose from 0 to 1 between {train_config['transition_start_kimg']:g} and "
              f"{train_config['transition_end_kimg']:g} kimg of this run.")
   return text
+
+
+def _inversion(evaluation: dict) -> str:
+  """How well the model redraws real crops (`benchmarks.embedded_model --invert`), if measured."""
+  inv = evaluation.get("inversion")
+  if not inv:
+    return ""
+  return (f"\nW+ inversion of {inv['images']} held-out crops (the demo's Image2StyleGAN preset, "
+          f"{inv['steps']} steps): MSE {inv['mse']:.4f}, PSNR {inv['psnr']:.2f} dB, SSIM "
+          f"{inv['ssim']:.3f} (SWD does not measure how well the model redraws real images).\n")
 
 
 def _defect_images(evaluation: dict) -> str:

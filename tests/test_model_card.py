@@ -90,3 +90,12 @@ def test_mask_shapes_tell_one_defect_from_speckle():
       "mask_shapes": {"generated": {"pieces_median": 9.5, "largest_piece_px_median": 7.0},
                       "training": {"pieces_median": 1.0, "largest_piece_px_median": 90.0}}})
   assert "9.5 separate pieces (median), the largest 7 px; a painted one 1 piece(s), 90 px" in card
+
+
+def test_card_reports_the_inversion_only_where_it_was_measured():
+  measured = {"inversion": {"space": "wplus", "images": 16, "steps": 600, "mse": 0.02578,
+                            "psnr": 23.931, "ssim": 0.61146}}
+  line = model_card._inversion(measured)
+  assert "16 held-out crops" in line and "600 steps" in line
+  assert "MSE 0.0258, PSNR 23.93 dB, SSIM 0.611" in line
+  assert model_card._inversion({}) == ""  # evaluations without --invert
