@@ -1,6 +1,7 @@
 """Write generators/embedded/MODEL_CARD.md from an evaluation JSON (benchmarks.embedded_model).
 
-    python -m benchmarks.embedded_model --workdir runs/embedded --out out/bench/embedded_model.json
+    python -m benchmarks.embedded_model --workdir runs/embedded --invert 16 \
+        --out out/bench/embedded_model.json
     python -m benchmarks.model_card out/bench/embedded_model.json [EARLIER_EVAL.json ...] \
         [--model conditional]
 
@@ -20,6 +21,7 @@ import configs
 from generators import augment, checkpoint, convert, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+INVERTED_CROPS = 16  # held-out crops the card's evaluation inverts (`embedded_model --invert`)
 
 
 def main(argv=None) -> None:
@@ -194,7 +196,7 @@ def _reproduce(meta: dict, model: str = "default") -> str:
                 export + f"{paths['run']} --out {paths['shipped']}"]
   workdir = paths["finetune"] if start else paths["run"]
   commands += [f"python -m benchmarks.embedded_model --workdir {workdir} "
-               f"--out {paths['evaluation']}", paths["card"]]
+               f"--invert {INVERTED_CROPS} --out {paths['evaluation']}", paths["card"]]
   return "\n".join(commands)
 
 
