@@ -17,7 +17,7 @@ conditional model also gets one row per class against held-out crops of that cla
 (--no-baselines keeps only the G_ema row: for a sweep over training snapshots.)
 --invert N also inverts N held-out crops in W+ with the demo's preset and reports their mean
 MSE, PSNR and SSIM: how well the model redraws real images, which SWD does not see (a run with
-the same SWD as the shipped model redrew them 3 dB worse). Its grid and metrics go to
+the same SWD as the shipped model redrew them 2.7 dB worse). Its grid and metrics go to
 <out>_inversion/.
 Also reports the mask channel: the fraction of generated pixels marked as defect and of images
 with any defect pixel, beside the training set's. A conditional model (`data.defect_labels`)
