@@ -112,16 +112,11 @@ def _inversion(model: checkpoint.Model, crops: np.ndarray, out_dir: pathlib.Path
                steps: int | None = None) -> dict:
   """Mean MSE, PSNR and SSIM of the demo's W+ inversion of `crops` (uint8 [N, H, W, 3]), which
   are written to out_dir/targets/ as PNGs (lossless) so the demo reads them as it reads files."""
-  from PIL import Image
+  from inversion import api, images
 
-  from inversion import api
-
-  targets = out_dir / "targets"
-  targets.mkdir(parents=True, exist_ok=True)
-  files = []
-  for index, crop in enumerate(crops):
-    files.append(str(targets / f"heldout_{index:03d}.png"))
-    Image.fromarray(crop).save(files[-1])
+  files = [str(out_dir / "targets" / f"heldout_{index:03d}.png") for index in range(len(crops))]
+  for file, crop in zip(files, crops):
+    images.save_image(file, crop)
   space, steps = "wplus", steps or api.DEMO_STEPS
   result = api.demo(out_dir, model, steps=steps, examples=files, spaces=(space,))
   means = {name: float(np.mean(values))
