@@ -19,6 +19,10 @@ conditional model also gets one row per class against held-out crops of that cla
 MSE, PSNR and SSIM: how well the model redraws real images, which SWD does not see (a run with
 the same SWD as the shipped model redrew them 2.7 dB worse). Its grid and metrics go to
 <out>_inversion/.
+Photo coverage: the share of samples that look like each of the three photos (a texture
+classifier, `benchmarks.photo_coverage`, whose accuracy on held-out crops is reported with it)
+and an SWD per photo beside its real-vs-real floor; a model can drop most of one photo at the
+same average SWD. Its grid, <out>_photos.png, shows held-out crops over samples, per photo.
 Also reports the mask channel: the fraction of generated pixels marked as defect and of images
 with any defect pixel, beside the training set's. A conditional model (`data.defect_labels`)
 samples with the classes of random training crops (as in training), and the defect share is
@@ -36,11 +40,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, photo_coverage
 from generators import checkpoint, data, defects, networks, train
 
 SWD_KEY = 7
 BLUR_SIGMAS = (0.5, 1.0)  # px, the Gaussian blurs of the "real, blurred" reference rows
+MIN_PHOTO_SWD_IMAGES = 16  # a photo with fewer samples gets its share but no SWD
+GRID_COLUMNS = 8  # images per row of the per-photo grid
 
 
 def _samples(model: checkpoint.Model, variables, num: int, seed: int,
@@ -94,11 +100,12 @@ def _row(pair: str, a: np.ndarray, b: np.ndarray) -> dict:
   return row
 
 
-def _crops(num: int, size: int, region: str, seed: int, rotations: str) -> np.ndarray:
+def _crops(num: int, size: int, region: str, seed: int,
+           rotations: str) -> tuple[np.ndarray, np.ndarray]:
   """uint8 [num, size, size, 3] random crops of a region, rotated as the model's training
-  crops were (`data.rotations`)."""
-  return data.cut(data.sample_coords(num, size, seed=seed, region=region, rotations=rotations),
-                  size)
+  crops were (`data.rotations`), and the index of each one's photo in `data.SOURCES` [num]."""
+  coords = data.sample_coords(num, size, seed=seed, region=region, rotations=rotations)
+  return data.cut(coords, size), coords.source
 
 
 def _real(crops: np.ndarray, defect_fraction: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -124,6 +131,44 @@ def _inversion(model: checkpoint.Model, crops: np.ndarray, out_dir: pathlib.Path
   print(f"W+ inversion of {len(files)} held-out crops ({steps} steps): "
         + ", ".join(f"{name} {value:.4g}" for name, value in means.items()))
   return {"space": space, "images": len(files), "steps": steps, **means}
+
+
+def _photo_coverage(fakes: np.ndarray, training: np.ndarray, training_photos: np.ndarray,
+                    heldout: np.ndarray, heldout_photos: np.ndarray, grid_png: pathlib.Path
+                    ) -> dict:
+  """How evenly the samples cover the three photos (`benchmarks.photo_coverage`).
+
+  A classifier fitted to the training crops (with defects, as G draws them) labels the samples;
+  its accuracy on the held-out crops says how far to trust the labels. For each photo: the
+  share of samples it got (the data has a third each) and the SWD of those samples against
+  held-out crops of that photo, beside the same SWD of training crops of that photo (the floor).
+  Each pair of sets has the size of the smallest of the three, so both rows of a photo are
+  comparable with each other (not with the 1k-image rows: SWD grows as sets shrink). The grid
+  shows, per photo, a row of held-out crops above a row of samples labelled with it.
+  """
+  classifier = photo_coverage.fit(training, training_photos, len(data.SOURCES))
+  accuracy = float(np.mean(photo_coverage.predict(classifier, heldout) == heldout_photos))
+  labelled = photo_coverage.predict(classifier, fakes)
+  print(f"photo classifier: {accuracy:.1%} of held-out crops labelled right", flush=True)
+  photos, grid = {}, []
+  for index, name in enumerate(data.SOURCES):
+    mine = fakes[labelled == index][..., :3]
+    sets = (mine, training[training_photos == index][..., :3],
+            heldout[heldout_photos == index][..., :3])
+    num = min(len(s) for s in sets)
+    entry = {"share": len(mine) / len(fakes), "images": num}
+    if num >= MIN_PHOTO_SWD_IMAGES:
+      for key, (pair, images) in {"G_ema": (f"G_ema [{name}]", mine),
+                                  "floor": (f"real (train) [{name}]", sets[1])}.items():
+        row = _row(f"{pair} vs held-out [{name}]", images[:num], sets[2][:num])
+        entry[key] = {k: v for k, v in row.items() if k != "pair"}
+    photos[name] = entry
+    blank = -np.ones((GRID_COLUMNS,) + fakes.shape[1:3] + (3,), np.float32)
+    grid += [sets[2][:GRID_COLUMNS], np.concatenate([mine[:GRID_COLUMNS], blank])[:GRID_COLUMNS]]
+  train._grid_png(np.concatenate(grid), grid_png, columns=GRID_COLUMNS)
+  print("share of samples per photo (the data: 1/3 each): "
+        + ", ".join(f"{name} {p['share']:.1%}" for name, p in photos.items()))
+  return {"classifier_accuracy": accuracy, "photos": photos, "grid_png": str(grid_png)}
 
 
 def _blurred(images: np.ndarray, sigma: float) -> np.ndarray:
@@ -161,9 +206,12 @@ def main(argv=None) -> None:
       raise SystemExit(f"This benchmark knows the embedded model's classes {train.CLASS_NAMES}; "
                        f"{args.checkpoint} has {model.class_names}.")
     labels = train.defect_labels(bank)[np.random.default_rng(4).integers(0, len(bank), args.num)]
-  heldout_crops = _crops(args.num, size, "heldout", seed=1, rotations=rotations)
+  heldout_crops, heldout_photos = _crops(args.num, size, "heldout", seed=1, rotations=rotations)
   heldout = _real(heldout_crops)
   heldout_mix = _real(heldout_crops, fraction, seed=1)
+  training_crops, training_photos = _crops(args.num, size, "train", seed=2, rotations=rotations)
+  training = _real(training_crops)
+  training_mix = _real(training_crops, fraction, seed=2)
   fakes = _samples(model, model.g_vars, args.num, seed=3, labels=labels)
   rows = [_row("G_ema vs held-out", fakes, heldout),
           _row("G_ema vs held-out with defects", fakes, heldout_mix)]
@@ -174,9 +222,6 @@ def main(argv=None) -> None:
     rows.append(_row(f"G_ema [{name}] vs held-out, defect fraction {index}", fakes_class,
                      _real(heldout_crops, float(index), seed=1)))
   if not args.no_baselines:
-    training_crops = _crops(args.num, size, "train", seed=2, rotations=rotations)
-    training = _real(training_crops)
-    training_mix = _real(training_crops, fraction, seed=2)
     untrained_vars = networks.init_generator(model.g_config, jax.random.PRNGKey(0))
     untrained = _samples(model, untrained_vars, args.num, seed=3, labels=labels)
     rows = [_row("real (train) vs held-out", training, heldout),
@@ -205,11 +250,14 @@ def main(argv=None) -> None:
     shapes["generated"] = mask_shapes(fakes[..., 3] > 0)
   print(f"defect masks (images with a defect): {shapes}")
   train._grid_png(fakes[:64], out.with_suffix(".png"))
+  coverage = _photo_coverage(fakes, training_mix, training_photos, heldout_mix, heldout_photos,
+                             out.with_name(out.stem + "_photos.png"))
   payload = {"device": common.device_description(), "num": args.num, "rows": rows,
              "mask_fraction_generated": mask_fraction,
              "mask_fraction_training": train_mask_fraction,
              "defect_images_generated": defect_images, "defect_images_training": train_defect_images,
              "defect_images_per_class": per_class, "mask_shapes": shapes,
+             "photo_coverage": coverage,
              "metadata": model.metadata}
   if args.invert:
     payload["inversion"] = _inversion(model, heldout_crops[:args.invert],

@@ -6,7 +6,7 @@
         [--model conditional]
 
 Earlier evaluations (of checkpoints along the way) add rows to the card's SWD-over-training table.
-The card, samples.png and training_curve.png go to the shipped model's directory
+The card, samples.png, photos.png and training_curve.png go to the shipped model's directory
 (`checkpoint.embedded_dir(--model)`).
 """
 
@@ -21,6 +21,7 @@ import configs
 from generators import augment, checkpoint, convert, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+PHOTOS_PNG = "photos.png"  # the per-photo grid of the evaluation, in the model's directory
 INVERTED_CROPS = 16  # held-out crops the card's evaluation inverts (`embedded_model --invert`)
 
 
@@ -48,6 +49,8 @@ def main(argv=None) -> None:
   if curve_png:
     shutil.copy(curve_png, model_dir / "training_curve.png")
     curve = "\n![G and D losses over the last training run](training_curve.png)\n"
+  if evaluation.get("photo_coverage"):
+    shutil.copy(evaluation["photo_coverage"]["grid_png"], model_dir / PHOTOS_PNG)
   progress = "\n".join(
       f"| {_kimg_label(e['metadata'])} | "
       + " | ".join(f"{v:.1f}" for v in _swd_values(e, "G_ema")) + " |"
@@ -126,7 +129,7 @@ Sliced Wasserstein distance (x1e3, ProGAN's Laplacian-pyramid patches, RGB chann
 
 Defect-mask pixels: {evaluation['mask_fraction_generated']:.4f} of generated pixels vs
 {evaluation['mask_fraction_training']:.4f} in the training set.{_defect_images(evaluation)}
-{_inversion(evaluation)}
+{_inversion(evaluation)}{_photo_coverage(evaluation)}
 
 SWD (x1e3) of G_ema vs held-out crops along training:
 
@@ -247,6 +250,33 @@ def _inversion(evaluation: dict) -> str:
   return (f"\nW+ inversion of {inv['images']} held-out crops (the demo's Image2StyleGAN preset, "
           f"{inv['steps']} steps): MSE {inv['mse']:.4f}, PSNR {inv['psnr']:.2f} dB, SSIM "
           f"{inv['ssim']:.3f} (SWD does not measure how well the model redraws real images).\n")
+
+
+def _photo_coverage(evaluation: dict) -> str:
+  """Share of samples per photo and per-photo SWD (`embedded_model._photo_coverage`), if
+  measured."""
+  coverage = evaluation.get("photo_coverage")
+  if not coverage:
+    return ""
+  rows = "\n".join(
+      f"| {name} | {photo['share']:.1%} | {photo['images']} | "
+      + " | ".join(f"{photo[key]['SWDx1e3_avg']:.1f}" if key in photo else "-"
+                   for key in ("G_ema", "floor")) + " |"
+      for name, photo in coverage["photos"].items())
+  return f"""
+Photo coverage: a texture classifier (`benchmarks/photo_coverage.py`; it names the photo of
+{coverage['classifier_accuracy']:.1%} of held-out crops right) labels the samples by photo; the
+data has a third of each. Per photo, the SWD (x1e3, avg) of the samples it labelled against
+held-out crops of that photo, beside training crops of that photo against the same (the floor),
+on sets of the size given (SWD grows as sets shrink, so compare within a row). The grid shows
+each photo's held-out crops above samples labelled with it.
+
+| photo | share of samples | images per set | G_ema vs held-out | real (train) vs held-out |
+|---|---|---|---|---|
+{rows}
+
+![per photo: held-out crops, then samples labelled with it]({PHOTOS_PNG})
+"""
 
 
 def _defect_images(evaluation: dict) -> str:

@@ -413,19 +413,22 @@ def real_batch(config, bank: np.ndarray | None, bank_labels: np.ndarray | None,
       rng.integers(0, len(bank), config.batch_size)))
 
 
-def _grid_png(images: np.ndarray, path: pathlib.Path) -> None:
-  """Save [N, H, W, C] images in [-1, 1] as a square grid; a mask channel goes to a 2nd grid."""
+def _grid_png(images: np.ndarray, path: pathlib.Path, columns: int | None = None) -> None:
+  """Save [N, H, W, C] images in [-1, 1] as a grid, row-major, square unless `columns` is
+  given; a mask channel goes to a 2nd grid."""
   n, h, w, c = images.shape
-  side = int(math.ceil(math.sqrt(n)))
+  columns = columns or int(math.ceil(math.sqrt(n)))
+  rows = int(math.ceil(n / columns))
   rgb = data.to_uint8(images[..., :3] if c >= 3 else np.repeat(images[..., :1], 3, -1))
   tiles = [rgb]
   if c == 4:
     tiles.append(np.repeat(data.to_uint8(images[..., 3:]), 3, -1))
   canvases = []
   for t in tiles:
-    canvas = np.zeros((side * h, side * w, 3), np.uint8)
+    canvas = np.zeros((rows * h, columns * w, 3), np.uint8)
     for i in range(n):
-      canvas[(i // side) * h:(i // side + 1) * h, (i % side) * w:(i % side + 1) * w] = t[i]
+      canvas[(i // columns) * h:(i // columns + 1) * h,
+             (i % columns) * w:(i % columns + 1) * w] = t[i]
     canvases.append(canvas)
   Image.fromarray(np.concatenate(canvases, axis=1)).save(path)
 

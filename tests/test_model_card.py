@@ -99,3 +99,15 @@ def test_card_reports_the_inversion_only_where_it_was_measured():
   assert "16 held-out crops" in line and "600 steps" in line
   assert "MSE 0.0258, PSNR 23.93 dB, SSIM 0.611" in line
   assert model_card._inversion({}) == ""  # evaluations without --invert
+
+
+def test_card_reports_photo_coverage_only_where_it_was_measured():
+  swd = lambda avg: {"SWDx1e3_64": avg, "SWDx1e3_32": avg, "SWDx1e3_16": avg, "SWDx1e3_avg": avg}
+  measured = {"photo_coverage": {"classifier_accuracy": 0.993, "photos": {
+      "brick": {"share": 0.279, "images": 279, "G_ema": swd(93.43), "floor": swd(38.31)},
+      "grass": {"share": 0.004, "images": 4}}}}  # too few samples for an SWD
+  text = model_card._photo_coverage(measured)
+  assert "99.3% of held-out crops" in text
+  assert "| brick | 27.9% | 279 | 93.4 | 38.3 |" in text
+  assert "| grass | 0.4% | 4 | - | - |" in text
+  assert model_card._photo_coverage({}) == ""  # evaluations from before it existed
