@@ -20,9 +20,9 @@ MSE, PSNR and SSIM: how well the model redraws real images, which SWD does not s
 the same SWD as the shipped model redrew them 2.7 dB worse). Its grid and metrics go to
 <out>_inversion/.
 Photo coverage: the share of samples that look like each of the three photos (a texture
-classifier, `benchmarks.photo_coverage`, whose accuracy on held-out crops is reported with it)
-and an SWD per photo beside its real-vs-real floor; a model can drop most of one photo at the
-same average SWD. Its grid, <out>_photos.png, shows held-out crops over samples, per photo.
+classifier, `benchmarks.photo_coverage`, whose accuracy on held-out crops is reported with it,
+beside the share of samples that look like none of them) and an SWD per photo beside its
+real-vs-real floor; a model can drop most of one photo at the same average SWD. Its grid, <out>_photos.png, shows held-out crops over samples, per photo.
 Also reports the mask channel: the fraction of generated pixels marked as defect and of images
 with any defect pixel, beside the training set's. A conditional model (`data.defect_labels`)
 samples with the classes of random training crops (as in training), and the defect share is
@@ -47,6 +47,9 @@ SWD_KEY = 7
 BLUR_SIGMAS = (0.5, 1.0)  # px, the Gaussian blurs of the "real, blurred" reference rows
 MIN_PHOTO_SWD_IMAGES = 16  # a photo with fewer samples gets its share but no SWD
 GRID_COLUMNS = 8  # images per row of the per-photo grid
+# A sample is unlike any photo when it is farther from every photo's mean (texture features)
+# than this percentile of held-out crops are from theirs.
+UNLIKE_ANY_PERCENTILE = 99.0
 
 
 def _samples(model: checkpoint.Model, variables, num: int, seed: int,
@@ -139,7 +142,9 @@ def _photo_coverage(fakes: np.ndarray, training: np.ndarray, training_photos: np
   """How evenly the samples cover the three photos (`benchmarks.photo_coverage`).
 
   A classifier fitted to the training crops (with defects, as G draws them) labels the samples;
-  its accuracy on the held-out crops says how far to trust the labels. For each photo: the
+  its accuracy on the held-out crops says how far to trust the labels, and the fraction of
+  samples unlike any photo (`UNLIKE_ANY_PERCENTILE`) how far the samples are in its domain at
+  all: each sample still counts for its nearest photo. For each photo: the
   share of samples it got (the data has a third each) and the SWD of those samples against
   held-out crops of that photo, beside the same SWD of training crops of that photo (the floor).
   Each pair of sets has the size of the smallest of the three, so both rows of a photo are
@@ -147,16 +152,21 @@ def _photo_coverage(fakes: np.ndarray, training: np.ndarray, training_photos: np
   shows, per photo, a row of held-out crops above a row of samples labelled with it.
   """
   classifier = photo_coverage.fit(training, training_photos, len(data.SOURCES))
-  accuracy = float(np.mean(photo_coverage.predict(classifier, heldout) == heldout_photos))
-  labelled = photo_coverage.predict(classifier, fakes)
-  print(f"photo classifier: {accuracy:.1%} of held-out crops labelled right", flush=True)
+  heldout_distances = photo_coverage.distances(classifier, heldout)
+  accuracy = float(np.mean(heldout_distances.argmin(1) == heldout_photos))
+  limit = np.percentile(heldout_distances.min(1), UNLIKE_ANY_PERCENTILE)
+  fake_distances = photo_coverage.distances(classifier, fakes)
+  labelled, unlike = fake_distances.argmin(1), fake_distances.min(1) > limit
+  print(f"photo classifier: {accuracy:.1%} of held-out crops labelled right; samples unlike any "
+        f"photo: {unlike.mean():.1%}", flush=True)
   photos, grid = {}, []
   for index, name in enumerate(data.SOURCES):
     mine = fakes[labelled == index][..., :3]
     sets = (mine, training[training_photos == index][..., :3],
             heldout[heldout_photos == index][..., :3])
     num = min(len(s) for s in sets)
-    entry = {"share": len(mine) / len(fakes), "images": num}
+    entry = {"share": len(mine) / len(fakes), "images": num,
+             "unlike_any": float(unlike[labelled == index].mean()) if len(mine) else None}
     if num >= MIN_PHOTO_SWD_IMAGES:
       for key, (pair, images) in {"G_ema": (f"G_ema [{name}]", mine),
                                   "floor": (f"real (train) [{name}]", sets[1])}.items():
@@ -168,7 +178,8 @@ def _photo_coverage(fakes: np.ndarray, training: np.ndarray, training_photos: np
   train._grid_png(np.concatenate(grid), grid_png, columns=GRID_COLUMNS)
   print("share of samples per photo (the data: 1/3 each): "
         + ", ".join(f"{name} {p['share']:.1%}" for name, p in photos.items()))
-  return {"classifier_accuracy": accuracy, "photos": photos, "grid_png": str(grid_png)}
+  return {"classifier_accuracy": accuracy, "unlike_any_photo": float(unlike.mean()),
+          "photos": photos, "grid_png": str(grid_png)}
 
 
 def _blurred(images: np.ndarray, sigma: float) -> np.ndarray:

@@ -259,24 +259,31 @@ def _photo_coverage(evaluation: dict) -> str:
   if not coverage:
     return ""
   rows = "\n".join(
-      f"| {name} | {photo['share']:.1%} | {photo['images']} | "
+      f"| {name} | {photo['share']:.1%} | {_percent(photo.get('unlike_any'))} | "
+      f"{photo['images']} | "
       + " | ".join(f"{photo[key]['SWDx1e3_avg']:.1f}" if key in photo else "-"
                    for key in ("G_ema", "floor")) + " |"
       for name, photo in coverage["photos"].items())
   return f"""
 Photo coverage: a texture classifier (`benchmarks/photo_coverage.py`; it names the photo of
-{coverage['classifier_accuracy']:.1%} of held-out crops right) labels the samples by photo; the
-data has a third of each. Per photo, the SWD (x1e3, avg) of the samples it labelled against
+{coverage['classifier_accuracy']:.1%} of held-out crops right) labels each sample with the photo it
+looks most like; the data has a third of each. {_percent(coverage.get('unlike_any_photo'))} of
+the samples look like none of them (farther from every photo than 99% of held-out crops).
+Per photo, the SWD (x1e3, avg) of the samples it labelled against
 held-out crops of that photo, beside training crops of that photo against the same (the floor),
 on sets of the size given (SWD grows as sets shrink, so compare within a row). The grid shows
 each photo's held-out crops above samples labelled with it.
 
-| photo | share of samples | images per set | G_ema vs held-out | real (train) vs held-out |
-|---|---|---|---|---|
+| photo | share of samples | of those, unlike any photo | images per set | G_ema vs held-out | real (train) vs held-out |
+|---|---|---|---|---|---|
 {rows}
 
 ![per photo: held-out crops, then samples labelled with it]({PHOTOS_PNG})
 """
+
+
+def _percent(fraction: float | None) -> str:
+  return "-" if fraction is None else f"{fraction:.1%}"
 
 
 def _defect_images(evaluation: dict) -> str:

@@ -103,11 +103,16 @@ def test_card_reports_the_inversion_only_where_it_was_measured():
 
 def test_card_reports_photo_coverage_only_where_it_was_measured():
   swd = lambda avg: {"SWDx1e3_64": avg, "SWDx1e3_32": avg, "SWDx1e3_16": avg, "SWDx1e3_avg": avg}
-  measured = {"photo_coverage": {"classifier_accuracy": 0.993, "photos": {
-      "brick": {"share": 0.279, "images": 279, "G_ema": swd(93.43), "floor": swd(38.31)},
-      "grass": {"share": 0.004, "images": 4}}}}  # too few samples for an SWD
+  measured = {"photo_coverage": {"classifier_accuracy": 0.993, "unlike_any_photo": 0.2934,
+                                 "photos": {
+      "brick": {"share": 0.279, "images": 279, "unlike_any": 0.215, "G_ema": swd(93.43),
+                "floor": swd(38.31)},
+      "grass": {"share": 0.004, "images": 4, "unlike_any": 0.5},  # too few for an SWD
+      "gravel": {"share": 0.0, "images": 0, "unlike_any": None}}}}
   text = model_card._photo_coverage(measured)
   assert "99.3% of held-out crops" in text
-  assert "| brick | 27.9% | 279 | 93.4 | 38.3 |" in text
-  assert "| grass | 0.4% | 4 | - | - |" in text
+  assert "29.3% of\nthe samples look like none of them" in text
+  assert "| brick | 27.9% | 21.5% | 279 | 93.4 | 38.3 |" in text
+  assert "| grass | 0.4% | 50.0% | 4 | - | - |" in text
+  assert "| gravel | 0.0% | - | 0 | - | - |" in text
   assert model_card._photo_coverage({}) == ""  # evaluations from before it existed

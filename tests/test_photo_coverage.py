@@ -39,6 +39,16 @@ def test_features_ignore_flips_and_quarter_turns():
                                features, rtol=1e-9, atol=1e-9)
 
 
+def test_noise_is_unlike_any_photo(classifier_and_heldout, tmp_path):
+  """Samples that look like none of the photos still get a nearest one, but are counted."""
+  _, (training, training_photos), (heldout, heldout_photos) = classifier_and_heldout
+  noise = np.random.default_rng(0).uniform(-1, 1, (60, SIZE, SIZE, 4)).astype(np.float32)
+  report = embedded_model._photo_coverage(noise, training, training_photos, heldout,
+                                          heldout_photos, tmp_path / "photos.png")
+  assert report["unlike_any_photo"] == 1.0
+  assert sum(p["share"] for p in report["photos"].values()) == pytest.approx(1.0)
+
+
 def test_fit_refuses_a_photo_without_crops():
   crops = np.zeros((4, SIZE, SIZE, 3), np.float32)
   with pytest.raises(ValueError, match="at least 2 training crops"):
@@ -61,6 +71,7 @@ def test_coverage_report_shows_a_dropped_photo(classifier_and_heldout, tmp_path)
     # real crops score near the floor; the shipped model scores 2.4-3.2 times it
     assert photo["G_ema"]["SWDx1e3_avg"] < 1.4 * photo["floor"]["SWDx1e3_avg"]
   assert report["classifier_accuracy"] >= 0.97
+  assert report["unlike_any_photo"] <= 0.05  # real crops are in the classifier's domain
   rows = 2 * len(data.SOURCES)  # per photo: held-out crops, then its samples
   assert Image.open(tmp_path / "photos.png").size == (
       embedded_model.GRID_COLUMNS * SIZE, rows * SIZE)
