@@ -119,9 +119,10 @@ def _real(crops: np.ndarray, defect_fraction: float = 0.0, seed: int = 0) -> np.
 
 
 def _inversion(model: checkpoint.Model, crops: np.ndarray, out_dir: pathlib.Path,
-               steps: int | None = None) -> dict:
+               photos: np.ndarray, steps: int | None = None) -> dict:
   """Mean MSE, PSNR and SSIM of the demo's W+ inversion of `crops` (uint8 [N, H, W, 3]), which
-  are written to out_dir/targets/ as PNGs (lossless) so the demo reads them as it reads files."""
+  are written to out_dir/targets/ as PNGs (lossless) so the demo reads them as it reads files;
+  also per photo (`photos` [N]: index into `data.SOURCES`), as the photos redraw differently."""
   from inversion import api, images
 
   files = [str(out_dir / "targets" / f"heldout_{index:03d}.png") for index in range(len(crops))]
@@ -129,11 +130,16 @@ def _inversion(model: checkpoint.Model, crops: np.ndarray, out_dir: pathlib.Path
     images.save_image(file, crop)
   space, steps = "wplus", steps or api.DEMO_STEPS
   result = api.demo(out_dir, model, steps=steps, examples=files, spaces=(space,))
-  means = {name: float(np.mean(values))
-           for name, values in result["results"][space].metrics.items()}
+  metrics = {name: np.asarray(values) for name, values in result["results"][space].metrics.items()}
+  means = {name: float(np.mean(values)) for name, values in metrics.items()}
+  per_photo = {data.SOURCES[index]: {"images": int(np.sum(photos == index)),
+                                     **{name: float(np.mean(values[photos == index]))
+                                        for name, values in metrics.items()}}
+               for index in np.unique(photos)}
   print(f"W+ inversion of {len(files)} held-out crops ({steps} steps): "
-        + ", ".join(f"{name} {value:.4g}" for name, value in means.items()))
-  return {"space": space, "images": len(files), "steps": steps, **means}
+        + ", ".join(f"{name} {value:.4g}" for name, value in means.items()) + "; PSNR per photo: "
+        + ", ".join(f"{name} {photo['psnr']:.2f}" for name, photo in per_photo.items()))
+  return {"space": space, "images": len(files), "steps": steps, **means, "per_photo": per_photo}
 
 
 def _photo_coverage(fakes: np.ndarray, training: np.ndarray, training_photos: np.ndarray,
@@ -272,7 +278,8 @@ def main(argv=None) -> None:
              "metadata": model.metadata}
   if args.invert:
     payload["inversion"] = _inversion(model, heldout_crops[:args.invert],
-                                      out.with_name(out.stem + "_inversion"))
+                                      out.with_name(out.stem + "_inversion"),
+                                      heldout_photos[:args.invert])
   if args.workdir:
     payload["curve_png"] = str(_plot_curve(pathlib.Path(args.workdir), out.with_name(
         out.stem + "_curve.png"), model.metadata.get("kimg")))

@@ -247,9 +247,14 @@ def _inversion(evaluation: dict) -> str:
   inv = evaluation.get("inversion")
   if not inv:
     return ""
+  per_photo = inv.get("per_photo")  # evaluations from before it was reported
+  photos = ("; PSNR per photo: " + ", ".join(
+      f"{name} {photo['psnr']:.2f} dB ({photo['images']} crops)"
+      for name, photo in per_photo.items())) if per_photo else ""
   return (f"\nW+ inversion of {inv['images']} held-out crops (the demo's Image2StyleGAN preset, "
           f"{inv['steps']} steps): MSE {inv['mse']:.4f}, PSNR {inv['psnr']:.2f} dB, SSIM "
-          f"{inv['ssim']:.3f} (SWD does not measure how well the model redraws real images).\n")
+          f"{inv['ssim']:.3f}{photos} (SWD does not measure how well the model redraws real "
+          "images).\n")
 
 
 def _photo_coverage(evaluation: dict) -> str:

@@ -435,10 +435,10 @@ def test_conditional_generator_inverts_with_a_class(tmp_path):
 
 def test_model_benchmark_inverts_held_out_crops_through_the_demo(tmp_path, model):
   """`benchmarks.embedded_model --invert`: the crops reach the demo unchanged (lossless PNGs),
-  and the reported numbers are the means of the demo's per-image W+ metrics."""
+  and the reported numbers are the means of the demo's per-image W+ metrics, overall and per photo."""
   from benchmarks import embedded_model
   crops = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-  summary = embedded_model._inversion(model, crops, tmp_path / 'inv', steps=2)
+  summary = embedded_model._inversion(model, crops, tmp_path / 'inv', np.array([2, 0]), steps=2)
   read_back, _ = images.load_images(str(tmp_path / 'inv' / 'targets'), 32)
   np.testing.assert_allclose(read_back, crops / 127.5 - 1, atol=1e-6)
   per_image = json.loads((tmp_path / 'inv' / 'metrics.json').read_text())['images']
@@ -446,3 +446,7 @@ def test_model_benchmark_inverts_held_out_crops_through_the_demo(tmp_path, model
   for name in ('mse', 'psnr', 'ssim'):
     assert np.isfinite(summary[name])
     np.testing.assert_allclose(summary[name], np.mean([r[name] for r in per_image]), rtol=1e-5)
+    for photo, image in (('gravel', 0), ('brick', 1)):  # one crop each: its own numbers
+      np.testing.assert_allclose(summary['per_photo'][photo][name], per_image[image][name],
+                                 rtol=1e-5)
+  assert sorted(summary['per_photo']) == ['brick', 'gravel']

@@ -99,6 +99,10 @@ def test_card_reports_the_inversion_only_where_it_was_measured():
   assert "16 held-out crops" in line and "600 steps" in line
   assert "MSE 0.0258, PSNR 23.93 dB, SSIM 0.611" in line
   assert model_card._inversion({}) == ""  # evaluations without --invert
+  measured["inversion"]["per_photo"] = {"brick": {"images": 6, "psnr": 28.912},
+                                        "grass": {"images": 10, "psnr": 20.5}}
+  assert ("PSNR per photo: brick 28.91 dB (6 crops), grass 20.50 dB (10 crops)"
+          in model_card._inversion(measured))
 
 
 def test_card_reports_photo_coverage_only_where_it_was_measured():

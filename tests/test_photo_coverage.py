@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from benchmarks import embedded_model, photo_coverage
-from generators import data, defects
+from generators import data
 
 SIZE = data.CROP_SIZE  # 32 px crops hold too little texture: 95% right instead of 99%
 
