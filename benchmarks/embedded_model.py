@@ -13,7 +13,8 @@ Rows (RGB channels, 1k images each unless --num says otherwise):
 The held-out crops are clean photos, so a model that leaves out defects scores better there;
 the "with defects" rows paint the training set's share of defects on the held-out (and, for
 the floor, the training) crops with the training recipe, which is what G learns to draw. A
-conditional model also gets one row per class against held-out crops of that class.
+conditional model also gets one row per class against held-out crops of that class (a
+photo-conditional one: that photo's, about a third of the images).
 (--no-baselines keeps only the G_ema row: for a sweep over training snapshots.)
 --invert N also inverts N held-out crops in W+ with the demo's preset and reports their mean
 MSE, PSNR and SSIM: how well the model redraws real images, which SWD does not see (a run with
@@ -215,14 +216,17 @@ def main(argv=None) -> None:
   data_config = model.metadata.get("train_config", {}).get("data", {})
   fraction = data_config.get("defect_fraction", defects.DEFECT_FRACTION)
   rotations = data_config.get("rotations", train.FIELDS_ADDED_OFF["data.rotations"])
-  bank = defects.defect_dataset(2000, size=size, defect_fraction=fraction, seed=0,
-                                rotations=rotations).images
+  bank_set = defects.defect_dataset(2000, size=size, defect_fraction=fraction, seed=0,
+                                    rotations=rotations)
+  bank = bank_set.images
   labels = None
+  by_photo = model.class_names == list(data.SOURCES)
   if model.g_config.c_dim:  # the classes of random training crops, as training draws them
-    if model.class_names != list(train.CLASS_NAMES):
-      raise SystemExit(f"This benchmark knows the embedded model's classes {train.CLASS_NAMES}; "
-                       f"{args.checkpoint} has {model.class_names}.")
-    labels = train.defect_labels(bank)[np.random.default_rng(4).integers(0, len(bank), args.num)]
+    if model.class_names != list(train.CLASS_NAMES) and not by_photo:
+      raise SystemExit(f"This benchmark knows the embedded models' classes {train.CLASS_NAMES} "
+                       f"and {data.SOURCES}; {args.checkpoint} has {model.class_names}.")
+    labels = (train.photo_labels(bank_set.photos) if by_photo else train.defect_labels(bank))[
+        np.random.default_rng(4).integers(0, len(bank), args.num)]
   heldout_crops, heldout_photos = _crops(args.num, size, "heldout", seed=1, rotations=rotations)
   heldout = _real(heldout_crops)
   heldout_mix = _real(heldout_crops, fraction, seed=1)
@@ -233,11 +237,15 @@ def main(argv=None) -> None:
   rows = [_row("G_ema vs held-out", fakes, heldout),
           _row("G_ema vs held-out with defects", fakes, heldout_mix)]
   for index, name in enumerate(model.class_names if labels is not None else ()):
-    # train.CLASS_NAMES order: class 0 has no defect, class 1 one defect per crop.
     one_class = np.eye(model.g_config.c_dim, dtype=np.float32)[np.full(args.num, index)]
     fakes_class = _samples(model, model.g_vars, args.num, seed=5, labels=one_class)
-    rows.append(_row(f"G_ema [{name}] vs held-out, defect fraction {index}", fakes_class,
-                     _real(heldout_crops, float(index), seed=1)))
+    if by_photo:  # against held-out crops of that photo, with the training share of defects
+      real_class = heldout_mix[heldout_photos == index]
+      rows.append(_row(f"G_ema [{name}] vs held-out {name} with defects",
+                       fakes_class[:len(real_class)], real_class))
+    else:  # train.CLASS_NAMES order: class 0 has no defect, class 1 one defect per crop.
+      rows.append(_row(f"G_ema [{name}] vs held-out, defect fraction {index}", fakes_class,
+                       _real(heldout_crops, float(index), seed=1)))
   if not args.no_baselines:
     untrained_vars = networks.init_generator(model.g_config, jax.random.PRNGKey(0))
     untrained = _samples(model, untrained_vars, args.num, seed=3, labels=labels)

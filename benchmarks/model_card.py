@@ -229,12 +229,18 @@ def _ada(train_config: dict) -> str:
 
 
 def _conditioning(train_config: dict) -> str:
-  if not train_config["data"].get("defect_labels"):
+  if train_config["data"].get("photo_labels"):
+    text = ("\nG and D are class-conditional (`data.photo_labels`, c_dim 3): a crop's one-hot "
+            "label is its photo (`brick` / `grass` / `gravel`), and fakes get the labels of the "
+            "step's real crops, shuffled. Pick the photo when sampling (`--class brick`) and, for "
+            "Z-space inversion, with `--config.label`.")
+  elif train_config["data"].get("defect_labels"):
+    text = ("\nG and D are class-conditional (`data.defect_labels`, c_dim 2): a crop's one-hot "
+            "label says whether its mask holds a defect (`clean` / `defect`), and fakes get the "
+            "labels of random training crops. Pick the class when sampling (`--class defect`) and, "
+            "for Z-space inversion, with `--config.label`.")
+  else:
     return ""
-  text = ("\nG and D are class-conditional (`data.defect_labels`, c_dim 2): a crop's one-hot label "
-          "says whether its mask holds a defect (`clean` / `defect`), and fakes get the labels of "
-          "random training crops. Pick the class when sampling (`--class defect`) and, for Z-space "
-          "inversion, with `--config.label`.")
   if train_config.get("transition_end_kimg"):
     text += (" The classes were faded in (transitional conditioning, Shahbazi et al. 2022): "
              f"their weight rose from 0 to 1 between {train_config['transition_start_kimg']:g} and "

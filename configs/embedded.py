@@ -40,6 +40,9 @@ def get_config(arg=None):
   config.data.mvtec_dihedral = "auto"  # 8 flips/rotations: auto (texture categories) | yes | no
   # Conditional G and D on a one-hot "clean" / "defect" label read off each crop's mask.
   config.data.defect_labels = False
+  # Or on a one-hot of each crop's photo (brick, grass, gravel; streamed crops only): unconditional
+  # runs drew one photo in up to 3/4 of their samples (benchmarks/photo_coverage.py).
+  config.data.photo_labels = False
   # Transitional conditioning (generators/train.py): the classes' weight ramps 0 -> 1 between
   # these kimg; end 0 = none (full conditioning from the start, which collapsed the "defect"
   # class onto a few images for a while in a 256 kimg run).

@@ -100,6 +100,7 @@ class DefectDataset(NamedTuple):
   """Training images for the 4-channel generator."""
   images: np.ndarray  # [N, H, W, 4] uint8: RGB, then the mask (0 = no defect, 255 = defect)
   kinds: np.ndarray   # [N] int8: index into KINDS, -1 for a defect-free crop
+  photos: np.ndarray | None = None  # [N] int: index into data.SOURCES; None for given crops
 
 
 def mask_to_model(mask: np.ndarray) -> np.ndarray:
@@ -355,7 +356,8 @@ def defect_dataset(n: int, size: int = data.CROP_SIZE, defect_fraction: float = 
     rotations: the crops' rotations (``data.QUARTER_TURNS``).
 
   Returns:
-    ``DefectDataset(images uint8 [n, size, size, 4], kinds int8 [n])``: RGB + mask (0/255).
+    ``DefectDataset(images uint8 [n, size, size, 4], kinds int8 [n], photos int [n])``: RGB +
+    mask (0/255), the defect kinds and each crop's photo.
   """
   rng = np.random.default_rng(seed)
   coords = data.sample_coords(n, size, rng, rotations=rotations)
@@ -367,4 +369,4 @@ def defect_dataset(n: int, size: int = data.CROP_SIZE, defect_fraction: float = 
     painted, masks = add_defects(crops, [KINDS[k] if k >= 0 else None for k in labels[part]], rng)
     images[part, ..., :3] = painted
     images[part, ..., 3] = masks * np.uint8(255)
-  return DefectDataset(images, labels)
+  return DefectDataset(images, labels, coords.source)

@@ -12,7 +12,10 @@ With `data.defect_labels`, G and D are conditional (NVlabs' class conditioning, 
 each crop's label is one-hot "clean" / "defect" (`CLASS_NAMES`), read off its mask channel, and
 fakes get labels drawn from the training set's, as NVlabs draws `gen_c`. An unconditional G
 may draw fewer defects than the data holds without D being able to tell per image; a
-conditional D sees which images must show one.
+conditional D sees which images must show one. With `data.photo_labels` the label is instead
+the crop's photo (`data.SOURCES`, `c_dim` = 3): an unconditional G can draw one photo in three
+quarters of its samples at the same SWD (`benchmarks/photo_coverage.py`); a conditional one is
+asked for each photo as often as the data holds it.
 
 Transitional conditioning (`transition_end_kimg` > 0; Shahbazi et al., ICLR 2022, "Collapse
 by Conditioning"): class-conditional training on little data can collapse a class onto a few
@@ -72,7 +75,7 @@ FIELDS_ADDED_OFF = {"lr_rampdown": 0.0, "ada_target": 0.0, "ada_ops": ",".join(a
                     "transition_start_kimg": 0.0, "transition_end_kimg": 0.0,
                     "data.mvtec_root": "", "data.mvtec_category": "",
                     "data.mvtec_splits": "train,test", "data.mvtec_dihedral": "auto",
-                    "data.rotations": "quarter"}
+                    "data.rotations": "quarter", "data.photo_labels": False}
 MASK_ON = 127  # uint8 mask channel: a defect pixel is above this
 MVTEC_DIHEDRAL = {"auto": None, "yes": True, "no": False}  # config -> mvtec.training_images
 TRANSITION_HEAD = "transition_out"  # in d_params: D's unconditional logit while transitioning
@@ -91,7 +94,7 @@ class TrainState(NamedTuple):
 
 def model_configs(config: ml_collections.ConfigDict, resolution: int, channels: int):
   m = config.model
-  c_dim = len(CLASS_NAMES) if config.data.get("defect_labels") else 0
+  c_dim = len(class_names(config))
   g = networks.GeneratorConfig(
       z_dim=m.z_dim, c_dim=c_dim, w_dim=m.w_dim, img_resolution=resolution,
       img_channels=channels, mapping_layers=m.mapping_layers, channel_base=m.channel_base,
@@ -101,6 +104,21 @@ def model_configs(config: ml_collections.ConfigDict, resolution: int, channels: 
       channel_base=m.channel_base, channel_max=m.channel_max, conv_clamp=m.conv_clamp,
       mbstd_group_size=m.mbstd_group_size)
   return g, d
+
+
+def class_names(config) -> tuple[str, ...]:
+  """The classes of a conditional run, in one-hot order: `CLASS_NAMES` with
+  `data.defect_labels`, the photos (`data.SOURCES`) with `data.photo_labels`, else none."""
+  by_defect, by_photo = bool(config.data.get("defect_labels")), bool(config.data.get("photo_labels"))
+  if by_defect and by_photo:
+    raise ValueError("--config.data.defect_labels and --config.data.photo_labels both set; a run "
+                     "has one kind of class label, choose one.")
+  return CLASS_NAMES if by_defect else tuple(data.SOURCES) if by_photo else ()
+
+
+def photo_labels(photos: np.ndarray) -> np.ndarray:
+  """float32 [N, len(data.SOURCES)] one-hot of photo indices [N]."""
+  return np.eye(len(data.SOURCES), dtype=np.float32)[np.asarray(photos)]
 
 
 def defect_labels(images: np.ndarray) -> np.ndarray:
@@ -118,7 +136,7 @@ def _optimizers(config):
 
 def transitional(config) -> bool:
   """Whether the run fades class conditioning in (see the module docstring)."""
-  return bool(config.data.get("defect_labels")) and config.get("transition_end_kimg", 0.0) > 0
+  return bool(class_names(config)) and config.get("transition_end_kimg", 0.0) > 0
 
 
 def transition(config, step: int) -> float:
@@ -381,14 +399,14 @@ def training_set(config, resolution: int) -> np.ndarray:
     return mvtec.training_images(config.data.mvtec_root, config.data.mvtec_category,
                                  resolution, config.data.mvtec_splits.split(","),
                                  MVTEC_DIHEDRAL[config.data.mvtec_dihedral])
-  return _defect_crops(config, config.data.num_crops, resolution, config.seed)
+  return _defect_crops(config, config.data.num_crops, resolution, config.seed).images
 
 
-def _defect_crops(config, num: int, resolution: int, seed) -> np.ndarray:
-  """uint8 [num, H, W, 4] skimage texture crops, `data.defect_fraction` of them with a defect."""
+def _defect_crops(config, num: int, resolution: int, seed) -> defects.DefectDataset:
+  """`num` skimage texture crops (uint8 [num, H, W, 4] and their photos), a
+  `data.defect_fraction` of them with a defect."""
   return defects.defect_dataset(num, size=resolution, defect_fraction=config.data.defect_fraction,
-                                rotations=config.data.rotations,
-                                seed=seed).images
+                                rotations=config.data.rotations, seed=seed)
 
 
 def real_batch(config, bank: np.ndarray | None, bank_labels: np.ndarray | None,
@@ -398,12 +416,14 @@ def real_batch(config, bank: np.ndarray | None, bank_labels: np.ndarray | None,
   `bank` (labels `bank_labels`), or fresh crops when it is None (`streams_crops`). Fakes'
   labels are those of random training crops (NVlabs' gen_c); for fresh crops, shuffles of the
   reals' labels, which hold the training set's number of defects (`_defect_crops` paints
-  exactly round(fraction x B))."""
+  exactly round(fraction x B)), or of each photo (`data.photo_labels`)."""
   if bank is None:
-    real = _defect_crops(config, config.batch_size, resolution, rng)
+    crops = _defect_crops(config, config.batch_size, resolution, rng)
+    real = crops.images
     if not conditional:
       return real, None, None, None
-    real_c = defect_labels(real)
+    real_c = (photo_labels(crops.photos) if config.data.get("photo_labels")
+              else defect_labels(real))
     return real, real_c, rng.permutation(real_c), rng.permutation(real_c)
   index = rng.integers(0, len(bank), config.batch_size)
   if not conditional:
@@ -478,6 +498,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   import orbax.checkpoint as ocp
   from tqdm import tqdm
 
+  if config.data.get("photo_labels") and not streams_crops(config):
+    raise ValueError("--config.data.photo_labels needs fresh skimage crops (data.num_crops=0, no "
+                     "data.mvtec_root): the photo of a bank or MVTec image is not recorded.")
+  class_names(config)  # one kind of label at most
   workdir = pathlib.Path(workdir)
   (workdir / "samples").mkdir(parents=True, exist_ok=True)
   config_path = workdir / "config.json"
@@ -518,7 +542,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   step_config.init_from = None  # nor the initialisation
   step_config.lr_rampdown = 0.0  # nor the schedule (a per-step argument)
   step_config.data = ml_collections.ConfigDict(  # nor the data, beyond the class labels
-      {"defect_labels": bool(config.data.get("defect_labels"))})
+      {key: bool(config.data.get(key)) for key in ("defect_labels", "photo_labels")})
   g_step, d_plain, d_r1 = _cached_steps(step_config.to_json(), g_config, d_config, tuple(devices))
 
   bank = None if streams_crops(config) else training_set(config, resolution)
@@ -528,8 +552,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   grid_z = jax.random.normal(jax.random.PRNGKey(config.seed + 1), (GRID_SEEDS, g_config.z_dim))
   grid_c = None  # conditional: the grid's rows split evenly over the classes, in order
   if conditional:
-    grid_c = np.eye(len(CLASS_NAMES), dtype=np.float32)[
-        np.arange(GRID_SEEDS) * len(CLASS_NAMES) // GRID_SEEDS]
+    grid_c = np.eye(g_config.c_dim, dtype=np.float32)[
+        np.arange(GRID_SEEDS) * g_config.c_dim // GRID_SEEDS]
   start = int(state.step)
   bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
              desc=f"train {workdir.name}")
@@ -604,7 +628,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   meta = {"training_steps": step, "kimg": step * config.batch_size / 1000,
           "train_config": json.loads(config.to_json()), **(metadata or {})}
   if g_config.c_dim:
-    meta["class_names"] = list(CLASS_NAMES)
+    meta["class_names"] = list(class_names(config))
   if (workdir / INIT_FROM_FILE).exists():  # a fine-tuning run: add the starting model's kimg
     start = json.loads((workdir / INIT_FROM_FILE).read_text())
     meta["total_kimg_trained"] = start.pop("total_kimg_trained", start.get("kimg", 0.0)) \

@@ -120,3 +120,9 @@ def test_card_reports_photo_coverage_only_where_it_was_measured():
   assert "| grass | 0.4% | 50.0% | 4 | - | - |" in text
   assert "| gravel | 0.0% | - | 0 | - | - |" in text
   assert model_card._photo_coverage({}) == ""  # evaluations from before it existed
+
+
+def test_card_names_the_photo_labels_of_a_photo_conditional_model():
+  text = model_card._conditioning(_config(**{"data.photo_labels": True}))
+  assert "`data.photo_labels`, c_dim 3" in text and "`--class brick`" in text
+  assert model_card._conditioning(_config()) == ""

@@ -11,7 +11,7 @@ import pytest
 
 import configs
 from generators import __main__ as generators_cli
-from generators import checkpoint, defects, mvtec, networks, train
+from generators import checkpoint, data, defects, mvtec, networks, train
 from tests.test_data import mvtec_root  # pylint: disable=unused-import  (a fixture)
 
 
@@ -139,6 +139,39 @@ def test_conditional_training_on_defect_labels(tmp_path):
   with pytest.raises(SystemExit):  # no class for a conditional model: a usage error
     generators_cli.main(["sample", "--checkpoint", str(tmp_path / "model"), "--seeds", "0",
                          "--out", str(tmp_path / "t.png")])
+
+
+def test_conditional_training_on_photo_labels(tmp_path):
+  """data.photo_labels: each streamed crop's label is its photo, fakes get the same number of
+  each; G and D conditional end to end, sampled by photo name."""
+  crops = defects.defect_dataset(64, size=16, seed=0)  # records each crop's photo
+  np.testing.assert_array_equal(crops.photos,
+                                data.sample_coords(64, 16, np.random.default_rng(0)).source)
+  config = configs.load_config("embedded:quick", ["--config.data.photo_labels=True",
+                                                  "--config.total_kimg=0.008",
+                                                  "--config.data.num_crops=0",
+                                                  "--config.batch_size=8"])
+  rng = np.random.default_rng([config.seed, 3])
+  real, real_c, g_c, d_c = train.real_batch(config, None, None, True, 16, rng)
+  again = defects.defect_dataset(8, size=16, seed=np.random.default_rng([config.seed, 3]))
+  np.testing.assert_array_equal(real, again.images)
+  np.testing.assert_array_equal(real_c, train.photo_labels(again.photos))
+  np.testing.assert_array_equal(g_c.sum(0), real_c.sum(0))
+  np.testing.assert_array_equal(d_c.sum(0), real_c.sum(0))
+
+  train.train(config, tmp_path / "run")
+  model = checkpoint.load(train.export(tmp_path / "run", tmp_path / "model"))
+  assert model.g_config.c_dim == model.d_config.c_dim == len(data.SOURCES)
+  assert model.metadata["class_names"] == list(data.SOURCES)
+  assert generators_cli.main(["sample", "--checkpoint", str(tmp_path / "model"), "--class",
+                              "gravel", "--seeds", "0-1", "--out", str(tmp_path / "s.png")]) == 0
+  with pytest.raises(ValueError, match="choose one"):  # one kind of label per run
+    train.model_configs(configs.load_config("embedded:quick", [
+        "--config.data.photo_labels=True", "--config.data.defect_labels=True"]), 16, 4)
+  with pytest.raises(ValueError, match="photo_labels needs fresh skimage crops"):
+    train.train(configs.load_config("embedded:quick", ["--config.data.photo_labels=True"]),
+                tmp_path / "bank")  # the quick config draws a bank of crops
+  assert not (tmp_path / "bank").exists()  # refused before writing anything
 
 
 def test_streamed_crops_are_fresh_every_step_and_a_function_of_the_step():
