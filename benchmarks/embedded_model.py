@@ -17,13 +17,14 @@ conditional model also gets one row per class against held-out crops of that cla
 photo-conditional one: that photo's, about a third of the images).
 (--no-baselines keeps only the G_ema row: for a sweep over training snapshots.)
 --invert N also inverts N held-out crops in W+ with the demo's preset and reports their mean
-MSE, PSNR and SSIM: how well the model redraws real images, which SWD does not see (a run with
-the same SWD as the shipped model redrew them 2.7 dB worse). Its grid and metrics go to
-<out>_inversion/.
+MSE, PSNR and SSIM, overall and per photo: how well the model redraws real images, which SWD
+does not see (a run with the same SWD as the shipped model redrew them 2.7 dB worse). Its grid
+and metrics go to <out>_inversion/.
 Photo coverage: the share of samples that look like each of the three photos (a texture
 classifier, `benchmarks.photo_coverage`, whose accuracy on held-out crops is reported with it,
 beside the share of samples that look like none of them) and an SWD per photo beside its
-real-vs-real floor; a model can drop most of one photo at the same average SWD. Its grid, <out>_photos.png, shows held-out crops over samples, per photo.
+real-vs-real floor; a model can drop most of one photo at the same average SWD. Its grid,
+<out>_photos.png, shows held-out crops over samples, per photo.
 Also reports the mask channel: the fraction of generated pixels marked as defect and of images
 with any defect pixel, beside the training set's. A conditional model (`data.defect_labels`)
 samples with the classes of random training crops (as in training), and the defect share is

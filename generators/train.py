@@ -109,7 +109,8 @@ def model_configs(config: ml_collections.ConfigDict, resolution: int, channels: 
 def class_names(config) -> tuple[str, ...]:
   """The classes of a conditional run, in one-hot order: `CLASS_NAMES` with
   `data.defect_labels`, the photos (`data.SOURCES`) with `data.photo_labels`, else none."""
-  by_defect, by_photo = bool(config.data.get("defect_labels")), bool(config.data.get("photo_labels"))
+  by_defect = bool(config.data.get("defect_labels"))
+  by_photo = bool(config.data.get("photo_labels"))
   if by_defect and by_photo:
     raise ValueError("--config.data.defect_labels and --config.data.photo_labels both set; a run "
                      "has one kind of class label, choose one.")

@@ -435,7 +435,8 @@ def test_conditional_generator_inverts_with_a_class(tmp_path):
 
 def test_model_benchmark_inverts_held_out_crops_through_the_demo(tmp_path, model):
   """`benchmarks.embedded_model --invert`: the crops reach the demo unchanged (lossless PNGs),
-  and the reported numbers are the means of the demo's per-image W+ metrics, overall and per photo."""
+  and the reported numbers are the means of the demo's per-image W+ metrics, overall and per
+  photo."""
   from benchmarks import embedded_model
   crops = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
   summary = embedded_model._inversion(model, crops, tmp_path / 'inv', np.array([2, 0]), steps=2)

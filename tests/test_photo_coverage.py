@@ -1,4 +1,4 @@
-"""The photo classifier behind the benchmark's mode-coverage report (benchmarks/photo_coverage.py)."""
+"""The photo classifier behind the benchmark's mode-coverage report (photo_coverage.py)."""
 
 import numpy as np
 import pytest
