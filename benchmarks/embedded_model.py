@@ -238,15 +238,15 @@ def main(argv=None) -> None:
   rows = [_row("G_ema vs held-out", fakes, heldout),
           _row("G_ema vs held-out with defects", fakes, heldout_mix)]
   for index, name in enumerate(model.class_names if labels is not None else ()):
-    one_class = np.eye(model.g_config.c_dim, dtype=np.float32)[np.full(args.num, index)]
-    fakes_class = _samples(model, model.g_vars, args.num, seed=5, labels=one_class)
     if by_photo:  # against held-out crops of that photo, with the training share of defects
-      real_class = heldout_mix[heldout_photos == index]
-      rows.append(_row(f"G_ema [{name}] vs held-out {name} with defects",
-                       fakes_class[:len(real_class)], real_class))
+      pair, real_class = (f"G_ema [{name}] vs held-out {name} with defects",
+                          heldout_mix[heldout_photos == index])
     else:  # train.CLASS_NAMES order: class 0 has no defect, class 1 one defect per crop.
-      rows.append(_row(f"G_ema [{name}] vs held-out, defect fraction {index}", fakes_class,
-                       _real(heldout_crops, float(index), seed=1)))
+      pair, real_class = (f"G_ema [{name}] vs held-out, defect fraction {index}",
+                          _real(heldout_crops, float(index), seed=1))
+    one_class = np.eye(model.g_config.c_dim, dtype=np.float32)[np.full(len(real_class), index)]
+    rows.append(_row(pair, _samples(model, model.g_vars, len(real_class), seed=5,
+                                    labels=one_class), real_class))
   if not args.no_baselines:
     untrained_vars = networks.init_generator(model.g_config, jax.random.PRNGKey(0))
     untrained = _samples(model, untrained_vars, args.num, seed=3, labels=labels)
