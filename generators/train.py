@@ -15,7 +15,8 @@ may draw fewer defects than the data holds without D being able to tell per imag
 conditional D sees which images must show one. With `data.photo_labels` the label is instead
 the crop's photo (`data.SOURCES`, `c_dim` = 3): an unconditional G can draw one photo in three
 quarters of its samples at the same SWD (`benchmarks/photo_coverage.py`); a conditional one is
-asked for each photo as often as the data holds it.
+asked for each photo as often as the data holds it. (Tried at 112 kimg: it collapsed each class
+without transitional conditioning and scored SWD 54.6 with it; see README.)
 
 Transitional conditioning (`transition_end_kimg` > 0; Shahbazi et al., ICLR 2022, "Collapse
 by Conditioning"): class-conditional training on little data can collapse a class onto a few
