@@ -25,6 +25,9 @@ classifier, `benchmarks.photo_coverage`, whose accuracy on held-out crops is rep
 beside the share of samples that look like none of them) and an SWD per photo beside its
 real-vs-real floor; a model can drop most of one photo at the same average SWD. Its grid,
 <out>_photos.png, shows held-out crops over samples, per photo.
+Spread, the collapse measure: the per-pixel standard deviation over 32 samples of one class (of
+the model, for an unconditional one) with the noise fixed, beside that of 32 held-out crops of
+the class; a class drawn as one image whatever its z scores 0.
 Also reports the mask channel: the fraction of generated pixels marked as defect and of images
 with any defect pixel, beside the training set's. A conditional model (`data.defect_labels`)
 samples with the classes of random training crops (as in training), and the defect share is
@@ -52,15 +55,16 @@ GRID_COLUMNS = 8  # images per row of the per-photo grid
 # A sample is unlike any photo when it is farther from every photo's mean (texture features)
 # than this percentile of held-out crops are from theirs.
 UNLIKE_ANY_PERCENTILE = 99.0
+SPREAD_SAMPLES = 32  # images per class for the collapse measure (sample_spread)
 
 
 def _samples(model: checkpoint.Model, variables, num: int, seed: int,
-             labels: np.ndarray | None = None) -> np.ndarray:
-  """`num` samples (truncation off, random noise); `labels` [num, c_dim] for a conditional G."""
+             labels: np.ndarray | None = None, noise_mode: str = "random") -> np.ndarray:
+  """`num` samples (truncation off); `labels` [num, c_dim] for a conditional G."""
   config = model.g_config
   out = []
   sample = jax.jit(lambda z, c, k: networks.synthesis(
-      config, variables, networks.mapping(config, variables, z, c), "random", key=k))
+      config, variables, networks.mapping(config, variables, z, c), noise_mode, key=k))
   for start in range(0, num, 100):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), start)
     z = jax.random.normal(key, (min(100, num - start), config.z_dim))
@@ -72,6 +76,21 @@ def _samples(model: checkpoint.Model, variables, num: int, seed: int,
 def _defect_share(images: np.ndarray) -> float:
   """Fraction of images (mask channel in [-1, 1]) with any defect pixel."""
   return float(np.mean(np.any(images[..., 3] > 0, axis=(1, 2))))
+
+
+def sample_spread(images: np.ndarray) -> float:
+  """Mean over pixels and RGB channels of the standard deviation across `images` [N, H, W, C]:
+  how much a set of images differs from image to image; 0 when they are all one image."""
+  return float(np.mean(np.std(images[..., :3], axis=0)))
+
+
+def _spread(model: checkpoint.Model, labels: np.ndarray | None, real: np.ndarray) -> dict:
+  """sample_spread of SPREAD_SAMPLES samples with the noise fixed (`labels`: one class's
+  [N, c_dim], or None) beside that of as many real images of the class, `real`: z alone sets
+  the spread, and a G that ignores z scores 0 (mode collapse)."""
+  fakes = _samples(model, model.g_vars, SPREAD_SAMPLES, seed=6, noise_mode="const",
+                   labels=None if labels is None else labels[:SPREAD_SAMPLES])
+  return {"G_ema": sample_spread(fakes), "real": sample_spread(real[:SPREAD_SAMPLES])}
 
 
 def mask_shapes(masks: np.ndarray) -> dict | None:
@@ -237,6 +256,7 @@ def main(argv=None) -> None:
   fakes = _samples(model, model.g_vars, args.num, seed=3, labels=labels)
   rows = [_row("G_ema vs held-out", fakes, heldout),
           _row("G_ema vs held-out with defects", fakes, heldout_mix)]
+  spread = {} if labels is not None else {"all": _spread(model, None, heldout_mix)}
   for index, name in enumerate(model.class_names if labels is not None else ()):
     if by_photo:  # against held-out crops of that photo, with the training share of defects
       pair, real_class = (f"G_ema [{name}] vs held-out {name} with defects",
@@ -247,6 +267,7 @@ def main(argv=None) -> None:
     one_class = np.eye(model.g_config.c_dim, dtype=np.float32)[np.full(len(real_class), index)]
     rows.append(_row(pair, _samples(model, model.g_vars, len(real_class), seed=5,
                                     labels=one_class), real_class))
+    spread[name] = _spread(model, one_class, real_class)
   if not args.no_baselines:
     untrained_vars = networks.init_generator(model.g_config, jax.random.PRNGKey(0))
     untrained = _samples(model, untrained_vars, args.num, seed=3, labels=labels)
@@ -255,6 +276,9 @@ def main(argv=None) -> None:
             *rows, _row("untrained G vs held-out", untrained, heldout),
             *(_row(f"real (train) blurred {sigma:g} px vs held-out", _blurred(training, sigma),
                    heldout) for sigma in BLUR_SIGMAS)]
+  print(f"spread (per-pixel std over {SPREAD_SAMPLES} z, noise fixed; held-out crops): "
+        + ", ".join(f"{name} {v['G_ema']:.3f} (real {v['real']:.3f})"
+                    for name, v in spread.items()))
   columns = ["pair"] + [k for k in rows[0] if k != "pair"]
   print(f"device: {common.device_description()}; {args.num} images per set, SWD x1e3")
   common.print_table(rows, columns)
@@ -283,7 +307,7 @@ def main(argv=None) -> None:
              "mask_fraction_training": train_mask_fraction,
              "defect_images_generated": defect_images, "defect_images_training": train_defect_images,
              "defect_images_per_class": per_class, "mask_shapes": shapes,
-             "photo_coverage": coverage,
+             "photo_coverage": coverage, "spread": spread,
              "metadata": model.metadata}
   if args.invert:
     payload["inversion"] = _inversion(model, heldout_crops[:args.invert],

@@ -451,3 +451,22 @@ def test_model_benchmark_inverts_held_out_crops_through_the_demo(tmp_path, model
       np.testing.assert_allclose(summary['per_photo'][photo][name], per_image[image][name],
                                  rtol=1e-5)
   assert sorted(summary['per_photo']) == ['brick', 'gravel']
+
+
+def test_model_benchmark_spread_sees_a_generator_that_ignores_z(model):
+  """`benchmarks.embedded_model._spread`, the collapse measure: the noise is fixed, so a G whose
+  mapping ignores z (first layer's weights zeroed) draws one image and scores 0, where the
+  model itself scores clearly above 0; the real row is the spread of the given images."""
+  import dataclasses
+
+  from benchmarks import embedded_model
+  params = model.g_vars['params']
+  mapping = {**params['mapping'], 'fc0': {**params['mapping']['fc0'],
+                                          'weight': jnp.zeros_like(params['mapping']['fc0']['weight'])}}
+  collapsed = dataclasses.replace(model, g_vars={**model.g_vars,
+                                                 'params': {**params, 'mapping': mapping}})
+  real = np.random.default_rng(0).uniform(-1, 1, (40, 32, 32, 3)).astype(np.float32)
+  assert embedded_model._spread(collapsed, None, real)['G_ema'] < 1e-6
+  normal = embedded_model._spread(model, None, real)
+  assert normal['G_ema'] > 0.01
+  np.testing.assert_allclose(normal['real'], np.mean(np.std(real[:32], axis=0)), rtol=1e-6)
