@@ -16,6 +16,9 @@ the floor, the training) crops with the training recipe, which is what G learns 
 conditional model also gets one row per class against held-out crops of that class (a
 photo-conditional one: that photo's, about a third of the images).
 (--no-baselines keeps only the G_ema row: for a sweep over training snapshots.)
+--draws N repeats the G_ema vs held-out row with N-1 fresh sets of samples and random projections
+and reports the mean, standard deviation and range: the SWD's own noise (for the shipped model
+about +-1 around 42, so differences of a point or two between snapshots are chance).
 --invert N also inverts N held-out crops in W+ with the demo's preset and reports their mean
 MSE, PSNR and SSIM, overall and per photo: how well the model redraws real images, which SWD
 does not see (a run with the same SWD as the shipped model redrew them 2.7 dB worse). Its grid
@@ -55,6 +58,7 @@ GRID_COLUMNS = 8  # images per row of the per-photo grid
 # A sample is unlike any photo when it is farther from every photo's mean (texture features)
 # than this percentile of held-out crops are from theirs.
 UNLIKE_ANY_PERCENTILE = 99.0
+DRAW_SEED = 100  # sample seeds of the extra draws (--draws) start here
 SPREAD_SAMPLES = 32  # images per class for the collapse measure (sample_spread)
 
 
@@ -111,13 +115,14 @@ def mask_shapes(masks: np.ndarray) -> dict | None:
           "largest_piece_px_median": float(np.median(largest))}
 
 
-def _row(pair: str, a: np.ndarray, b: np.ndarray) -> dict:
-  """One table row: the SWD of image sets a and b, with the seconds it took."""
+def _row(pair: str, a: np.ndarray, b: np.ndarray, key: int = SWD_KEY) -> dict:
+  """One table row: the SWD of image sets a and b (`key`: its random projections), with the
+  seconds it took."""
   from inversion import metrics
 
   start = time.perf_counter()
   result = metrics.sliced_wasserstein(jnp.asarray(a[..., :3]), jnp.asarray(b[..., :3]),
-                                      jax.random.PRNGKey(SWD_KEY))
+                                      jax.random.PRNGKey(key))
   row = {"pair": pair, **{k: float(v) for k, v in result.items()}}
   print(f"  {pair}: SWD x1e3 avg {row['SWDx1e3_avg']:.1f} ({time.perf_counter() - start:.0f} s)",
         flush=True)
@@ -130,6 +135,22 @@ def _crops(num: int, size: int, region: str, seed: int,
   crops were (`data.rotations`), and the index of each one's photo in `data.SOURCES` [num]."""
   coords = data.sample_coords(num, size, seed=seed, region=region, rotations=rotations)
   return data.cut(coords, size), coords.source
+
+
+def _draws(model: checkpoint.Model, heldout: np.ndarray, labels: np.ndarray | None,
+           first: dict, count: int) -> dict:
+  """SWD (avg) of G_ema vs held-out over `count` draws: the table's row (`first`), then fresh
+  samples and fresh random projections each time. How far one number moves by chance alone:
+  a snapshot (or model) that beats another by less than this spread has not shown it is better."""
+  values = [first["SWDx1e3_avg"]] + [
+      _row(f"G_ema vs held-out, draw {draw}", _samples(model, model.g_vars, len(heldout),
+                                                      seed=DRAW_SEED + draw, labels=labels),
+           heldout, key=SWD_KEY + draw)["SWDx1e3_avg"] for draw in range(1, count)]
+  summary = {"values": values, "mean": float(np.mean(values)), "std": float(np.std(values)),
+             "min": float(np.min(values)), "max": float(np.max(values))}
+  print(f"G_ema vs held-out over {count} draws: SWD x1e3 avg {summary['mean']:.1f} "
+        f"+- {summary['std']:.1f} ({summary['min']:.1f} to {summary['max']:.1f})")
+  return summary
 
 
 def _real(crops: np.ndarray, defect_fraction: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -227,6 +248,9 @@ def main(argv=None) -> None:
   parser.add_argument("--invert", type=int, default=0, metavar="N",
                       help="also invert N held-out crops in W+ (the demo's preset) and report "
                            "MSE/PSNR/SSIM (about 6 s per crop on 2 CPU cores)")
+  parser.add_argument("--draws", type=int, default=1, metavar="N",
+                      help="repeat the G_ema vs held-out SWD over N draws of samples and random "
+                           "projections and report its spread (about 20 s a draw)")
   args = parser.parse_args(argv)
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -256,6 +280,7 @@ def main(argv=None) -> None:
   fakes = _samples(model, model.g_vars, args.num, seed=3, labels=labels)
   rows = [_row("G_ema vs held-out", fakes, heldout),
           _row("G_ema vs held-out with defects", fakes, heldout_mix)]
+  draws = _draws(model, heldout, labels, rows[0], args.draws) if args.draws > 1 else None
   spread = {} if labels is not None else {"all": _spread(model, None, heldout_mix)}
   for index, name in enumerate(model.class_names if labels is not None else ()):
     if by_photo:  # against held-out crops of that photo, with the training share of defects
@@ -307,7 +332,7 @@ def main(argv=None) -> None:
              "mask_fraction_training": train_mask_fraction,
              "defect_images_generated": defect_images, "defect_images_training": train_defect_images,
              "defect_images_per_class": per_class, "mask_shapes": shapes,
-             "photo_coverage": coverage, "spread": spread,
+             "photo_coverage": coverage, "spread": spread, "swd_draws": draws,
              "metadata": model.metadata}
   if args.invert:
     payload["inversion"] = _inversion(model, heldout_crops[:args.invert],

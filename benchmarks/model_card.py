@@ -126,7 +126,7 @@ Sliced Wasserstein distance (x1e3, ProGAN's Laplacian-pyramid patches, RGB chann
 | pair | {' | '.join(levels)} |
 |---|{'---|' * len(levels)}
 {rows}
-
+{_draws(evaluation)}{_spread(evaluation)}
 Defect-mask pixels: {evaluation['mask_fraction_generated']:.4f} of generated pixels vs
 {evaluation['mask_fraction_training']:.4f} in the training set.{_defect_images(evaluation)}
 {_inversion(evaluation)}{_photo_coverage(evaluation)}
@@ -291,6 +291,27 @@ each photo's held-out crops above samples labelled with it.
 
 ![per photo: held-out crops, then samples labelled with it]({PHOTOS_PNG})
 """
+
+
+def _draws(evaluation: dict) -> str:
+  """The G_ema row's spread over repeated draws (`embedded_model --draws`), if measured."""
+  draws = evaluation.get("swd_draws")
+  if not draws:
+    return ""
+  return (f"\nOver {len(draws['values'])} draws of samples and random projections, G_ema vs "
+          f"held-out scores {draws['mean']:.1f} +- {draws['std']:.1f} ({draws['min']:.1f} to "
+          f"{draws['max']:.1f}): differences smaller than that are chance.\n")
+
+
+def _spread(evaluation: dict) -> str:
+  """The collapse measure (`embedded_model._spread`), if measured."""
+  spread = evaluation.get("spread")
+  if not spread:
+    return ""
+  return ("\nSpread, the per-pixel standard deviation over 32 z with the noise fixed (0: every z "
+          "draws the same image): " + ", ".join(
+              f"{'' if name == 'all' else f'class {name}: '}G_ema {v['G_ema']:.3f}, held-out "
+              f"crops {v['real']:.3f}" for name, v in spread.items()) + ".\n")
 
 
 def _percent(fraction: float | None) -> str:

@@ -122,6 +122,20 @@ def test_card_reports_photo_coverage_only_where_it_was_measured():
   assert model_card._photo_coverage({}) == ""  # evaluations from before it existed
 
 
+def test_card_reports_swd_draws_and_spread_only_where_they_were_measured():
+  draws = {"values": [41.1, 42.3, 43.9], "mean": 42.43, "std": 1.146, "min": 41.1, "max": 43.9}
+  assert "3 draws" in model_card._draws({"swd_draws": draws})
+  assert "42.4 +- 1.1 (41.1 to 43.9)" in model_card._draws({"swd_draws": draws})
+  spread = {"clean": {"G_ema": 0.0812, "real": 0.27}, "defect": {"G_ema": 0.0, "real": 0.3}}
+  text = model_card._spread({"spread": spread})
+  assert "class clean: G_ema 0.081, held-out crops 0.270" in text
+  assert "class defect: G_ema 0.000" in text
+  assert "): G_ema 0.158, held-out crops 0.266." in model_card._spread(
+      {"spread": {"all": {"G_ema": 0.158, "real": 0.266}}})
+  for empty in ({}, {"swd_draws": None, "spread": None}):  # evaluations from before, no --draws
+    assert model_card._draws(empty) == "" and model_card._spread(empty) == ""
+
+
 def test_card_names_the_photo_labels_of_a_photo_conditional_model():
   text = model_card._conditioning(_config(**{"data.photo_labels": True}))
   assert "`data.photo_labels`, c_dim 3" in text and "`--class brick`" in text
