@@ -455,6 +455,20 @@ def _grid_png(images: np.ndarray, path: pathlib.Path, columns: int | None = None
   Image.fromarray(np.concatenate(canvases, axis=1)).save(path)
 
 
+# Fields a resumed run may change: how long it runs (to extend a run past its planned end) and
+# its bookkeeping; neither changes a step's result. Not the length with `lr_rampdown` set: the
+# learning-rate schedule is a function of it.
+RESUME_MAY_CHANGE = ("total_kimg", "log_every", "sample_every", "checkpoint_every",
+                     "keep_checkpoints", "keep_checkpoint_every")
+
+
+def _resumes(saved: dict, config: ml_collections.ConfigDict) -> bool:
+  """Whether a run saved with config `saved` (JSON) can go on under `config`."""
+  may_change = RESUME_MAY_CHANGE[int(bool(config.get("lr_rampdown"))):]
+  keep = lambda tree: {k: v for k, v in tree.items() if k not in may_change}
+  return keep(with_added_fields(saved)) == keep(json.loads(config.to_json()))
+
+
 def with_added_fields(saved: dict) -> dict:
   """A saved run config (JSON) with the `FIELDS_ADDED_OFF` it lacks set to their off values."""
   out = json.loads(json.dumps(saved))
@@ -507,10 +521,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   workdir = pathlib.Path(workdir)
   (workdir / "samples").mkdir(parents=True, exist_ok=True)
   config_path = workdir / "config.json"
-  if (config_path.exists() and with_added_fields(json.loads(config_path.read_text()))
-      != json.loads(config.to_json())):
+  if config_path.exists() and not _resumes(json.loads(config_path.read_text()), config):
     raise ValueError(f"{workdir} holds a run with a different config ({config_path}); use a new "
-                     "--workdir or the same config to resume.")
+                     "--workdir or the same config to resume (only "
+                     f"{', '.join(RESUME_MAY_CHANGE)} may change; total_kimg not with "
+                     "lr_rampdown).")
   config_path.write_text(config.to_json(indent=2))
 
   resolution = config.data.resolution

@@ -29,11 +29,20 @@ def test_train_resume_is_exact_and_exports(tmp_path, quick_config):
   # Same run cut after 2 steps (a kill), then resumed from the step-2 checkpoint.
   first_half = quick_config.copy_and_resolve_references()
   first_half.total_kimg = 2 * quick_config.batch_size / 1000
+  other = first_half.copy_and_resolve_references()
+  other.r1_gamma *= 2  # changes what a step computes
   with pytest.raises(ValueError, match="different config"):
-    train.train(first_half, tmp_path / "straight")
+    train.train(other, tmp_path / "straight")
+  ramped = first_half.copy_and_resolve_references()
+  ramped.lr_rampdown = 0.5  # its schedule follows total_kimg, which may then not change
+  assert train._resumes(json.loads(ramped.to_json()), ramped)
+  longer_ramped = quick_config.copy_and_resolve_references()
+  longer_ramped.lr_rampdown = 0.5
+  assert not train._resumes(json.loads(ramped.to_json()), longer_ramped)
   train.train(first_half, tmp_path / "resumed")
-  # Written before two config fields existed: it resumes as if they were off.
-  saved = json.loads(quick_config.to_json())
+  # Written before two config fields existed: it resumes as if they were off. And resumed
+  # with a later end (total_kimg), which extends the run.
+  saved = json.loads(first_half.to_json())
   del saved["lr_rampdown"], saved["data"]["defect_labels"], saved["data"]["mvtec_root"]
   (tmp_path / "resumed" / "config.json").write_text(json.dumps(saved))
   # A record logged after the last checkpoint, and a line cut short by the kill: dropped.
