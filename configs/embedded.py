@@ -58,7 +58,7 @@ def get_config(arg=None):
   config.model.channel_base = 2048  # 64 px: 32 channels; <= 32 px: channel_max
   config.model.channel_max = 64  # 5.3 s/step at batch 32 on 2 cores when chosen (128: 9.4 s);
                                  # 1.3 s since the hand-written conv VJPs (generators/upfirdn.py),
-                                 # where 128 (4-16 px layers) costs only ~1.2x: see README
+                                 # where 128 (4-16 px layers) costs only ~1.1x: see README
   config.model.conv_clamp = 256.0
   config.model.mbstd_group_size = 4
 

@@ -464,7 +464,7 @@ RESUME_MAY_CHANGE = ("total_kimg", "log_every", "sample_every", "checkpoint_ever
 
 def _resumes(saved: dict, config: ml_collections.ConfigDict) -> bool:
   """Whether a run saved with config `saved` (JSON) can go on under `config`."""
-  may_change = RESUME_MAY_CHANGE[int(bool(config.get("lr_rampdown"))):]
+  may_change = set(RESUME_MAY_CHANGE) - ({"total_kimg"} if config.get("lr_rampdown") else set())
   keep = lambda tree: {k: v for k, v in tree.items() if k not in may_change}
   return keep(with_added_fields(saved)) == keep(json.loads(config.to_json()))
 

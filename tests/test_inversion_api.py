@@ -457,8 +457,6 @@ def test_model_benchmark_spread_sees_a_generator_that_ignores_z(model):
   """`benchmarks.embedded_model._spread`, the collapse measure: the noise is fixed, so a G whose
   mapping ignores z (first layer's weights zeroed) draws one image and scores 0, where the
   model itself scores clearly above 0; the real row is the spread of the given images."""
-  import dataclasses
-
   from benchmarks import embedded_model
   params = model.g_vars['params']
   mapping = {**params['mapping'], 'fc0': {**params['mapping']['fc0'],
