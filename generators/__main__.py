@@ -16,6 +16,11 @@ def _seeds(text: str) -> list[int]:
   return seeds
 
 
+def _steps(text: str) -> list[int]:
+  """'5000' or '4000,4500,5000' -> list of ints."""
+  return [int(part) for part in text.split(",")]
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m generators", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
@@ -35,8 +40,9 @@ def main(argv=None) -> int:
   export = sub.add_parser("export", help="export a training run's G_ema + D as a native model")
   export.add_argument("--workdir", required=True)
   export.add_argument("--out", required=True)
-  export.add_argument("--step", type=int, default=None,
-                      help="a kept checkpoint's step (default: the latest)")
+  export.add_argument("--step", type=_steps, default=None,
+                      help="a kept checkpoint's step (default: the latest), or several, comma-"
+                      "separated, to average their G_ema weights (D: the latest's)")
   args, overrides = parser.parse_known_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-save chatter

@@ -49,7 +49,7 @@ import math
 import os
 import pathlib
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -623,9 +623,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
 
 
 def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
-           metadata: dict | None = None, step: int | None = None) -> pathlib.Path:
+           metadata: dict | None = None,
+           step: int | Sequence[int] | None = None) -> pathlib.Path:
   """Write G_ema and D of `workdir`'s checkpoint at `step` (default: the latest) as a native
-  model at `out`."""
+  model at `out`.
+
+  Several steps: their G_ema weights (buffers included) are averaged uniformly (snapshot
+  averaging, the "SWA" of Izmailov et al., 2018): on a small dataset the snapshots swing from
+  one to the next, and their mean is steadier than any one of them. D and the metadata's step
+  are the latest step's; the metadata lists every averaged step.
+  """
   import orbax.checkpoint as ocp
 
   workdir = pathlib.Path(workdir)
@@ -635,15 +642,24 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   kept = manager.all_steps()
   if not kept:
     raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to export.")
-  if step is None:
-    step = max(kept)
-  elif step not in kept:
-    raise ValueError(f"{workdir} keeps checkpoints at steps {sorted(kept)}, not {step}; pick one "
-                     "of those (a run keeps its last `keep_checkpoints`).")
+  steps = sorted({max(kept)} if step is None else {step} if isinstance(step, int) else set(step))
+  missing = [s for s in steps if s not in kept]
+  if missing:
+    raise ValueError(f"{workdir} keeps checkpoints at steps {sorted(kept)}, not "
+                     f"{', '.join(map(str, missing))}; pick among those (a run keeps its last "
+                     "`keep_checkpoints`, and every `keep_checkpoint_every`).")
   template = init_state(config, g_config, d_config)
-  state = TrainState(*manager.restore(step, args=ocp.args.StandardRestore(template)))
+  restore = lambda s: TrainState(*manager.restore(s, args=ocp.args.StandardRestore(template)))
+  step = steps[-1]
+  state = restore(step)
+  ema = state.ema
+  if len(steps) > 1:
+    emas = [restore(s).ema for s in steps[:-1]] + [state.ema]
+    ema = jax.tree_util.tree_map(lambda *leaves: sum(leaves) / len(leaves), *emas)
   meta = {"training_steps": step, "kimg": step * config.batch_size / 1000,
           "train_config": json.loads(config.to_json()), **(metadata or {})}
+  if len(steps) > 1:
+    meta["averaged_steps"] = steps
   if g_config.c_dim:
     meta["class_names"] = list(class_names(config))
   if (workdir / INIT_FROM_FILE).exists():  # a fine-tuning run: add the starting model's kimg
@@ -651,10 +667,10 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
     meta["total_kimg_trained"] = start.pop("total_kimg_trained", start.get("kimg", 0.0)) \
         + meta["kimg"]
     meta["init_from"] = start
-  if transition(config, step) < 1:
+  if transition(config, min(steps)) < 1:
     log.warning("Step %d is %.0f%% through the run's transitional conditioning; the exported G "
                 "weighs the classes fully (NVlabs' conditional networks have no such weight).",
-                step, 100 * transition(config, step))
-  model = checkpoint.Model(g_config, state.ema, d_config,
+                min(steps), 100 * transition(config, min(steps)))
+  model = checkpoint.Model(g_config, ema, d_config,
                            {"params": _without_head(state.d_params)}, meta)
   return checkpoint.save(out, model, overwrite=True)

@@ -74,6 +74,16 @@ def test_train_resume_is_exact_and_exports(tmp_path, quick_config):
   assert earlier.metadata["training_steps"] == 2
   with pytest.raises(ValueError, match="keeps checkpoints at steps"):
     train.export(tmp_path / "straight", tmp_path / "step3", step=3)
+  # Snapshot averaging: G_ema is the mean of the steps' G_ema, D and the step the latest's.
+  averaged = checkpoint.load(train.export(tmp_path / "straight", tmp_path / "avg", step=[4, 2]))
+  jax.tree_util.tree_map(lambda m, a, b: np.testing.assert_allclose(m, (a + b) / 2, atol=1e-7),
+                         averaged.g_vars, model.g_vars, earlier.g_vars)
+  assert not all(np.array_equal(a, b) for a, b in zip(_leaves(model.g_vars),
+                                                       _leaves(earlier.g_vars)))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, averaged.d_vars, model.d_vars)
+  assert averaged.metadata["training_steps"] == 4 and averaged.metadata["averaged_steps"] == [2, 4]
+  with pytest.raises(ValueError, match="not 3"):
+    train.export(tmp_path / "straight", tmp_path / "avg3", step=[2, 3, 4])
 
   # Fine-tuning from the exported model: G, G_ema and D start as its G_ema and D.
   g_config, d_config = train.model_configs(quick_config, 16, 4)
