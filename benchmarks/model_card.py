@@ -88,6 +88,9 @@ def main(argv=None) -> None:
     elif meta["kimg"] < cfg["total_kimg"]:
       history += (f" The run is set for {cfg['total_kimg']:g} kimg; this is its checkpoint so far, "
                   "and the command below resumes it.")
+  if meta.get("averaged_steps"):
+    history += (" Its G_ema is the mean of the run's G_ema weights at steps "
+                + ", ".join(map(str, meta["averaged_steps"])) + " (snapshot averaging).")
   rows = "\n".join(
       f"| {r['pair']} | " + " | ".join(f"{r[k]:.1f}" for k in r if k != "pair") + " |"
       for r in evaluation["rows"])
@@ -187,16 +190,19 @@ def _reproduce(meta: dict, model: str = "default") -> str:
   export = "python -m generators export --workdir "
   paths = _paths(model)
   start = meta.get("init_from")
+  # A snapshot average (export's `--step a,b,c`) names its steps.
+  steps = (" --step " + ",".join(map(str, meta["averaged_steps"]))
+           if meta.get("averaged_steps") else "")
   if start:
     first_config = start.get("train_config", meta["train_config"])
     commands = [train + paths["run"] + _flags(first_config, start["kimg"]),
                 export + f"{paths['run']} --out {paths['base']}",
                 train + f"{paths['finetune']} --config.init_from={paths['base']}"
                 + _flags(meta["train_config"], meta["kimg"]),
-                export + f"{paths['finetune']} --out {paths['shipped']}"]
+                export + f"{paths['finetune']} --out {paths['shipped']}{steps}"]
   else:
     commands = [train + paths["run"] + _flags(meta["train_config"], meta["kimg"]),
-                export + f"{paths['run']} --out {paths['shipped']}"]
+                export + f"{paths['run']} --out {paths['shipped']}{steps}"]
   workdir = paths["finetune"] if start else paths["run"]
   commands += [f"python -m benchmarks.embedded_model --workdir {workdir} "
                f"--invert {INVERTED_CROPS} --out {paths['evaluation']}", paths["card"]]

@@ -31,6 +31,15 @@ def test_reproduce_a_snapshot_of_one_run_stops_at_its_kimg():
   assert run == _config(r1_gamma=1.0, total_kimg=163.2)
 
 
+def test_reproduce_a_snapshot_average_exports_its_steps():
+  meta = {"training_steps": 5000, "kimg": 160.0, "averaged_steps": [4000, 4500, 5000],
+          "train_config": _config(keep_checkpoint_every=250)}
+  commands = model_card._reproduce(meta)
+  (run,) = _train_configs(commands)
+  assert run == _config(keep_checkpoint_every=250, total_kimg=160.0)
+  assert "--out generators/embedded/model --step 4000,4500,5000\n" in commands
+
+
 def test_reproduce_a_model_from_before_a_feature_turns_it_off(monkeypatch):
   old = _config(r1_gamma=1.0)
   del old["ada_target"], old["lr_rampdown"]  # a config from before ADA and the lr ramp
