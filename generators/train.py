@@ -630,9 +630,10 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
 
   Several steps: their G_ema weights (buffers included) are averaged uniformly (snapshot
   averaging, the "SWA" of Izmailov et al., 2018): on a small dataset the snapshots swing from
-  one to the next, and their mean's SWD is steadier. It also fades what the snapshots draw in
-  different places (the defect masks of the channel_max 128 run: README). D and the metadata's
-  step are the latest step's; the metadata lists every averaged step.
+  one to the next, and their mean sits inside the swing (on the channel_max 128 run it matched
+  the best snapshot's SWD) but fades what the snapshots draw in different places (that run's
+  defect masks: README). D and the metadata's step are the latest step's; the metadata lists
+  every averaged step.
   """
   import orbax.checkpoint as ocp
 
