@@ -644,7 +644,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   kept = manager.all_steps()
   if not kept:
     raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to export.")
-  steps = sorted({max(kept)} if step is None else {step} if isinstance(step, int) else set(step))
+  steps = sorted({max(kept)} if step is None else set(map(int, np.atleast_1d(step))))
   missing = [s for s in steps if s not in kept]
   if missing:
     raise ValueError(f"{workdir} keeps checkpoints at steps {sorted(kept)}, not "
