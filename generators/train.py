@@ -654,10 +654,8 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   restore = lambda s: TrainState(*manager.restore(s, args=ocp.args.StandardRestore(template)))
   step = steps[-1]
   state = restore(step)
-  ema = state.ema
-  if len(steps) > 1:
-    emas = [restore(s).ema for s in steps[:-1]] + [state.ema]
-    ema = jax.tree_util.tree_map(lambda *leaves: sum(leaves) / len(leaves), *emas)
+  emas = [restore(s).ema for s in steps[:-1]] + [state.ema]
+  ema = jax.tree_util.tree_map(lambda *leaves: sum(leaves) / len(leaves), *emas)
   meta = {"training_steps": step, "kimg": step * config.batch_size / 1000,
           "train_config": json.loads(config.to_json()), **(metadata or {})}
   if len(steps) > 1:
