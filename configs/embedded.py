@@ -71,7 +71,7 @@ def get_config(arg=None):
                         # 0.1 (current code): D ahead throughout (d_loss ~0.1), samples one
                         # blurred blob at 29 kimg, stopped there
                         # 2.0 from scratch: slower (SWD 61.1 at 96 kimg); 2.0 from 80 kimg
-                        # on: SWD 34.2 at 96 kimg but brick redrawn 7 dB worse (README)
+                        # on: SWD 40.8 and W+ 24.08 dB at 112 kimg, both better (README)
   config.r1_interval = 16
   config.style_mixing_prob = 0.9
   config.ema_kimg = 10.0  # half-life of the G EMA, thousands of images
