@@ -113,8 +113,8 @@ stain, `generators/defects.py`) whose binary mask is the 4th channel. The right-
 every photo is held out: training never sees it; evaluation and `examples/` come from it.
 
 ## Recipe
-StyleGAN2-ADA's loss {_ada(cfg)}: non-saturating logistic loss, lazy R1 (gamma
-{cfg['r1_gamma']}, every {cfg['r1_interval']} steps), style mixing {cfg['style_mixing_prob']},
+StyleGAN2-ADA's loss {_ada(cfg)}: non-saturating logistic loss, lazy R1 ({_r1(cfg)},
+every {cfg['r1_interval']} steps), style mixing {cfg['style_mixing_prob']},
 G EMA (half-life {cfg['ema_kimg']} kimg, ramp-up {cfg['ema_rampup']}), Adam (lr {cfg['g_lr']},
 betas 0/0.99), batch {cfg['batch_size']}. z = w = {cfg['model']['z_dim']},
 {cfg['model']['mapping_layers']} mapping layers, channel_base {cfg['model']['channel_base']},
@@ -232,6 +232,14 @@ def _ada(train_config: dict) -> str:
   return (f"with ADA ({ops}; "
           f"p steered to r_t = {train_config['ada_target']:g}, at most 1 per "
           f"{train_config['ada_kimg']:g} kimg; `generators/augment.py`)")
+
+
+def _r1(train_config: dict) -> str:
+  text = f"gamma {train_config['r1_gamma']:g}"
+  if train_config.get("r1_gamma_late"):
+    text += (f", {train_config['r1_gamma_late']:g} from {train_config['r1_gamma_late_kimg']:g} "
+             "kimg on")
+  return text
 
 
 def _conditioning(train_config: dict) -> str:

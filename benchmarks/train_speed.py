@@ -58,8 +58,8 @@ def measure(config, label: str, repeats: int) -> dict:
     c = jax.device_put(jax.nn.one_hot(jnp.zeros(config.batch_size, int), g_config.c_dim),
                        NamedSharding(mesh, P("data")))
   steps = {"g_step": lambda s: g_step(s, key, 0.99, 1.0, c),
-           "d_step": lambda s: d_plain(s, real, key, 1.0, c, c),
-           "d_r1_step": lambda s: d_r1(s, real, key, 1.0, c, c)}
+           "d_step": lambda s: d_plain(s, real, key, 1.0, config.r1_gamma, c, c),
+           "d_r1_step": lambda s: d_r1(s, real, key, 1.0, config.r1_gamma, c, c)}
   row = {"convs": label}
   for name, step in steps.items():
     times = []

@@ -76,7 +76,8 @@ FIELDS_ADDED_OFF = {"lr_rampdown": 0.0, "ada_target": 0.0, "ada_ops": ",".join(a
                     "transition_start_kimg": 0.0, "transition_end_kimg": 0.0,
                     "data.mvtec_root": "", "data.mvtec_category": "",
                     "data.mvtec_splits": "train,test", "data.mvtec_dihedral": "auto",
-                    "data.rotations": "quarter", "data.photo_labels": False}
+                    "data.rotations": "quarter", "data.photo_labels": False,
+                    "r1_gamma_late": 0.0, "r1_gamma_late_kimg": 0.0}
 MASK_ON = 127  # uint8 mask channel: a defect pixel is above this
 MVTEC_DIHEDRAL = {"auto": None, "yes": True, "no": False}  # config -> mvtec.training_images
 TRANSITION_HEAD = "transition_out"  # in d_params: D's unconditional logit while transitioning
@@ -254,6 +255,19 @@ def _generate(g_config, g_params, g_buffers, key, c, c_scale, batch, style_mixin
   return img, updates["buffers"]
 
 
+def step_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` less what the compiled steps do not depend on, so that runs differing only there
+  share one compilation."""
+  out = config.copy_and_resolve_references()
+  out.total_kimg = 0.0  # the run length
+  out.init_from = None  # the initialisation
+  out.lr_rampdown = 0.0  # the schedules (per-step arguments)
+  out.r1_gamma = out.r1_gamma_late = out.r1_gamma_late_kimg = 0.0
+  out.data = ml_collections.ConfigDict(  # the data, beyond the class labels
+      {key: bool(config.data.get(key)) for key in ("defect_labels", "photo_labels")})
+  return out
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_steps(config_json: str, g_config, d_config, devices: tuple):
   """make_steps, memoised so that resuming in the same process does not recompile."""
@@ -315,10 +329,10 @@ def make_steps(config, g_config, d_config, mesh: Mesh):
     state = state._replace(g_params=g_params, g_buffers=buffers, ema=ema, g_opt=g_opt_state)
     return state, {"g_loss": loss}
 
-  def d_step(state: TrainState, real, key, lr_scale, real_c=None, gen_c=None, c_scale=1.0, *,
-             with_r1: bool):
-    """One D step; `real_c`, `gen_c`: the reals' and the fakes' labels (None: unconditional),
-    `c_scale`: `transition`."""
+  def d_step(state: TrainState, real, key, lr_scale, r1_gamma, real_c=None, gen_c=None,
+             c_scale=1.0, *, with_r1: bool):
+    """One D step; `r1_gamma`: R1's weight (`r1_gamma_at`), `real_c`, `gen_c`: the reals' and
+    the fakes' labels (None: unconditional), `c_scale`: `transition`."""
     gen_key, fake_aug_key, real_aug_key = jax.random.split(key, 3)
     fake, _ = generate(state.g_params, state.g_buffers, gen_key, gen_c, c_scale)
     fake = jax.lax.stop_gradient(fake)
@@ -334,7 +348,7 @@ def make_steps(config, g_config, d_config, mesh: Mesh):
       else:
         real_scores, r1 = d(real, real_aug_key, real_c), jnp.zeros(())
       main = softplus_loss(fake_scores, 1.0, c_scale) + softplus_loss(real_scores, -1.0, c_scale)
-      total = main + (config.r1_gamma / 2) * r1 * config.r1_interval
+      total = main + (r1_gamma / 2) * r1 * config.r1_interval
       return total, ({"d_loss": main, "r1": r1, "real_score": jnp.mean(real_scores[0]),
                       "fake_score": jnp.mean(fake_scores[0])}, real_scores[0])
 
@@ -367,6 +381,16 @@ def lr_scale(config, step: int, total_steps: int) -> float:
     return 1.0
   ramp = min(1.0, (1.0 - step / total_steps) / rampdown)
   return 0.5 - 0.5 * math.cos(math.pi * ramp)
+
+
+def r1_gamma_at(config, step: int) -> float:
+  """R1's weight at `step`: `r1_gamma`, then `r1_gamma_late` from `r1_gamma_late_kimg` on (when
+  set). A stronger penalty once G draws the textures keeps D's logits from running away from
+  G's (README: from scratch it slows G down)."""
+  late = config.get("r1_gamma_late", 0.0)
+  if late and step * config.batch_size / 1000 >= config.r1_gamma_late_kimg:
+    return late
+  return config.r1_gamma
 
 
 def ema_beta(config, step: int) -> float:
@@ -554,13 +578,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     state = TrainState(*state) if not isinstance(state, TrainState) else state
     log.info("Resumed %s at step %d.", workdir, step0)
   state = jax.device_put(state, replicated)
-  step_config = config.copy_and_resolve_references()
-  step_config.total_kimg = 0.0  # the compiled steps depend on neither the run length
-  step_config.init_from = None  # nor the initialisation
-  step_config.lr_rampdown = 0.0  # nor the schedule (a per-step argument)
-  step_config.data = ml_collections.ConfigDict(  # nor the data, beyond the class labels
-      {key: bool(config.data.get(key)) for key in ("defect_labels", "photo_labels")})
-  g_step, d_plain, d_r1 = _cached_steps(step_config.to_json(), g_config, d_config, tuple(devices))
+  g_step, d_plain, d_r1 = _cached_steps(step_config(config).to_json(), g_config, d_config,
+                                        tuple(devices))
 
   bank = None if streams_crops(config) else training_set(config, resolution)
   conditional = bool(g_config.c_dim)
@@ -587,13 +606,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     g_key, d_key = jax.random.split(key)
     scale = lr_scale(config, step, total_steps)
+    gamma = r1_gamma_at(config, step)
     c_scale = transition(config, step)
     state, g_metrics = g_step(state, g_key, ema_beta(config, step), scale, g_gen_c, c_scale)
     if step % config.r1_interval == 0:
-      state, d_metrics = d_r1(state, real, d_key, scale, real_c, d_gen_c, c_scale)
+      state, d_metrics = d_r1(state, real, d_key, scale, gamma, real_c, d_gen_c, c_scale)
       last_r1 = d_metrics.pop("r1")  # logged with the next record
     else:
-      state, d_metrics = d_plain(state, real, d_key, scale, real_c, d_gen_c, c_scale)
+      state, d_metrics = d_plain(state, real, d_key, scale, gamma, real_c, d_gen_c, c_scale)
       d_metrics.pop("r1")
     done = step + 1
     bar.update(1)
@@ -604,7 +624,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
         raise FloatingPointError(f"Non-finite loss at step {done}: {record}. Resume from the last "
                                  "checkpoint with a lower learning rate or larger r1_gamma.")
       record.update(step=done, kimg=done * config.batch_size / 1000, lr_scale=scale,
-                    seconds=round(time.time() - t0, 1))
+                    r1_gamma=gamma, seconds=round(time.time() - t0, 1))
       if transitional(config):
         record["transition"] = c_scale
       metrics_file.write(json.dumps(record) + "\n")

@@ -276,6 +276,42 @@ def test_lr_scale_is_constant_then_a_cosine_ramp_to_zero():
   assert train.lr_scale(configs.load_config("embedded:quick"), 99, 100) == 1.0
 
 
+def test_r1_gamma_switches_to_the_late_weight_at_its_kimg():
+  config = configs.load_config("embedded:quick", ["--config.r1_gamma=0.5",
+                                                  "--config.r1_gamma_late=2.0",
+                                                  "--config.r1_gamma_late_kimg=0.064"])
+  switch = 64 // config.batch_size  # the first step at 0.064 kimg
+  gammas = [train.r1_gamma_at(config, step) for step in range(2 * switch)]
+  assert gammas == [0.5] * switch + [2.0] * switch
+  config.r1_gamma_late = 0.0  # off
+  assert train.r1_gamma_at(config, 10 * switch) == 0.5
+
+
+def test_r1_weight_enters_the_d_step_gradient_linearly(quick_config):
+  """The R1 weight is a per-step argument of the compiled D step: with beta1 = 0 Adam's first
+  moment after one step is the gradient, which must be main + gamma / 2 * interval * grad(R1)."""
+  g, d = train.model_configs(quick_config, quick_config.data.resolution, 4)
+  _, d_plain, d_r1 = train._cached_steps(train.step_config(quick_config).to_json(), g, d,
+                                         tuple(jax.devices()))
+  real = np.random.default_rng(0).uniform(-1, 1, (quick_config.batch_size, 16, 16, 4))
+  key = jax.random.PRNGKey(3)
+
+  def gradient(d_step, gamma):
+    state = train.init_state(quick_config, g, d)  # fresh: the step donates its state
+    state, metrics = d_step(state, real.astype(np.float32), key, 1.0, gamma)
+    return jax.tree_util.tree_leaves(state.d_opt[0].mu), float(metrics["r1"])
+
+  plain, r1_none = gradient(d_plain, 4.0)  # the plain step ignores the weight
+  zero, _ = gradient(d_r1, 0.0)
+  one, r1 = gradient(d_r1, 1.0)
+  three, _ = gradient(d_r1, 3.0)
+  assert r1_none == 0.0 and r1 > 0.0
+  for p, z, o, t in zip(plain, zero, one, three):
+    np.testing.assert_allclose(z, p, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(t, z + 3 * (o - z), rtol=1e-3, atol=1e-5)
+  assert max(float(np.abs(o - z).max()) for o, z in zip(one, zero)) > 1e-4  # R1 counts
+
+
 _SHARDED = r"""
 import jax, numpy as np, configs
 from jax.sharding import Mesh
@@ -294,7 +330,7 @@ for n in (1, 8):
   g_step, d_plain, d_r1 = train.make_steps(cfg, g, d, mesh)
   state = train.init_state(cfg, g, d)
   state, _ = g_step(state, jax.random.PRNGKey(1), 0.5, 1.0, gen_c)
-  args = (real, jax.random.PRNGKey(2), 1.0, real_c, gen_c)
+  args = (real, jax.random.PRNGKey(2), 1.0, cfg.r1_gamma, real_c, gen_c)
   if n == 8:  # data-parallel: each device takes 1 image, the gradients are summed across them
     d_r1 = d_r1.lower(state, *args).compile()  # run this executable: one compile, not two
     assert "all-reduce" in d_r1.as_text(), "no cross-device reduction in the sharded D step"
