@@ -58,7 +58,8 @@ def main(argv=None) -> None:
   # Later snapshots of the same run (fine-tuning runs from a snapshot are other lineages).
   later = [e for e in evaluations if _total_kimg(e["metadata"]) > _total_kimg(meta)
            and e["metadata"].get("init_from") == meta.get("init_from")]
-  reproduce = _reproduce(meta, args.model)
+  draws = len((evaluation.get("swd_draws") or {}).get("values", []))
+  reproduce = _reproduce(meta, args.model, draws)
   if meta.get("init_from"):
     start = meta["init_from"]
     history = (f"Trained in two runs on 2 CPU cores: {start.get('kimg', 0):.1f} kimg "
@@ -183,9 +184,9 @@ def _paths(model: str) -> dict[str, str]:
                   + ("" if model == "default" else f" --model {model}")}
 
 
-def _reproduce(meta: dict, model: str = "default") -> str:
+def _reproduce(meta: dict, model: str = "default", draws: int = 0) -> str:
   """The commands that retrain shipped model `model`: one run, or a first run and a fine-tuning
-  run."""
+  run; then its evaluation, with `draws` repeated SWD draws if the card reports them."""
   train = "python -m generators train --config embedded --workdir "
   export = "python -m generators export --workdir "
   paths = _paths(model)
@@ -205,7 +206,8 @@ def _reproduce(meta: dict, model: str = "default") -> str:
                 export + f"{paths['run']} --out {paths['shipped']}{steps}"]
   workdir = paths["finetune"] if start else paths["run"]
   commands += [f"python -m benchmarks.embedded_model --workdir {workdir} "
-               f"--invert {INVERTED_CROPS} --out {paths['evaluation']}", paths["card"]]
+               f"--invert {INVERTED_CROPS}" + (f" --draws {draws}" if draws > 1 else "")
+               + f" --out {paths['evaluation']}", paths["card"]]
   return "\n".join(commands)
 
 
@@ -303,8 +305,7 @@ each photo's held-out crops above samples labelled with it.
 |---|---|---|---|---|---|
 {rows}
 
-![per photo: held-out crops, then samples labelled with it]({PHOTOS_PNG})
-"""
+![per photo: held-out crops, then samples labelled with it]({PHOTOS_PNG})"""
 
 
 def _draws(evaluation: dict) -> str:

@@ -115,8 +115,8 @@ def test_quality_on_the_trained_64px_embedded_model():
   runs = {space: api.invert(x, model, quality_config(space, '--config.steps=300'),
                             progress=False) for space in ('z', 'w', 'wplus')}
   mse = {s: r.metrics['mse'] for s, r in runs.items()}
-  print({s: r.metrics['psnr'].tolist() for s, r in runs.items()})  # measured 35.7/35.3,
-  assert np.all(runs['wplus'].metrics['psnr'] >= 35.0)               # 43.6/45.1, 49.0/49.6 dB
+  print({s: r.metrics['psnr'].tolist() for s, r in runs.items()})  # measured 31.2/30.2,
+  assert np.all(runs['wplus'].metrics['psnr'] >= 35.0)               # 45.5/40.5, 49.3/46.3 dB
   assert np.all(mse['z'] >= mse['w']) and np.all(mse['w'] >= mse['wplus']), mse
 
 

@@ -29,6 +29,8 @@ def test_reproduce_a_snapshot_of_one_run_stops_at_its_kimg():
   meta = {"training_steps": 5100, "kimg": 163.2, "train_config": _config(r1_gamma=1.0)}
   (run,) = _train_configs(model_card._reproduce(meta))
   assert run == _config(r1_gamma=1.0, total_kimg=163.2)
+  assert "--draws" not in model_card._reproduce(meta)
+  assert "--invert 16 --draws 3 --out" in model_card._reproduce(meta, draws=3)
 
 
 def test_reproduce_a_snapshot_average_exports_its_steps():
