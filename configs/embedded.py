@@ -22,13 +22,14 @@ def get_config(arg=None):
   # 0: fresh crops with freshly painted defects every step (generators/train.py); N: a bank of
   # N crops drawn once (flips/rotations in the bank), as the model shipped before trained with
   # 20_000: SWD 61.8 at 96 kimg and 43.2 at its best (163 kimg), where streaming reached 42.4
-  # at 96 kimg and 41.1 at 112 kimg.
+  # at 96 kimg and 41.1 at 112 kimg (both with R1 gamma 0.5 throughout).
   config.data.num_crops = 0
   config.data.defect_fraction = 0.5
   # Rotations of the crops (generators/data.py QUARTER_TURNS), each also left-right flipped at
   # random: "quarter" (all 8 flips/rotations), "half" (brick courses stay vertical, as in the
   # photo), "none". "half" scored 43.9 at 112 kimg against its own held-out crops (real vs real
-  # 20.2; "quarter": 41.1 against 17.6), with larger defect masks; see README.
+  # 20.2; "quarter": 41.1 against 17.6; both with R1 gamma 0.5 throughout), with larger defect
+  # masks; see README.
   config.data.rotations = "quarter"
   # Real data instead (generators/mvtec.py): an MVTec AD folder and category, e.g.
   # --config.data.mvtec_root=/data/mvtec_ad --config.data.mvtec_category=carpet; its train
