@@ -17,11 +17,11 @@ conditional model also gets one row per class against held-out crops of that cla
 photo-conditional one: that photo's, about a third of the images).
 (--no-baselines keeps only the G_ema row: for a sweep over training snapshots.)
 --draws N repeats the G_ema vs held-out row with N-1 fresh sets of samples and random projections
-and reports the mean, standard deviation and range: the SWD's own noise (for the shipped model
-41.3 +- 0.5 over 5 draws, 40.4 to 42.0: a point between snapshots can be chance).
+and reports the mean, standard deviation and range: the SWD's own noise (for the model shipped
+before, 41.3 +- 0.5 over 5 draws, 40.4 to 42.0: a point between snapshots can be chance).
 --invert N also inverts N held-out crops in W+ with the demo's preset and reports their mean
 MSE, PSNR and SSIM, overall and per photo: how well the model redraws real images, which SWD
-does not see (a run with the same SWD as the shipped model redrew them 2.7 dB worse). Its grid
+does not see (a run with the same SWD as the model shipped before redrew them 2.7 dB worse). Its grid
 and metrics go to <out>_inversion/.
 Photo coverage: the share of samples that look like each of the three photos (a texture
 classifier, `benchmarks.photo_coverage`, whose accuracy on held-out crops is reported with it,

@@ -88,7 +88,7 @@ def get_config(arg=None):
   config.ada_kimg = 100.0  # p changes by at most 1 in this many kimg (NVlabs: 500 for long runs)
   # Which augmentations (generators/augment.py). Our crops already come in all 8 flips/rotations
   # and every shift, so only the colour ones give D anything new; with all five, a fine-tune of
-  # the shipped model at p -> 0.5 drew every brick course horizontal.
+  # the 0.5 model (README) at p -> 0.5 drew every brick course horizontal.
   config.ada_ops = "xflip,rotate90,xint,brightness,contrast"
 
   # Bookkeeping.

@@ -68,7 +68,7 @@ def test_coverage_report_shows_a_dropped_photo(classifier_and_heldout, tmp_path)
   assert abs(shares["brick"] - 0.5) < 0.1 and abs(shares["gravel"] - 0.5) < 0.1
   for name in ("brick", "gravel"):
     photo = report["photos"][name]
-    # real crops score near the floor; the shipped model scores 2.4-3.2 times it
+    # real crops score near the floor; the shipped model scores 2.5-3.0 times it
     assert photo["G_ema"]["SWDx1e3_avg"] < 1.4 * photo["floor"]["SWDx1e3_avg"]
   assert report["classifier_accuracy"] >= 0.97
   assert report["unlike_any_photo"] <= 0.05  # real crops are in the classifier's domain
