@@ -344,9 +344,22 @@ def main(argv=None) -> None:
   common.write_json(str(out), payload)
 
 
+def _curve_marks(train_config: dict, snapshot_kimg: float | None) -> list[tuple[float, str, str]]:
+  """(kimg, line style, label) of the vertical lines on a run's loss curve: the evaluated
+  snapshot, and the kimg where R1's weight switches (a run from before the switch has none)."""
+  marks = []
+  if snapshot_kimg is not None:
+    marks.append((snapshot_kimg, ":", f"this model ({snapshot_kimg:g})"))
+  if train_config.get("r1_gamma_late"):
+    marks.append((train_config["r1_gamma_late_kimg"], "--",
+                  f"R1 gamma {train_config['r1_gamma']:g} -> {train_config['r1_gamma_late']:g}"))
+  return marks
+
+
 def _plot_curve(workdir: pathlib.Path, path: pathlib.Path,
                 snapshot_kimg: float | None = None) -> pathlib.Path:
-  """G and D losses of a training run; a line marks the evaluated snapshot."""
+  """G and D losses of a training run; lines mark the evaluated snapshot and any change of the R1
+  weight (`r1_gamma_late`)."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -357,8 +370,9 @@ def _plot_curve(workdir: pathlib.Path, path: pathlib.Path,
   fig, ax = plt.subplots(figsize=(6, 3.5))
   for key in ("g_loss", "d_loss"):
     ax.plot(kimg, [r[key] for r in records], label=key)
-  if snapshot_kimg is not None:
-    ax.axvline(snapshot_kimg, color="k", linestyle=":", label=f"this model ({snapshot_kimg:g})")
+  config = json.loads((workdir / "config.json").read_text())
+  for at, linestyle, label in _curve_marks(config, snapshot_kimg):
+    ax.axvline(at, color="k" if linestyle == ":" else "grey", linestyle=linestyle, label=label)
   ax.set_xlabel("kimg")
   ax.set_ylabel("loss")
   ax.legend()

@@ -151,3 +151,12 @@ def test_card_names_the_photo_labels_of_a_photo_conditional_model():
   text = model_card._conditioning(_config(**{"data.photo_labels": True}))
   assert "`data.photo_labels`, c_dim 3" in text and "`--class brick`" in text
   assert model_card._conditioning(_config()) == ""
+
+
+def test_loss_curve_marks_the_snapshot_and_the_r1_switch():
+  from benchmarks.embedded_model import _curve_marks
+  switched = _config(r1_gamma=0.5, r1_gamma_late=2.0, r1_gamma_late_kimg=80)
+  assert _curve_marks(switched, 112.0) == [(112.0, ":", "this model (112)"),
+                                           (80.0, "--", "R1 gamma 0.5 -> 2")]
+  before_the_switch = {k: v for k, v in switched.items() if not k.startswith("r1_gamma_late")}
+  assert _curve_marks(before_the_switch, None) == []
