@@ -48,7 +48,7 @@ def main(argv=None) -> None:
   curve_png = next((e["curve_png"] for e in evaluations if e.get("curve_png")), None)
   if curve_png:
     shutil.copy(curve_png, model_dir / "training_curve.png")
-    curve = "\n![G and D losses over the last training run](training_curve.png)\n"
+    curve = "\n![G and D losses over the last training run](training_curve.png)"
   if evaluation.get("photo_coverage"):
     shutil.copy(evaluation["photo_coverage"]["grid_png"], model_dir / PHOTOS_PNG)
   progress = "\n".join(
