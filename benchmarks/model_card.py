@@ -177,6 +177,7 @@ def _paths(model: str) -> dict[str, str]:
   suffix = "" if model == "default" else f"_{model}"
   evaluation = f"out/bench/embedded_model{suffix}.json"
   return {"run": f"runs/embedded{suffix}", "base": f"runs/base_model{suffix}",
+          "trunk": f"runs/trunk{suffix}",
           "finetune": f"runs/finetune{suffix}",
           "shipped": str((checkpoint.embedded_dir(model) / "model").relative_to(REPO)),
           "evaluation": evaluation,
@@ -185,8 +186,9 @@ def _paths(model: str) -> dict[str, str]:
 
 
 def _reproduce(meta: dict, model: str = "default", draws: int = 0) -> str:
-  """The commands that retrain shipped model `model`: one run, or a first run and a fine-tuning
-  run; then its evaluation, with `draws` repeated SWD draws if the card reports them."""
+  """The commands that retrain shipped model `model`: one run, a first run and a fine-tuning
+  run, or a trunk run and a branch of it; then its evaluation, with `draws` repeated SWD draws
+  if the card reports them."""
   train = "python -m generators train --config embedded --workdir "
   export = "python -m generators export --workdir "
   paths = _paths(model)
@@ -204,6 +206,14 @@ def _reproduce(meta: dict, model: str = "default", draws: int = 0) -> str:
   else:
     commands = [train + paths["run"] + _flags(meta["train_config"], meta["kimg"]),
                 export + f"{paths['run']} --out {paths['shipped']}{steps}"]
+  if meta.get("branched_from"):  # the run continued another one (the trunk) from its checkpoint
+    if start:
+      raise ValueError("The card cannot yet write the commands for a branch of a fine-tuning run.")
+    trunk = meta["branched_from"]
+    trunk_kimg = trunk["step"] * trunk["train_config"]["batch_size"] / 1000
+    commands[:1] = [train + paths["trunk"] + _flags(trunk["train_config"], trunk_kimg),
+                    train + paths["run"] + f" --branch-from {paths['trunk']} --branch-step "
+                    f"{trunk['step']}" + _flags(meta["train_config"], meta["kimg"])]
   workdir = paths["finetune"] if start else paths["run"]
   commands += [f"python -m benchmarks.embedded_model --workdir {workdir} "
                f"--invert {INVERTED_CROPS}" + (f" --draws {draws}" if draws > 1 else "")

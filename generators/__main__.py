@@ -37,6 +37,10 @@ def main(argv=None) -> int:
   train = sub.add_parser("train", help="train (or resume) a StyleGAN2")
   train.add_argument("--config", default="embedded", help="config name or file[:arg]")
   train.add_argument("--workdir", required=True)
+  train.add_argument("--branch-from", default=None, metavar="RUN",
+                     help="start --workdir as a branch of the run in RUN at --branch-step: "
+                     "continue it from that checkpoint under this config (same networks)")
+  train.add_argument("--branch-step", type=int, default=None)
   export = sub.add_parser("export", help="export a training run's G_ema + D as a native model")
   export.add_argument("--workdir", required=True)
   export.add_argument("--out", required=True)
@@ -71,6 +75,13 @@ def main(argv=None) -> int:
     from generators import train as train_lib
 
     config = configs.load_config(args.config, overrides)
+    if (args.branch_from is None) != (args.branch_step is None):
+      parser.error("--branch-from and --branch-step go together")
+    if args.branch_from is not None:
+      try:
+        train_lib.branch(args.branch_from, args.branch_step, args.workdir, config)
+      except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
     train_lib.train(config, args.workdir)
   elif args.command == "export":
     from generators import train as train_lib

@@ -34,6 +34,8 @@ optimiser states, as NVlabs' `--resume=network.pkl` does (G and G_ema both start
 Resuming is exact: the state (params, EMA, optimiser moments, step) is an orbax checkpoint, the
 crop bank is a pure function of the seed, and every step's randomness (streamed crops
 included) is derived from (seed, step).
+So a branch (`branch`: a new workdir that continues another run from one of its kept
+checkpoints under a changed config) computes what that run resumed with the change would.
 
     python -m generators train --config embedded --workdir runs/embedded
     python -m generators export --workdir runs/embedded --out generators/embedded/model
@@ -48,6 +50,7 @@ import logging
 import math
 import os
 import pathlib
+import shutil
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -67,6 +70,7 @@ ADAM_BETAS = (0.0, 0.99)  # StyleGAN2's Adam: no first-moment momentum
 ADAM_EPS = 1e-8
 GRID_SEEDS = 16  # images in the periodic sample grid (4 x 4)
 INIT_FROM_FILE = "init_from.json"  # in a workdir: metadata of the model a fine-tuning run began at
+BRANCH_FILE = "branched_from.json"  # in a workdir: the run and step a branch began at (`branch`)
 CLASS_NAMES = ("clean", "defect")  # one-hot label order with data.defect_labels
 # Config fields added after runs were started, with the value that means "off" (for ada_ops:
 # all five, as before it existed): a run whose saved config lacks one ran without it (resume
@@ -533,6 +537,47 @@ def _checkpoint_manager(workdir: pathlib.Path, config: ml_collections.ConfigDict
   return ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
 
 
+def branch(source: str | pathlib.Path, step: int, workdir: str | pathlib.Path,
+           config: ml_collections.ConfigDict) -> None:
+  """Start `workdir` as a branch of the run in `source` at its kept checkpoint `step`: that
+  checkpoint and the metrics up to it are copied, so `train(config, workdir)` continues the run
+  from there under `config`, which may change anything but the networks (another R1 weight or
+  learning-rate schedule from that step on). `BRANCH_FILE` records the source and its config;
+  `export` puts it in the model's metadata. Called again for the same branch, it does nothing,
+  so that the branching command also resumes."""
+  source, workdir = pathlib.Path(source), pathlib.Path(workdir)
+  if (workdir / BRANCH_FILE).exists():  # the same command again, after a kill: resume the branch
+    done = json.loads((workdir / BRANCH_FILE).read_text())
+    if (done["path"], done["step"]) == (str(source), step):
+      return
+  if not (source / "config.json").exists():
+    raise FileNotFoundError(f"{source} holds no training run (no config.json) to branch from.")
+  checkpoints = workdir / "checkpoints"
+  if checkpoints.exists() and any(checkpoints.iterdir()):
+    raise ValueError(f"{workdir} already holds a run; branch into a new --workdir.")
+  saved = json.loads((source / "config.json").read_text())
+  source_config = ml_collections.ConfigDict(with_added_fields(saved))
+  resolution = config.data.resolution
+  if (model_configs(source_config, source_config.data.resolution, 4)
+      != model_configs(config, resolution, 4)):
+    raise ValueError(f"The config's networks differ from those of the run in {source}; a branch "
+                     "continues the same networks (to start new ones from a trained model, use "
+                     "--config.init_from with an exported model).")
+  kept = _checkpoint_manager(source, source_config).all_steps()
+  if step not in kept:
+    raise ValueError(f"{source} keeps checkpoints at steps {sorted(kept)}, not {step}; branch "
+                     "from one of those.")
+  shutil.copytree(source / "checkpoints" / str(step), checkpoints / str(step))
+  if (source / "metrics.jsonl").exists():
+    shutil.copy(source / "metrics.jsonl", workdir / "metrics.jsonl")
+    _drop_records_after(workdir / "metrics.jsonl", step)
+  if (source / INIT_FROM_FILE).exists():  # a branch of a fine-tuning run starts where it did
+    shutil.copy(source / INIT_FROM_FILE, workdir / INIT_FROM_FILE)
+  (workdir / BRANCH_FILE).write_text(json.dumps(
+      {"path": str(source), "step": step, "train_config": saved}))
+  log.info("Branched %s from %s at step %d.", workdir, source, step)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainState:
   """Train (or resume) in `workdir`: checkpoints/, samples/, metrics.jsonl, config.json."""
   import orbax.checkpoint as ocp
@@ -687,6 +732,8 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
     meta["total_kimg_trained"] = start.pop("total_kimg_trained", start.get("kimg", 0.0)) \
         + meta["kimg"]
     meta["init_from"] = start
+  if (workdir / BRANCH_FILE).exists():  # the run was branched from another one (`branch`)
+    meta["branched_from"] = json.loads((workdir / BRANCH_FILE).read_text())
   if transition(config, min(steps)) < 1:
     log.warning("Step %d is %.0f%% through the run's transitional conditioning; the exported G "
                 "weighs the classes fully (NVlabs' conditional networks have no such weight).",

@@ -160,3 +160,15 @@ def test_loss_curve_marks_the_snapshot_and_the_r1_switch():
                                            (80.0, "--", "R1 gamma 0.5 -> 2")]
   before_the_switch = {k: v for k, v in switched.items() if not k.startswith("r1_gamma_late")}
   assert _curve_marks(before_the_switch, None) == []
+
+
+def test_reproduce_a_branch_trains_its_trunk_then_branches_at_its_step():
+  trunk = _config(r1_gamma=0.5)
+  meta = {"training_steps": 5000, "kimg": 160.0, "train_config": _config(r1_gamma=2.0),
+          "branched_from": {"path": "runs/x", "step": 2500, "train_config": trunk}}
+  commands = model_card._reproduce(meta)
+  first, second = _train_configs(commands)
+  assert first == _config(r1_gamma=0.5, total_kimg=80.0)
+  assert second == _config(r1_gamma=2.0, total_kimg=160.0)
+  assert "--workdir runs/embedded --branch-from runs/trunk --branch-step 2500 " in commands
+  assert "export --workdir runs/embedded --out generators/embedded/model" in commands

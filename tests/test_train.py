@@ -347,3 +347,33 @@ def test_data_parallel_step_equals_single_device():
              JAX_PLATFORMS="cpu")
   run = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True, env=env)
   assert run.returncode == 0 and "OK" in run.stdout, run.stderr[-3000:]
+
+
+def test_branch_continues_a_run_from_its_checkpoint_under_a_new_config(tmp_path, quick_config):
+  """A branch at step 2 with a learning-rate ramp-down from step 2 on ends where a run with the
+  ramp-down from scratch ends (the ramp leaves steps 0-1 alone), not where its source does."""
+  source = train.train(quick_config, tmp_path / "source")  # 4 steps, checkpoints at 2 and 4
+  ramped = quick_config.copy_and_resolve_references()
+  ramped.lr_rampdown = 0.5
+  scratch = train.train(ramped, tmp_path / "scratch")
+  with pytest.raises(ValueError, match=r"keeps checkpoints at steps \[2, 4\], not 3"):
+    train.branch(tmp_path / "source", 3, tmp_path / "branch", ramped)
+  wider = ramped.copy_and_resolve_references()
+  wider.model.channel_max *= 2
+  with pytest.raises(ValueError, match="networks differ"):
+    train.branch(tmp_path / "source", 2, tmp_path / "branch", wider)
+  train.branch(tmp_path / "source", 2, tmp_path / "branch", ramped)
+  train.branch(tmp_path / "source", 2, tmp_path / "branch", ramped)  # again: a no-op (resume)
+  with pytest.raises(ValueError, match="already holds a run"):
+    train.branch(tmp_path / "scratch", 2, tmp_path / "branch", ramped)
+  branched = train.train(ramped, tmp_path / "branch")
+  for a, b in zip(_leaves(scratch), _leaves(branched)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(np.asarray(source.ema["params"]["synthesis"]["b16"]["torgb"]["weight"]),
+                         np.asarray(branched.ema["params"]["synthesis"]["b16"]["torgb"]["weight"]))
+  records = [json.loads(l) for l in (tmp_path / "branch" / "metrics.jsonl").read_text().splitlines()]
+  source_records = (tmp_path / "source" / "metrics.jsonl").read_text().splitlines()
+  assert [r["step"] for r in records] == [2, 4] and records[0] == json.loads(source_records[0])
+  model = checkpoint.load(train.export(tmp_path / "branch", tmp_path / "model"))
+  assert model.metadata["branched_from"]["step"] == 2
+  assert model.metadata["branched_from"]["train_config"]["lr_rampdown"] == 0.0
