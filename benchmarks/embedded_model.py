@@ -21,8 +21,8 @@ and reports the mean, standard deviation and range: the SWD's own noise (for the
 before, 41.3 +- 0.5 over 5 draws, 40.4 to 42.0: a point between snapshots can be chance).
 --invert N also inverts N held-out crops in W+ with the demo's preset and reports their mean
 MSE, PSNR and SSIM, overall and per photo: how well the model redraws real images, which SWD
-does not see (a run with the same SWD as the model shipped before redrew them 2.7 dB worse). Its grid
-and metrics go to <out>_inversion/.
+does not see (a run with the same SWD as the model shipped before redrew them 2.7 dB worse). Its
+grid and metrics go to <out>_inversion/.
 Photo coverage: the share of samples that look like each of the three photos (a texture
 classifier, `benchmarks.photo_coverage`, whose accuracy on held-out crops is reported with it,
 beside the share of samples that look like none of them) and an SWD per photo beside its

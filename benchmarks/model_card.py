@@ -196,6 +196,9 @@ def _reproduce(meta: dict, model: str = "default", draws: int = 0) -> str:
   # A snapshot average (export's `--step a,b,c`) names its steps.
   steps = (" --step " + ",".join(map(str, meta["averaged_steps"]))
            if meta.get("averaged_steps") else "")
+  trunk = meta.get("branched_from")  # the run continued another one from its checkpoint
+  if start and trunk:
+    raise ValueError("The card cannot yet write the commands for a branch of a fine-tuning run.")
   if start:
     first_config = start.get("train_config", meta["train_config"])
     commands = [train + paths["run"] + _flags(first_config, start["kimg"]),
@@ -204,16 +207,13 @@ def _reproduce(meta: dict, model: str = "default", draws: int = 0) -> str:
                 + _flags(meta["train_config"], meta["kimg"]),
                 export + f"{paths['finetune']} --out {paths['shipped']}{steps}"]
   else:
-    commands = [train + paths["run"] + _flags(meta["train_config"], meta["kimg"]),
-                export + f"{paths['run']} --out {paths['shipped']}{steps}"]
-  if meta.get("branched_from"):  # the run continued another one (the trunk) from its checkpoint
-    if start:
-      raise ValueError("The card cannot yet write the commands for a branch of a fine-tuning run.")
-    trunk = meta["branched_from"]
-    trunk_kimg = trunk["step"] * trunk["train_config"]["batch_size"] / 1000
-    commands[:1] = [train + paths["trunk"] + _flags(trunk["train_config"], trunk_kimg),
-                    train + paths["run"] + f" --branch-from {paths['trunk']} --branch-step "
-                    f"{trunk['step']}" + _flags(meta["train_config"], meta["kimg"])]
+    commands, branching = [], ""
+    if trunk:
+      trunk_kimg = trunk["step"] * trunk["train_config"]["batch_size"] / 1000
+      commands.append(train + paths["trunk"] + _flags(trunk["train_config"], trunk_kimg))
+      branching = f" --branch-from {paths['trunk']} --branch-step {trunk['step']}"
+    commands += [train + paths["run"] + branching + _flags(meta["train_config"], meta["kimg"]),
+                 export + f"{paths['run']} --out {paths['shipped']}{steps}"]
   workdir = paths["finetune"] if start else paths["run"]
   commands += [f"python -m benchmarks.embedded_model --workdir {workdir} "
                f"--invert {INVERTED_CROPS}" + (f" --draws {draws}" if draws > 1 else "")

@@ -5,8 +5,8 @@ odds, so a model that covers its data draws each about a third of the time. SWD 
 barely notices a model that does not: a seed-1 run scored 40.0 where its seed-0 twin (the model
 shipped before the current one) scored 41.1, yet drew gravel in 66% of its samples and brick in
 15% (seed 0: 35% and 28%), 40% of its samples look like none of the photos (seed 0: 4.5%), and
-it redrew held-out brick crops at 21.2-24.4 dB where seed 0 gets 26.9-32.4. So the benchmark classifies the samples by
-photo and reports the shares and an SWD per photo.
+it redrew held-out brick crops at 21.2-24.4 dB where seed 0 gets 26.9-32.4. So the benchmark
+classifies the samples by photo and reports the shares and an SWD per photo.
 
 The classifier is a Gaussian one with a shared covariance (linear discriminant analysis) on
 rotation-invariant texture features: the grey level's mean and standard deviation and the log

@@ -537,6 +537,15 @@ def _checkpoint_manager(workdir: pathlib.Path, config: ml_collections.ConfigDict
   return ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
 
 
+def _require_kept(workdir: pathlib.Path, kept: Sequence[int], steps: Sequence[int]) -> None:
+  """Raises a ValueError naming the kept checkpoints if any of `steps` is not among them."""
+  missing = [s for s in steps if s not in kept]
+  if missing:
+    raise ValueError(f"{workdir} keeps checkpoints at steps {sorted(kept)}, not "
+                     f"{', '.join(map(str, missing))}; pick among those (a run keeps its last "
+                     "`keep_checkpoints`, and every `keep_checkpoint_every`).")
+
+
 def branch(source: str | pathlib.Path, step: int, workdir: str | pathlib.Path,
            config: ml_collections.ConfigDict) -> None:
   """Start `workdir` as a branch of the run in `source` at its kept checkpoint `step`: that
@@ -557,16 +566,12 @@ def branch(source: str | pathlib.Path, step: int, workdir: str | pathlib.Path,
     raise ValueError(f"{workdir} already holds a run; branch into a new --workdir.")
   saved = json.loads((source / "config.json").read_text())
   source_config = ml_collections.ConfigDict(with_added_fields(saved))
-  resolution = config.data.resolution
   if (model_configs(source_config, source_config.data.resolution, 4)
-      != model_configs(config, resolution, 4)):
+      != model_configs(config, config.data.resolution, 4)):
     raise ValueError(f"The config's networks differ from those of the run in {source}; a branch "
                      "continues the same networks (to start new ones from a trained model, use "
                      "--config.init_from with an exported model).")
-  kept = _checkpoint_manager(source, source_config).all_steps()
-  if step not in kept:
-    raise ValueError(f"{source} keeps checkpoints at steps {sorted(kept)}, not {step}; branch "
-                     "from one of those.")
+  _require_kept(source, _checkpoint_manager(source, source_config).all_steps(), [step])
   shutil.copytree(source / "checkpoints" / str(step), checkpoints / str(step))
   if (source / "metrics.jsonl").exists():
     shutil.copy(source / "metrics.jsonl", workdir / "metrics.jsonl")
@@ -710,11 +715,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   if not kept:
     raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to export.")
   steps = sorted({max(kept)} if step is None else set(map(int, np.atleast_1d(step))))
-  missing = [s for s in steps if s not in kept]
-  if missing:
-    raise ValueError(f"{workdir} keeps checkpoints at steps {sorted(kept)}, not "
-                     f"{', '.join(map(str, missing))}; pick among those (a run keeps its last "
-                     "`keep_checkpoints`, and every `keep_checkpoint_every`).")
+  _require_kept(workdir, kept, steps)
   template = init_state(config, g_config, d_config)
   restore = lambda s: TrainState(*manager.restore(s, args=ocp.args.StandardRestore(template)))
   step = steps[-1]
