@@ -5,21 +5,24 @@ import pathlib
 import numpy as np
 import pytest
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+from tests.fixtures import shrink_lpips_fixture
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 
 
 def fixture_path(name: str) -> pathlib.Path:
-  """Path of a reference fixture in ../shared/fixtures (import-time safe: no pytest.fail)."""
-  path = SHARED / name
+  """Path of a reference fixture in tests/fixtures (import-time safe: no pytest.fail)."""
+  path = FIXTURES / name
   if not path.exists():
-    raise FileNotFoundError(f"Reference fixture {path} is missing; the tests expect the "
-                            "repository checked out next to shared/ (as CI does).")
+    raise FileNotFoundError(f"Reference fixture {path} is missing; it is tracked in git "
+                            "(tests/fixtures/README.md says how it was made): restore it with "
+                            f"'git checkout -- {path.relative_to(FIXTURES.parents[1])}'.")
   return path
 
 
 @pytest.fixture(scope="session")
 def stylegan2_ref():
-  """Official stylegan2-ada-pytorch 32 px G/D arrays and outputs (see shared/fixtures/README.md)."""
+  """Official stylegan2-ada-pytorch 32 px G/D arrays and outputs (see tests/fixtures/README.md)."""
   return dict(np.load(fixture_path("stylegan2_ref_32px.npz")))
 
 
@@ -35,9 +38,10 @@ def official_d_state(stylegan2_ref):
 
 @pytest.fixture(scope="session")
 def lpips_ref():
-  """LPIPS reference arrays (VGG16 trunk, v0.1 linear weights, inputs, distances, activations)."""
-  d = np.load(fixture_path("lpips_vgg_ref.npz"))
-  return {k: d[k] for k in d.files}
+  """LPIPS reference arrays (VGG16 trunk, v0.1 linear weights, inputs, distances, activations),
+  float32 as lpips 0.1.4 wrote them (the file stores the ternary trunk as int8, exactly)."""
+  with np.load(fixture_path("lpips_vgg_ref.npz")) as stored:
+    return shrink_lpips_fixture.expand(dict(stored))
 
 
 @pytest.fixture(scope="session")

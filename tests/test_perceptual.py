@@ -10,10 +10,6 @@ from inversion import lpips as lp
 from inversion import perceptual as P
 from inversion import vgg
 
-from tests.conftest import fixture_path
-
-FIXTURE = fixture_path('lpips_vgg_ref.npz')
-
 
 @pytest.fixture(scope='module')
 def ref(lpips_ref):

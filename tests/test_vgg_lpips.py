@@ -15,9 +15,6 @@ from inversion import lpips as lp
 from inversion import vgg
 from inversion import weights
 
-from tests.conftest import fixture_path
-
-FIXTURE = fixture_path('lpips_vgg_ref.npz')
 RTOL = 1e-5
 I2S_LAYERS = ('conv1_1', 'conv1_2', 'conv3_2', 'conv4_2', 'conv4_3')
 # Compiled once per shape; eager op-by-op dispatch is much slower than compiling here.
