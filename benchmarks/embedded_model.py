@@ -165,13 +165,13 @@ def _inversion(model: checkpoint.Model, crops: np.ndarray, out_dir: pathlib.Path
   """Mean MSE, PSNR and SSIM of the demo's W+ inversion of `crops` (uint8 [N, H, W, 3]), which
   are written to out_dir/targets/ as PNGs (lossless) so the demo reads them as it reads files;
   also per photo (`photos` [N]: index into `data.SOURCES`), as the photos redraw differently."""
-  from inversion import api, images
+  from inversion import demo, images
 
   files = [str(out_dir / "targets" / f"heldout_{index:03d}.png") for index in range(len(crops))]
   for file, crop in zip(files, crops):
     images.save_image(file, crop)
-  space, steps = "wplus", steps or api.DEMO_STEPS
-  result = api.demo(out_dir, model, steps=steps, examples=files, spaces=(space,))
+  space, steps = "wplus", steps or demo.DEMO_STEPS
+  result = demo.demo(out_dir, model, steps=steps, examples=files, spaces=(space,))
   metrics = {name: np.asarray(values) for name, values in result["results"][space].metrics.items()}
   means = {name: float(np.mean(values)) for name, values in metrics.items()}
   per_photo = {data.SOURCES[index]: {"images": int(np.sum(photos == index)),

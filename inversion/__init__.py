@@ -2,8 +2,9 @@
 
 Public API (imported lazily, so `import inversion.images` stays light):
 
-    invert, invert_folder, InversionResult, FolderResult, Inverter     (inversion.api)
-    load_latents, save_latents, LatentRecord, LatentsError, demo       (inversion.api)
+    invert, InversionResult, Inverter                                   (inversion.api)
+    invert_folder, FolderResult                                         (inversion.jobs)
+    load_latents, save_latents, LatentRecord, LatentsError              (inversion.latents)
     Engine, EngineSpec, ImageTerm, LatentTerm, LatentContext, make_engine  (inversion.engine)
     interpolate, crossover, expression_transfer, morph, render         (inversion.editing)
 """
@@ -11,9 +12,10 @@ Public API (imported lazily, so `import inversion.images` stays light):
 import importlib
 
 _EXPORTS = {
-    'invert': 'api', 'invert_folder': 'api', 'InversionResult': 'api', 'FolderResult': 'api',
-    'Inverter': 'api', 'load_latents': 'api', 'save_latents': 'api', 'LatentRecord': 'api',
-    'LatentsError': 'api', 'demo': 'api', 'LATENTS_LAYOUT': 'api',
+    'invert': 'api', 'InversionResult': 'api', 'Inverter': 'api',
+    'invert_folder': 'jobs', 'FolderResult': 'jobs',
+    'load_latents': 'latents', 'save_latents': 'latents', 'LatentRecord': 'latents',
+    'LatentsError': 'latents', 'LATENTS_LAYOUT': 'latents',
     'Engine': 'engine', 'EngineSpec': 'engine', 'ImageTerm': 'engine', 'LatentTerm': 'engine',
     'LatentContext': 'engine', 'make_engine': 'engine',
     'interpolate': 'editing', 'crossover': 'editing', 'expression_transfer': 'editing',

@@ -89,7 +89,7 @@ def main(argv=None) -> int:
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> int:
   from generators import checkpoint  # pylint: disable=import-outside-toplevel
-  from inversion import api, editing  # pylint: disable=import-outside-toplevel
+  from inversion import api, demo, editing, jobs, report  # pylint: disable=import-outside-toplevel
 
   if args.command == 'invert':
     extra = []
@@ -104,10 +104,10 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.align:
       from inversion import align as align_lib  # pylint: disable=import-outside-toplevel
       align = align_lib.aligner_from_spec(args.align, model.resolution)
-    res = api.invert_folder(images, model, config, args.out, args.batch_size, mask=args.mask,
+    res = jobs.invert_folder(images, model, config, args.out, args.batch_size, mask=args.mask,
                             progress=not args.no_progress, align=align, init=args.init)
     cols = [c for c in ('mse', 'psnr', 'ssim', 'lpips') if any(c in r for r in res.rows)]
-    print(api.format_table(res.rows, ['name'] + cols + ['status']))
+    print(report.format_table(res.rows, ['name'] + cols + ['status']))
     print(f'{len(res.inverted)} inverted, {len(res.skipped)} already done, '
           f'{len(res.failed)} failed; outputs in {res.out_dir}')
     return 1 if res.failed else 0
@@ -128,9 +128,9 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
   model = checkpoint.load(args.checkpoint)
-  steps = api.DEMO_STEPS if args.steps is None else args.steps
-  out = api.demo(args.out, model, steps=steps, overrides=overrides,
-                 progress=not args.no_progress)
+  steps = demo.DEMO_STEPS if args.steps is None else args.steps
+  out = demo.demo(args.out, model, steps=steps, overrides=overrides,
+                  progress=not args.no_progress)
   print(out['table'])
   print(f'wrote {out["out_dir"]}/grid.png (target | Z | W | W+), metrics.csv, metrics.json, '
         'losses.png')

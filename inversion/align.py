@@ -18,7 +18,7 @@ differ slightly from FFHQ files while the geometry is the same.
 
 No landmark detector ships (dlib and face-alignment are heavy and their weights cannot be
 downloaded here): pass yours. `FaceAligner(landmarks_fn)` plugs into
-`inversion.images.load_image(..., align=...)`, `api.invert_folder(..., align=...)` and the CLI
+`inversion.images.load_image(..., align=...)`, `jobs.invert_folder(..., align=...)` and the CLI
 (`--align my_module:detect_landmarks`). Landmarks are [68, 2] (x, y) in pixel coordinates of the
 image given to the detector (pixel (0, 0)'s centre is (0, 0)), iBUG 300-W order (dlib's).
 """

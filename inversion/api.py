@@ -1,4 +1,4 @@
-"""Inversion API: `invert` (arrays), `invert_folder` (resumable jobs), latent files, outputs.
+"""Inversion API: `invert` (arrays in, latents out) and the `Inverter` it is built on.
 
     from generators import checkpoint
     from inversion import api
@@ -28,24 +28,25 @@ Output folder (`out_dir`):
     reconstructions/<name>.png   G(latent), 8-bit (RGB + mask generators also <name>_mask.png)
     grid.png                     one row per image: target | reconstruction (RGB + mask
                                  generators: the mask is overlaid only if the loss saw it)
-    latents/<name>.npz           see LATENTS_LAYOUT
+    latents/<name>.npz           see `inversion.latents.LATENTS_LAYOUT`
     metrics.csv, metrics.json    per image MSE, PSNR (dB), SSIM on the loss channels (LPIPS only
                                  where its weights exist), status; means
     losses.png                   per-step loss curves per term
-    _work/state.npz              invert_folder's checkpoint of the running batch (removed when
-                                 the batch is done)
+    _work/state.npz              `inversion.jobs.invert_folder`'s checkpoint of the running
+                                 batch (removed when the batch is done)
+
+Around it: `inversion.jobs` (folder jobs, resume), `inversion.latents` (the latents file),
+`inversion.report` (grids, metrics files, plots), `inversion.demo`; encoders that predict the
+start latents go in `inversion.encoders`.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import os
-import pathlib
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -56,62 +57,36 @@ import numpy as np
 from generators import networks
 from inversion import engine as eng
 from inversion import images as images_lib
+from inversion import latents as latents_lib
+from inversion import lpips
 from inversion import metrics as metrics_lib
 from inversion import perceptual
+from inversion import report
+from inversion import vgg
 from inversion import weights as weights_lib
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    'LATENTS_FORMAT',
-    'LATENTS_LAYOUT',
-    'FolderResult',
     'InversionResult',
     'Inverter',
-    'LatentRecord',
-    'LatentsError',
     'as_config',
     'build_image_terms',
-    'generator_fingerprint',
+    'check_images',
+    'check_mask',
+    'image_keys',
     'invert',
-    'invert_folder',
-    'load_latents',
-    'save_latents',
-    'save_result',
+    'load_mask',
     'spec_from_config',
+    'w_stats',
 ]
-
-LATENTS_FORMAT = 'stylegan-inversion-jax/latents'
-LATENTS_VERSION = 1
-LATENTS_LAYOUT = """\
-latents/<name>.npz (numpy .npz, no pickles), one image per file:
-  format          str   'stylegan-inversion-jax/latents'
-  version         int   1
-  name            str   image name (file stem)
-  space           str   'z' | 'w' | 'wplus': the optimised parametrisation
-  latent          f32   the optimised variable: z [z_dim] | w [w_dim] | ws [num_ws, w_dim]
-  ws              f32   [num_ws, w_dim]: what the synthesis network consumes
-  noise/<layer>   f32   [r, r] optimised unit-variance noise maps ('b8.conv0', ...); absent when
-                        the generator's stored maps were used
-  loss/<term>     f32   [steps] unweighted per-step loss of each term ('total' = weighted sum)
-  generator_id    str   fingerprint of the generator (sha256 of its config and weights)
-  generator_json  str   generator config and source, for humans
-  config_json     str   the inversion config
-  metrics_json    str   {'mse', 'psnr', 'ssim'[, 'lpips']} of the reconstruction
-  status          str   'ok' or 'non-finite loss at step k (kept the last finite latent)'
-"""
 PERCEPTUAL = ('vgg', 'lpips', 'discriminator', 'none')
 FALLBACKS = ('discriminator', 'none', 'error')
 INITS = ('mean', 'random', 'given')
-MAX_GRID_ROWS = 32   # folder jobs: grid.png shows the first images only
-
-
-class LatentsError(ValueError):
-  """A latents file is unreadable, or does not belong to the generator it is used with."""
 
 
 # ----------------------------------------------------------------------------------------------
-# Config and generator identity.
+# Config.
 
 
 def as_config(config: str | ml_collections.ConfigDict,
@@ -129,28 +104,6 @@ def as_config(config: str | ml_collections.ConfigDict,
   raise TypeError(f'config must be a config name or a ConfigDict, got {type(config).__name__}')
 
 
-def generator_fingerprint(model) -> str:
-  """'sha256:<16 hex>' of the generator's config and every variable (params and buffers)."""
-  h = hashlib.sha256()
-  cfg = dataclasses.asdict(model.g_config)
-  h.update(json.dumps(cfg, sort_keys=True, default=list).encode())
-  leaves = jax.tree_util.tree_flatten_with_path(model.g_vars)[0]
-  for path, leaf in sorted(leaves, key=lambda pl: jax.tree_util.keystr(pl[0])):
-    a = np.ascontiguousarray(np.asarray(leaf, np.float32))
-    h.update(jax.tree_util.keystr(path).encode())
-    h.update(str(a.shape).encode())
-    h.update(a.tobytes())
-  return 'sha256:' + h.hexdigest()[:16]
-
-
-def _generator_json(model) -> str:
-  return json.dumps({'config': dataclasses.asdict(model.g_config),
-                     'source': model.metadata.get('source', ''),
-                     'metadata': {k: v for k, v in model.metadata.items()
-                                  if isinstance(v, (str, int, float, bool))}},
-                    default=list)
-
-
 # ----------------------------------------------------------------------------------------------
 # Objective from the config.
 
@@ -166,8 +119,8 @@ def _d_term(d_config: networks.DiscriminatorConfig, layers: tuple[str, ...]):
 @functools.lru_cache(maxsize=4)
 def _load_weights(kind: str, path: str):
   if kind == 'vgg':
-    return weights_lib.load_vgg16_params(path or None)
-  return weights_lib.load_lpips_params('vgg', trunk_path=path or None)
+    return vgg.load_vgg16_params(path or None)
+  return lpips.load_lpips_params('vgg', trunk_path=path or None)
 
 
 def _discriminator_layers(config, model) -> tuple[str, ...]:
@@ -267,7 +220,7 @@ _STATS_CACHE: dict = {}
 def w_stats(model, num_samples: int, generator_id: Optional[str] = None,
             label: Optional[int] = None) -> eng.WStats:
   """`engine.estimate_w_stats`, cached per generator, sample count and class label."""
-  key = (generator_id or generator_fingerprint(model), int(num_samples), label)
+  key = (generator_id or latents_lib.generator_fingerprint(model), int(num_samples), label)
   if key not in _STATS_CACHE:
     _STATS_CACHE[key] = eng.estimate_w_stats(model.g_config, model.g_vars, int(num_samples),
                                              label=label)
@@ -324,7 +277,7 @@ class InversionResult:
 # Inputs.
 
 
-def _check_images(images, model) -> np.ndarray:
+def check_images(images, model) -> np.ndarray:
   x = np.asarray(images, np.float32)
   res, ch = model.resolution, model.channels
   if x.ndim == 3:
@@ -353,7 +306,7 @@ def _check_images(images, model) -> np.ndarray:
   return x
 
 
-def _check_mask(mask, b: int, res: int) -> Optional[np.ndarray]:
+def check_mask(mask, b: int, res: int) -> Optional[np.ndarray]:
   if mask is None:
     return None
   m = np.asarray(mask, np.float32)
@@ -378,7 +331,7 @@ def load_mask(path: str | os.PathLike, resolution: int) -> np.ndarray:
   return (g + 1.0) / 2.0
 
 
-def _image_keys(key, b: int, indices: Optional[Sequence[int]] = None) -> jax.Array:
+def image_keys(key, b: int, indices: Optional[Sequence[int]] = None) -> jax.Array:
   """key: PRNG key (per image fold_in(key, index)) or [B] keys; -> [B, 2] uint32."""
   if jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)
@@ -414,7 +367,7 @@ class Inverter:
       raise ValueError(f'config.init must be one of {INITS}, got {cfg.init!r}')
     if cfg.noise.init not in ('const', 'random'):
       raise ValueError(f"config.noise.init must be 'const' or 'random', got {cfg.noise.init!r}")
-    self.generator_id = generator_fingerprint(generator)
+    self.generator_id = latents_lib.generator_fingerprint(generator)
     image_terms, self.term_params = build_image_terms(cfg, generator, term_params)
     self.spec = spec_from_config(cfg, generator.g_config, image_terms, latent_terms,
                                  generator.class_index(cfg.get('label', '')))
@@ -490,14 +443,14 @@ class Inverter:
     for r in records:
       label = json.loads(r.config_json or '{}').get('label', '')
       if self.model.class_index(label) != self.spec.label:
-        raise LatentsError(f'{r.path or r.name}: its z was inverted with class {label!r}, not '
-                           f'{self.config.label!r}; set --config.label={label} or start from its '
-                           'ws in W+ space.')
+        raise latents_lib.LatentsError(
+            f'{r.path or r.name}: its z was inverted with class {label!r}, not '
+            f'{self.config.label!r}; set --config.label={label} or start from its ws in W+ space.')
 
   def _given(self, init, b, shape):
     gc, space = self.model.g_config, self.spec.space
     noise = None
-    if isinstance(init, (list, tuple)) and init and isinstance(init[0], LatentRecord):
+    if isinstance(init, (list, tuple)) and init and isinstance(init[0], latents_lib.LatentRecord):
       for r in init:
         r.check(self.generator_id, getattr(r, 'path', ''))
       if all(r.space == space for r in init):
@@ -640,545 +593,18 @@ def invert(images, generator, config='image2stylegan', *, mask=None, init=None, 
     >>> result.metrics['psnr'], result.ws.shape
   """
   inv = Inverter(generator, config, latent_terms=latent_terms, term_params=term_params)
-  targets = _check_images(images, generator)
+  targets = check_images(images, generator)
   b = targets.shape[0]
   names = list(names) if names is not None else [f'image_{i:03d}' for i in range(b)]
   if len(names) != b:
     raise ValueError(f'{len(names)} names for {b} images')
-  masks = _check_mask(mask, b, generator.resolution)
-  keys = _image_keys(jax.random.PRNGKey(inv.config.seed) if key is None else key, b)
+  masks = check_mask(mask, b, generator.resolution)
+  keys = image_keys(jax.random.PRNGKey(inv.config.seed) if key is None else key, b)
   state, data = inv.start(targets, masks, keys, init)
   state, data = eng.shard(state, data, eng.batch_mesh(b, devices))
   state, curves = eng.run(inv.engine, state, data, progress=progress, on_chunk=callback,
                           names=names, desc=f'invert {inv.config.method}:{inv.spec.space}')
   result = inv.result(state, curves, data, names)
   if out_dir is not None:
-    save_result(result, out_dir, generator)
+    report.save_result(result, out_dir, generator)
   return result
-
-
-# ----------------------------------------------------------------------------------------------
-# Latent files.
-
-
-@dataclasses.dataclass
-class LatentRecord:
-  """One image's latents as read from a latents .npz file (see LATENTS_LAYOUT)."""
-  name: str
-  space: str
-  latent: np.ndarray
-  ws: np.ndarray                   # [num_ws, w_dim]
-  noise: dict[str, np.ndarray]
-  losses: dict[str, np.ndarray]
-  generator_id: str
-  generator_json: str
-  config_json: str
-  metrics: dict[str, float]
-  status: str
-  path: str = ''
-
-  def check(self, generator_id: str, what: str = '') -> None:
-    """Raises LatentsError unless these latents were made with `generator_id`."""
-    if self.generator_id != generator_id:
-      src = ''
-      try:
-        src = json.loads(self.generator_json).get('source', '')
-      except ValueError:
-        pass
-      raise LatentsError(
-          f'{what or self.path or self.name}: these latents were inverted with generator '
-          f'{self.generator_id}{f" ({src})" if src else ""}, but the checkpoint given is '
-          f'{generator_id}. Latents only mean something for the generator they were made '
-          'with: pass that checkpoint (--checkpoint), or invert the image again with this one.')
-
-
-def save_latents(path: str | os.PathLike, result: InversionResult, i: int, generator) -> str:
-  """Writes image i of a result as one latents file (LATENTS_LAYOUT); returns the path."""
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  arrays = {
-      'format': np.asarray(LATENTS_FORMAT), 'version': np.asarray(LATENTS_VERSION),
-      'name': np.asarray(result.names[i]), 'space': np.asarray(result.space),
-      'latent': result.latents[i].astype(np.float32), 'ws': result.ws[i].astype(np.float32),
-      'generator_id': np.asarray(result.generator_id or generator_fingerprint(generator)),
-      'generator_json': np.asarray(_generator_json(generator)),
-      'config_json': np.asarray(result.config_json),
-      'metrics_json': np.asarray(json.dumps({k: float(v[i]) for k, v in result.metrics.items()})),
-      'status': np.asarray(result.status(i)),
-  }
-  arrays.update({f'noise/{k}': v[i].astype(np.float32) for k, v in result.noise.items()})
-  arrays.update({f'loss/{k}': v[i].astype(np.float32) for k, v in result.losses.items()})
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-  return path
-
-
-def load_latents(path: str | os.PathLike, generator=None) -> LatentRecord:
-  """Reads a latents file; with `generator`, checks it was made with that generator.
-
-  Raises:
-    LatentsError: not a latents file (missing, corrupt, other format), or a generator mismatch
-      (the message names both generators and the fix).
-  """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise LatentsError(f'latents file {path} does not exist (inversion writes them to '
-                       '<out>/latents/<name>.npz)')
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      d = {k: z[k] for k in z.files}
-  except Exception as e:  # zipfile / pickle / OS errors of a corrupt file
-    raise LatentsError(f'{path} is not a readable .npz latents file ({type(e).__name__}: {e}); '
-                       'rerun the inversion that wrote it') from None
-  if str(d.get('format', '')) != LATENTS_FORMAT:
-    raise LatentsError(f'{path} is not a {LATENTS_FORMAT} file (no "format" entry); it must be '
-                       'a latents file written by `python -m inversion invert`')
-  if int(d['version']) > LATENTS_VERSION:
-    raise LatentsError(f'{path} has latents format version {int(d["version"])}; this toolkit '
-                       f'reads up to {LATENTS_VERSION}. Upgrade stylegan-inversion-jax.')
-  rec = LatentRecord(
-      name=str(d['name']), space=str(d['space']), latent=d['latent'], ws=d['ws'],
-      noise={k[6:]: v for k, v in d.items() if k.startswith('noise/')},
-      losses={k[5:]: v for k, v in d.items() if k.startswith('loss/')},
-      generator_id=str(d['generator_id']), generator_json=str(d['generator_json']),
-      config_json=str(d['config_json']), metrics=json.loads(str(d['metrics_json'])),
-      status=str(d['status']), path=path)
-  if generator is not None:
-    rec.check(generator_fingerprint(generator) if not isinstance(generator, str) else generator,
-              path)
-    gc = getattr(generator, 'g_config', None)
-    if gc is not None and rec.ws.shape != (gc.num_ws, gc.w_dim):
-      raise LatentsError(f'{path}: ws {rec.ws.shape} do not fit this generator '
-                         f'[{gc.num_ws}, {gc.w_dim}]')
-  return rec
-
-
-# ----------------------------------------------------------------------------------------------
-# Saving outputs.
-
-
-def _grid_mask_mode(loss_channels: int, channels: int) -> str:
-  """RGB + mask images: overlay the mask only when the loss saw it (else it is unconstrained)."""
-  return 'drop' if 0 < loss_channels < channels else 'overlay'
-
-
-def _grid_rows(targets, recons, mask: str = 'overlay') -> np.ndarray:
-  pairs = []
-  for t, r in zip(targets, recons):
-    pairs += [np.nan_to_num(t, nan=0.0), np.nan_to_num(r, nan=0.0)]
-  return images_lib.image_grid(pairs, rows=len(targets), mask=mask)
-
-
-def _write_metrics(out_dir: pathlib.Path, rows: list[dict], extra: Mapping[str, Any]) -> None:
-  keys = ['name'] + sorted({k for r in rows for k in r} - {'name', 'status'}) + ['status']
-  with open(out_dir / 'metrics.csv', 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=keys)
-    w.writeheader()
-    for r in rows:
-      w.writerow({k: (f'{r[k]:.6g}' if isinstance(r.get(k), float) else r.get(k, ''))
-                  for k in keys})
-  numeric = [k for k in keys if k not in ('name', 'status')]
-  ok = [r for r in rows if r.get('status', 'ok') == 'ok']
-  means = {k: float(np.nanmean([r[k] for r in ok if k in r])) if ok else float('nan')
-           for k in numeric}
-  doc = {'images': rows, 'mean_over_ok_images': means, **extra}
-  (out_dir / 'metrics.json').write_text(json.dumps(doc, indent=2, default=float))
-
-
-def plot_losses(path: str | os.PathLike, curves: Mapping[str, np.ndarray],
-                labels: Optional[Sequence[str]] = None, title: str = '') -> str:
-  """Loss curves {term: [N, steps]} -> PNG, one panel per term (log y); returns the path."""
-  import matplotlib  # pylint: disable=import-outside-toplevel  (slow import, only when plotting)
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  terms = list(curves)
-  fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)
-  for ax, term in zip(axes[0], terms):
-    c = np.atleast_2d(np.asarray(curves[term], np.float64))
-    for i, row in enumerate(c):
-      label = labels[i] if labels is not None and len(c) <= 10 else None
-      ax.plot(np.arange(1, len(row) + 1), row, lw=1, label=label)
-    ax.set_title(term)
-    ax.set_xlabel('step')
-    pos = c[np.isfinite(c) & (c > 0)]
-    if pos.size and np.all(c[np.isfinite(c)] > 0):
-      ax.set_yscale('log')
-    if labels is not None and len(c) <= 10 and term == terms[0]:
-      ax.legend(fontsize=7)
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  path = os.fspath(path)
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return path
-
-
-def save_result(result: InversionResult, out_dir: str | os.PathLike, generator) -> pathlib.Path:
-  """Writes every output of an `invert` result to out_dir (layout: module docstring)."""
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  for i, name in enumerate(result.names):
-    images_lib.save_image(str(out / 'reconstructions' / f'{name}.png'),
-                          np.nan_to_num(result.reconstructions[i]))
-    save_latents(out / 'latents' / f'{name}.npz', result, i, generator)
-  mask_mode = _grid_mask_mode(result.loss_channels, result.targets.shape[-1])
-  images_lib.save_image(str(out / 'grid.png'),
-                        _grid_rows(result.targets[:MAX_GRID_ROWS],
-                                   result.reconstructions[:MAX_GRID_ROWS], mask_mode))
-  _write_metrics(out, result.metric_rows(),
-                 {'generator_id': result.generator_id, 'space': result.space,
-                  'steps': result.steps, 'config': json.loads(result.config_json or '{}')})
-  plot_losses(out / 'losses.png', result.losses, result.names,
-              f'{result.space}, {result.steps} steps')
-  return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Folder jobs.
-
-
-@dataclasses.dataclass
-class FolderResult:
-  """What `invert_folder` did."""
-  out_dir: pathlib.Path
-  names: list[str]                 # every image of the job, in order
-  inverted: list[str]              # inverted in this call
-  skipped: list[str]               # already done before this call (latents file present)
-  failed: dict[str, str]           # name -> status, for images stopped by a non-finite loss
-  rows: list[dict]                 # metrics rows of every finished image
-
-
-def _flatten(tree) -> dict[str, np.ndarray]:
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(p): np.asarray(jax.device_get(v)) for p, v in leaves}
-
-
-def _unflatten(template, arrays: Mapping[str, np.ndarray], what: str):
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-  out = []
-  for p, v in leaves:
-    k = jax.tree_util.keystr(p)
-    if k not in arrays or arrays[k].shape != np.shape(v):
-      raise ValueError(f'{what}: entry {k} missing or of the wrong shape')
-    out.append(jnp.asarray(arrays[k], dtype=np.asarray(v).dtype))
-  return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def _save_checkpoint(path: pathlib.Path, info: eng.ChunkInfo, meta: dict) -> None:
-  arrays = {f'state{k}': v for k, v in _flatten(info.state).items()}
-  arrays.update({f'curve/{k}': v for k, v in info.curves.items()})
-  arrays['meta_json'] = np.asarray(json.dumps({**meta, 'next_chunk': info.chunk + 1}))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + '.tmp.npz')
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
-def _load_checkpoint(path: pathlib.Path):
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      d = {k: z[k] for k in z.files}
-    meta = json.loads(str(d.pop('meta_json')))
-  except Exception as e:  # a checkpoint cut short by a kill during writing, etc.
-    log.warning('ignoring unreadable checkpoint %s (%s: %s); the batch restarts', path,
-                type(e).__name__, e)
-    return None
-  if 'names' not in meta:
-    log.warning('ignoring %s: written by an older version (no image names); the batch restarts',
-                path)
-    return None
-  state = {k[5:]: v for k, v in d.items() if k.startswith('state')}
-  curves = {k[6:]: v for k, v in d.items() if k.startswith('curve/')}
-  return meta, state, curves
-
-
-def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8, *,
-                  mask=None, key=None, checkpoint_every: Optional[int] = None,
-                  progress: bool = True,
-                  callback: Optional[Callable[[eng.ChunkInfo], None]] = None,
-                  latent_terms=None, term_params=None, devices=None,
-                  align: Optional[Callable[[np.ndarray, str], np.ndarray]] = None,
-                  init: Optional[str | os.PathLike] = None) -> FolderResult:
-  """Inverts every image of a folder (or a list of files) in batches; resumable.
-
-  - Images whose latents file exists in out_dir/latents are skipped (it must belong to this
-    generator, else a LatentsError says so).
-  - The running batch's state (latents, optimiser state, keys, loss curves) is written to
-    out_dir/_work/state.npz every `checkpoint_every` chunks (default config.checkpoint_every),
-    and after its last chunk, so a killed job loses at most that many chunks (none while the
-    batch's outputs are being written); rerunning the same command resumes it and gives the
-    result an uninterrupted run gives.
-  - An image whose loss becomes non-finite stops at its last finite latent; it is saved with its
-    status, reported in the result and metrics, and the others continue.
-  - The last batch is padded (repeating its last image) so every batch compiles the same
-    program.
-
-  Args:
-    dir_or_files: folder (non-image files are skipped with a log line), file, or list of files.
-    generator, config: as `invert`.
-    out_dir: output folder (see the module docstring).
-    batch_size: images per compiled batch.
-    mask: optional mask for every image: a file (white = pixel counts) or an array as `invert`.
-    key: PRNG key; image k of the job uses fold_in(key, k). None = PRNGKey(config.seed).
-    callback: after every chunk (after the checkpoint), with an `engine.ChunkInfo`.
-    align: optional image pre-processing, as `inversion.images.load_image` (e.g. an
-      `inversion.align.FaceAligner` for FFHQ models).
-    init: a folder of latents files named `<image name>.npz` (another job's `latents/`, an
-      encoder's output) to start from instead of `config.init`; each must belong to this
-      generator. A latents file of another space starts from its ws where that fits.
-  """
-  if batch_size < 1:
-    raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-  out = pathlib.Path(out_dir)
-  inv = Inverter(generator, config, latent_terms=latent_terms, term_params=term_params)
-  every = int(checkpoint_every or inv.config.checkpoint_every)
-  res, ch = generator.resolution, generator.channels
-  paths = images_lib.list_images(dir_or_files)
-  names = images_lib._unique_names(paths)  # pylint: disable=protected-access
-  if isinstance(mask, (str, os.PathLike)):
-    mask = load_mask(mask, res)
-  base_key = jax.random.PRNGKey(inv.config.seed) if key is None else key
-  lat_dir, work = out / 'latents', out / '_work' / 'state.npz'
-  skipped = []
-  for n in names:
-    f = lat_dir / f'{n}.npz'
-    if f.exists():
-      load_latents(f, inv.generator_id)
-      skipped.append(n)
-  done = set(skipped)
-  todo = [i for i, n in enumerate(names) if n not in done]
-  if init is not None and not pathlib.Path(init).is_dir():
-    raise FileNotFoundError(f'--init {init}: not a folder. It takes a folder of latents files '
-                            "named like the images (e.g. another job's <out>/latents).")
-  meta_base = {'generator_id': inv.generator_id, 'config': inv.config.to_json(),
-               'batch_size': batch_size,
-               'init': None if init is None else str(pathlib.Path(init).resolve())}
-  resume = _load_checkpoint(work) if work.exists() else None
-  batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
-  if resume is not None:
-    meta = resume[0]
-    if any(meta.get(k) != v for k, v in meta_base.items()):
-      raise ValueError(f'{work} is the checkpoint of a job with another generator, config, '
-                       f'batch size or --init. Rerun with the same settings to resume it, or '
-                       f'delete {work} to start this batch afresh.')
-    # The batch's images by name (the folder may have changed); some may be saved already if
-    # the job was killed while writing the batch's outputs.
-    saved_names = meta['names']
-    if not set(saved_names) <= set(names):
-      log.warning('ignoring %s: its images are no longer all in this job', work)
-      resume = None
-    else:
-      first = [names.index(n) for n in saved_names]
-      rest = [i for i in todo if i not in first]
-      batches = [first] + [rest[s:s + batch_size] for s in range(0, len(rest), batch_size)]
-  inverted, failed = [], {}
-  for bi, idx in enumerate(batches):
-    padded = idx + [idx[-1]] * (batch_size - len(idx))
-    targets = []
-    for i in padded:
-      try:
-        targets.append(images_lib.load_image(paths[i], res, ch, align=align))
-      except images_lib.ImageError as e:
-        raise images_lib.ImageError(
-            f'{e}\nFix or remove {paths[i]} and rerun the same command: finished images are '
-            'kept and skipped.') from None
-    targets = np.stack(targets)
-    masks = _check_mask(mask, batch_size, res)
-    keys = _image_keys(base_key, batch_size, padded)
-    resumed = bi == 0 and resume is not None  # its start latents come from the checkpoint
-    state, data = inv.start(targets, masks, keys, init=None if init is None or resumed else
-                            _init_records(init, names, padded))
-    start_chunk, curves = 0, None
-    if resumed:
-      meta, arrays, curves = resume
-      state = _unflatten(state, arrays, str(work))
-      start_chunk = meta['next_chunk']
-      log.info('resuming %d images from %s at chunk %d', len(idx), work, start_chunk)
-    state, data = eng.shard(state, data, eng.batch_mesh(batch_size, devices))
-    meta = {**meta_base, 'names': [names[i] for i in idx]}
-
-    def on_chunk(info, meta=meta):  # the last chunk too: a kill while saving loses nothing
-      if (info.chunk + 1) % every == 0 or info.chunk + 1 == info.num_chunks:
-        _save_checkpoint(work, info, meta)
-      if callback is not None:
-        callback(info)
-
-    state, curves = eng.run(inv.engine, state, data, start_chunk=start_chunk, curves=curves,
-                            progress=progress, on_chunk=on_chunk,
-                            names=[names[i] for i in padded],
-                            desc=f'batch {bi + 1}/{len(batches)}')
-    result = inv.result(state, curves, data, [names[i] for i in padded])
-    n = len(idx)
-    result = _take(result, n)
-    for i, name in enumerate(result.names):
-      if name in done:  # saved before a kill interrupted this batch's saving
-        continue
-      images_lib.save_image(str(out / 'reconstructions' / f'{name}.png'),
-                            np.nan_to_num(result.reconstructions[i]))
-      save_latents(lat_dir / f'{name}.npz', result, i, generator)
-      if result.failed[i]:
-        failed[name] = result.status(i)
-    inverted += [name for name in result.names if name not in done]
-    if work.exists():
-      work.unlink()
-  rows = _summarise(out, paths, names, inv, generator, align)
-  for name, status in failed.items():
-    log.warning('%s: %s', name, status)
-  return FolderResult(out, names, inverted, skipped, failed, rows)
-
-
-def _init_records(init_dir, names: Sequence[str], indices: Sequence[int]) -> list[LatentRecord]:
-  """The start latents of a folder job's batch: `init_dir/<name>.npz` for each image."""
-  records = []
-  for i in indices:
-    f = pathlib.Path(init_dir) / f'{names[i]}.npz'
-    if not f.is_file():
-      raise FileNotFoundError(f'{f} does not exist: --init needs a latents file for every image '
-                              f'(named like the image, {names[i]}.npz). Invert {names[i]} first, '
-                              'or leave --init out to start it from config.init.')
-    records.append(load_latents(f))
-  return records
-
-
-def _take(result: InversionResult, n: int) -> InversionResult:
-  """The first n images of a result (drops the padding)."""
-  cut = lambda v: v[:n]
-  return dataclasses.replace(
-      result, names=result.names[:n], latents=cut(result.latents), ws=cut(result.ws),
-      noise={k: cut(v) for k, v in result.noise.items()},
-      reconstructions=cut(result.reconstructions), targets=cut(result.targets),
-      losses={k: cut(v) for k, v in result.losses.items()},
-      metrics={k: cut(v) for k, v in result.metrics.items()}, failed=cut(result.failed),
-      failed_step=cut(result.failed_step))
-
-
-def _summarise(out: pathlib.Path, paths, names, inv: Inverter, generator, align=None
-               ) -> list[dict]:
-  """metrics.csv/json, grid.png and losses.png over every finished image of a folder job."""
-  rows, curves, grid_t, grid_r, labels = [], {}, [], [], []
-  res, ch = generator.resolution, generator.channels
-  for p, n in zip(paths, names):
-    f = out / 'latents' / f'{n}.npz'
-    if not f.exists():
-      continue
-    rec = load_latents(f)
-    rows.append({'name': n, **rec.metrics, 'status': rec.status})
-    for k, v in rec.losses.items():
-      curves.setdefault(k, []).append(v)
-    labels.append(n)
-    if len(grid_t) < MAX_GRID_ROWS:
-      grid_t.append(images_lib.load_image(p, res, ch, align=align))
-      r = images_lib.load_image(str(out / 'reconstructions' / f'{n}.png'), res, 3)
-      if ch == 4:
-        m = out / 'reconstructions' / f'{n}_mask.png'
-        r = np.concatenate([r, load_mask(m, res) * 2 - 1 if m.exists() else
-                            -np.ones_like(r[..., :1])], -1)
-      elif ch == 1:
-        r = r[..., :1]
-      grid_r.append(r)
-  if not rows:
-    return rows
-  _write_metrics(out, rows, {'generator_id': inv.generator_id, 'space': inv.spec.space,
-                             'steps': inv.spec.num_steps, 'config': inv.config.to_dict()})
-  images_lib.save_image(str(out / 'grid.png'), _grid_rows(
-      np.stack(grid_t), np.stack(grid_r), _grid_mask_mode(inv.spec.loss_channels, ch)))
-  lengths = {len(c) for v in curves.values() for c in v}
-  if len(lengths) == 1:
-    plot_losses(out / 'losses.png', {k: np.stack(v) for k, v in curves.items()}, labels,
-                f'{inv.spec.space}, {inv.spec.num_steps} steps')
-  else:
-    log.info('%s: not drawn, the finished images ran different numbers of steps %s (earlier '
-             'runs with other settings); their curves are in the latents files',
-             out / 'losses.png', sorted(lengths))
-  return rows
-
-
-# ----------------------------------------------------------------------------------------------
-# Demo.
-
-# The demo's held-out crops: package data, so `pip install .` ships them (examples/ links here).
-EXAMPLES_DIR = pathlib.Path(__file__).resolve().parent / 'examples'
-DEMO_SPACES = ('z', 'w', 'wplus')
-DEMO_STEPS = 600   # Image2StyleGAN uses 5000; 600 keeps Z + W + W+ of 6 images under 5 min
-                   # on 2 CPU cores (about 65 ms per step for the batch of 6 at 64 px)
-EXAMPLES_CLASS = 'clean'  # the committed examples are defect-free held-out crops
-SPACE_LABELS = {'z': 'Z', 'w': 'W', 'wplus': 'W+'}
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-  """Rows of dicts -> a fixed-width text table (floats with 4 significant digits)."""
-  cells = [[f'{r[c]:.4g}' if isinstance(r.get(c), float) else str(r.get(c, '')) for c in columns]
-           for r in rows]
-  widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-  line = lambda vals: '  '.join(v.ljust(w) for v, w in zip(vals, widths))
-  return '\n'.join([line(columns), line(['-' * w for w in widths])] + [line(r) for r in cells])
-
-
-def demo(out_dir: str | os.PathLike = 'out/demo', generator=None, *, steps: int = DEMO_STEPS,
-         examples: str | os.PathLike | Sequence[str] = EXAMPLES_DIR,
-         spaces: Sequence[str] = DEMO_SPACES, overrides: Sequence[str] = (),
-         progress: bool = True) -> dict:
-  """Inverts the held-out example crops with Z, W and W+ (Image2StyleGAN presets, `steps`
-  steps) and writes out_dir/: grid.png (target | Z | W | W+ per row), metrics.csv/json (MSE,
-  PSNR, SSIM; LPIPS only where its weights exist), losses.png, and per method <space>/ (latents,
-  reconstructions, per-method metrics).
-
-  generator: a Model; None = the embedded default model (FileNotFoundError if it is missing).
-    A conditional one with a 'clean' class inverts them as that class unless overrides set
-    `--config.label`.
-  Returns {'table': text table, 'rows': metric rows, 'results': {space: InversionResult}}.
-  """
-  if generator is None:
-    from generators import checkpoint  # pylint: disable=import-outside-toplevel
-    generator = checkpoint.load(None)
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  targets, names = images_lib.load_images(examples, generator.resolution, generator.channels)
-  results, rows = {}, []
-  for space in spaces:
-    cfg = as_config(f'image2stylegan:{space}', [f'--config.steps={int(steps)}', *overrides])
-    if not cfg.label and EXAMPLES_CLASS in generator.class_names:
-      if space == spaces[0]:
-        log.info('Conditional generator: inverting the examples as class %r (set '
-                 '--config.label for another).', EXAMPLES_CLASS)
-      cfg.label = EXAMPLES_CLASS
-    res = invert(targets, generator, cfg, names=names, out_dir=out / space, progress=progress)
-    results[space] = res
-    for r in res.metric_rows():
-      rows.append({'method': SPACE_LABELS.get(space, space), **r})
-  # 1. grid: target | Z | W | W+
-  cells = []
-  for i in range(len(names)):
-    cells.append(targets[i])
-    cells += [np.nan_to_num(results[s].reconstructions[i]) for s in spaces]
-  mask_mode = _grid_mask_mode(results[spaces[0]].loss_channels, generator.channels)
-  images_lib.save_image(str(out / 'grid.png'),
-                        images_lib.image_grid(cells, rows=len(names), mask=mask_mode))
-  # 2. metrics: per image and method, then means per method
-  metric_cols = [c for c in ('mse', 'psnr', 'ssim', 'lpips') if any(c in r for r in rows)]
-  means = []
-  for space in spaces:
-    label = SPACE_LABELS.get(space, space)
-    mine = [r for r in rows if r['method'] == label]
-    means.append({'method': label, 'name': 'mean',
-                  **{c: float(np.nanmean([r[c] for r in mine])) for c in metric_cols}})
-  columns = ['method', 'name'] + metric_cols + ['status']
-  with open(out / 'metrics.csv', 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
-    w.writeheader()
-    for r in rows + means:
-      w.writerow({k: (f'{r[k]:.6g}' if isinstance(r.get(k), float) else r.get(k, ''))
-                  for k in columns})
-  (out / 'metrics.json').write_text(json.dumps(
-      {'images': rows, 'means': means, 'steps': int(steps), 'names': names,
-       'generator_id': results[spaces[0]].generator_id,
-       'note': 'MSE/PSNR (data range 2)/SSIM on RGB; LPIPS only where its weights exist'},
-      indent=2, default=float))
-  # 3. loss curves: total loss per method
-  plot_losses(out / 'losses.png',
-              {SPACE_LABELS.get(s, s): results[s].losses['total'] for s in spaces}, names,
-              f'total loss, {int(steps)} steps')
-  table = format_table(rows + means, ['method', 'name'] + metric_cols)
-  return {'table': table, 'rows': rows + means, 'results': results, 'out_dir': out}

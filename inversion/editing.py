@@ -12,9 +12,9 @@ Noise maps: where the latents carry optimised noise maps, interpolation blends t
 crossover and expression transfer use the first (content / a) code's maps; otherwise the
 generator's stored maps are used.
 
-    from inversion import api, editing
-    a = api.load_latents('out/latents/a.npz', model)
-    b = api.load_latents('out/latents/b.npz', model)
+    from inversion import editing, latents
+    a = latents.load_latents('out/latents/a.npz', model)
+    b = latents.load_latents('out/latents/b.npz', model)
     frames = editing.morph(model, a, b, num=8)          # [8, H, W, C]
     editing.write_strip('morph.png', frames)
 
@@ -159,13 +159,13 @@ def run_edit(kind: str, generator, latents: Sequence[str | os.PathLike], out: st
   crossover    latents (content, style) -> content | style | mixed
   expression   latents (a, b, c)     -> a | b | c | a + (c - b)
   """
-  from inversion import api  # pylint: disable=import-outside-toplevel
+  from inversion import latents as latents_lib  # pylint: disable=import-outside-toplevel
   need = {'interpolate': 2, 'crossover': 2, 'expression': 3}
   if kind not in need:
     raise ValueError(f'edit must be one of {EDITS}, got {kind!r}')
   if len(latents) != need[kind]:
     raise ValueError(f'{kind} needs {need[kind]} latents files, got {len(latents)}')
-  recs = [api.load_latents(p, generator) for p in latents]
+  recs = [latents_lib.load_latents(p, generator) for p in latents]
   if kind == 'interpolate':
     frames = morph(generator, recs[0], recs[1], num)
   elif kind == 'crossover':

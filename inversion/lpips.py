@@ -15,19 +15,20 @@ Deviation (gradients only): step 3 uses a square root whose gradient is 0 rather
 a pixel's features are all zero (possible after ReLU); forward values are unchanged.
 
 Parameters are a pytree `{'trunk': {'params': ...}, 'lin': {'lin0': [C0], ..., 'lin4': [C4]}}`;
-the trunk kind is read from its parameter names. Get them from `inversion.weights`
-(`load_lpips_params`, `load_nvlabs_vgg16_lpips_params`) or convert arrays with
+the trunk kind is read from its parameter names. Get them with `load_lpips_params` or
+`load_nvlabs_vgg16_lpips_params` (files found by `inversion.weights`), or convert arrays with
 `lpips_params_from_state_dicts`.
 
 Example:
 
-  >>> params = weights.load_lpips_params('vgg')
+  >>> params = load_lpips_params('vgg')
   >>> d = jax.jit(lpips)(params, x, y)                # [B], x, y: [B, H, W, 3] in [-1, 1]
   >>> m = lpips(params, x, y, spatial=True)           # [B, H, W, 1]
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Mapping, Sequence
 
@@ -37,12 +38,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from inversion import vgg as vgg_lib
+from inversion import weights
 from inversion.weights import WeightsFormatError
 
 __all__ = [
     'AlexNet',
     'LPIPS_CHANNELS',
     'LPIPS_LAYERS',
+    'load_lpips_params',
+    'load_nvlabs_vgg16_lpips_params',
     'lpips',
     'lpips_params_from_state_dicts',
     'normalize_channels',
@@ -262,3 +266,43 @@ def random_lpips_params(seed: int = 0, net: str = 'vgg') -> dict[str, Any]:
   lin = {f'lin{i}': jnp.asarray(rng.uniform(size=c), jnp.float32)
          for i, c in enumerate(LPIPS_CHANNELS[net])}
   return {'trunk': trunk, 'lin': lin}
+
+
+def load_lpips_params(net: str = 'vgg',
+                      trunk_path: str | os.PathLike | None = None,
+                      lin_path: str | os.PathLike | None = None) -> dict[str, Any]:
+  """Loads LPIPS v0.1 parameters: trunk (torchvision file) + linear layers (lpips file).
+
+  Args:
+    net: 'vgg' or 'alex'.
+    trunk_path: torchvision VGG16 / AlexNet weights; None = resolve 'vgg16' / 'alexnet'.
+    lin_path: LPIPS v0.1 `vgg.pth` / `alex.pth`; None = resolve 'lpips_vgg' / 'lpips_alex'.
+
+  Returns:
+    `{'trunk': variables, 'lin': {'lin0': [C0], ...}}` for `inversion.lpips.lpips`.
+  """
+  if net not in ('vgg', 'alex'):
+    raise ValueError(f"net must be 'vgg' or 'alex', got {net!r}")
+  trunk_name, lin_name = ('vgg16', 'lpips_vgg') if net == 'vgg' else ('alexnet', 'lpips_alex')
+  tp = weights.resolve_weights(trunk_name, trunk_path)
+  lp = weights.resolve_weights(lin_name, lin_path)
+  return lpips_params_from_state_dicts(weights.load_state_dict(tp), weights.load_state_dict(lp),
+                                       net=net, source=f'{tp} + {lp}')
+
+
+def load_nvlabs_vgg16_lpips_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
+  """Loads the NVlabs `vgg16.pt` TorchScript file (trunk and LPIPS weights in one file).
+
+  Its state_dict names are `layers.conv1..conv13.{weight,bias}` (= torchvision `features.N`
+  in order), `layers.fc1..fc3.*` (ignored) and `lpips0..lpips4` (one weight per channel).
+  Its input normalisation (ImageNet mean/std, i.e. the LPIPS scaling layer on [-1,1] images)
+  is done by `inversion.lpips.lpips`. Note NVlabs' own forward takes [0,255] images; ours
+  takes [-1,1] like everything else here.
+
+  Provenance: the names and the preprocessing follow genforce's port of this file
+  (`_convert_weights` in genforce's perceptual model); the TorchScript code inside the file is
+  never executed here, so its own preprocessing has not been checked against ours.
+  """
+  p = weights.resolve_weights('nvlabs_vgg16', path)
+  sd = weights.load_state_dict(p)
+  return lpips_params_from_state_dicts(sd, sd, net='vgg', source=str(p))

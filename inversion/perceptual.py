@@ -126,7 +126,7 @@ def vgg_feature_mse(params: Any, x: jax.Array, y: jax.Array, mask: jax.Array | N
   """sum_j w_j * mean((F_j(x m) - F_j(y m))^2) over VGG16 layers. [B].
 
   Args:
-    params: VGG16 variables (`weights.load_vgg16_params`).
+    params: VGG16 variables (`vgg.load_vgg16_params`).
     layers: VGG16 activation names (`vgg.LAYER_NAMES`).
     layer_weights: one weight per layer (None = all 1).
     preprocess, resize: as `vgg.vgg16_features`.
@@ -165,7 +165,7 @@ def idinvert_feature(params: Any, x: jax.Array, y: jax.Array, mask: jax.Array | 
                      precision: Any = None) -> jax.Array:
   """idinvert's perceptual loss: MSE of VGG16 conv4_3 (post-ReLU) activations. [B].
 
-  Default preprocessing matches idinvert's own weights (`weights.load_idinvert_vgg16_params`);
+  Default preprocessing matches idinvert's own weights (`vgg.load_idinvert_vgg16_params`);
   pass preprocess='imagenet' with torchvision weights.
   """
   return vgg_feature_mse(params, x, y, mask, layers=(IDINVERT_LAYER,), preprocess=preprocess,

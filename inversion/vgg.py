@@ -27,7 +27,7 @@ Input handling (`prepare_images` then `normalize_input`), images NHWC in [-1, 1]
 
 Example:
 
-  >>> variables = weights.load_vgg16_params()                    # torchvision file
+  >>> variables = load_vgg16_params()                            # torchvision file
   >>> feats = vgg16_features(variables, x, ('conv1_2', 'conv4_3'), preprocess='imagenet')
   >>> feats['conv4_3'].shape                                     # [B, H/8, W/8, 512]
 """
@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any, Mapping, Sequence
 
@@ -43,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from inversion import weights
 from inversion.weights import WeightsFormatError
 
 __all__ = [
@@ -52,6 +54,8 @@ __all__ = [
     'area_resize',
     'bilinear_resize',
     'init_random_params',
+    'load_idinvert_vgg16_params',
+    'load_vgg16_params',
     'normalize_input',
     'prepare_images',
     'vgg16_features',
@@ -371,3 +375,24 @@ def init_random_params(seed: int = 0) -> dict[str, Any]:
                                           jnp.float32),
                     'bias': jnp.zeros((cout,), jnp.float32)}
   return {'params': params}
+
+
+def load_vgg16_params(path: str | os.PathLike | None = None,
+                      name: str = 'vgg16') -> dict[str, Any]:
+  """Loads torchvision-layout VGG16 weights into `inversion.vgg.VGG16` variables.
+
+  Args:
+    path: explicit file; None = resolve `name` (env variable / cache folder).
+    name: registry key used for resolution and messages ('vgg16' or 'idinvert_vgg16').
+
+  Returns:
+    `{'params': {'conv1_1': {'kernel', 'bias'}, ...}}`. Pair torchvision weights with
+    preprocess='imagenet' (== 'lpips'); idinvert weights with preprocess='caffe'.
+  """
+  p = weights.resolve_weights(name, path)
+  return vgg16_params_from_state_dict(weights.load_state_dict(p), source=str(p))
+
+
+def load_idinvert_vgg16_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
+  """Loads idinvert's perceptual VGG16 (`layerN.*` names); use it with preprocess='caffe'."""
+  return load_vgg16_params(path, name='idinvert_vgg16')

@@ -12,15 +12,17 @@ Lookup order for `resolve_weights(name, path)`:
   3. the cache folder: `$STYLEGAN_INV_CACHE`, else `~/.cache/stylegan_inversion`, holding the
      file under its cache name (`WEIGHTS[name].filename`).
 
-Loading goes through `generators.torch_io` (`load(path)` + `state_dict_of(obj)`), which reads
+Reading goes through `generators.torch_io` (`load(path)` + `state_dict_of(obj)`), which reads
 PyTorch `.pth` pickles and TorchScript archives without PyTorch; its errors derive from
-`generators.torch_io.CheckpointError`. Arrays whose names or shapes do not fit a network raise
-`WeightsFormatError` (a `ValueError`).
+`generators.torch_io.CheckpointError`. This module knows files, not networks: each network
+module turns a state dict into its variables (`vgg.load_vgg16_params`,
+`lpips.load_lpips_params`, ...) and raises `WeightsFormatError` (a `ValueError`) for arrays
+whose names or shapes do not fit.
 
 Example:
 
-  >>> from inversion import weights, lpips
-  >>> params = weights.load_lpips_params()          # finds vgg16 + LPIPS v0.1 linear layers
+  >>> from inversion import lpips
+  >>> params = lpips.load_lpips_params()            # finds vgg16 + LPIPS v0.1 linear layers
   >>> d = lpips.lpips(params, x, y)                 # [B]
 """
 
@@ -29,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any
 
 import numpy as np
 
@@ -40,10 +41,6 @@ __all__ = [
     'WeightsSpec',
     'cache_dir',
     'load_state_dict',
-    'load_vgg16_params',
-    'load_idinvert_vgg16_params',
-    'load_lpips_params',
-    'load_nvlabs_vgg16_lpips_params',
     'resolve_weights',
 ]
 
@@ -193,68 +190,3 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       a = a.astype(np.float32)
     out[str(k)] = a
   return out
-
-
-def load_vgg16_params(path: str | os.PathLike | None = None,
-                      name: str = 'vgg16') -> dict[str, Any]:
-  """Loads torchvision-layout VGG16 weights into `inversion.vgg.VGG16` variables.
-
-  Args:
-    path: explicit file; None = resolve `name` (env variable / cache folder).
-    name: registry key used for resolution and messages ('vgg16' or 'idinvert_vgg16').
-
-  Returns:
-    `{'params': {'conv1_1': {'kernel', 'bias'}, ...}}`. Pair torchvision weights with
-    preprocess='imagenet' (== 'lpips'); idinvert weights with preprocess='caffe'.
-  """
-  from inversion import vgg  # pylint: disable=import-outside-toplevel
-  p = resolve_weights(name, path)
-  return vgg.vgg16_params_from_state_dict(load_state_dict(p), source=str(p))
-
-
-def load_idinvert_vgg16_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
-  """Loads idinvert's perceptual VGG16 (`layerN.*` names); use it with preprocess='caffe'."""
-  return load_vgg16_params(path, name='idinvert_vgg16')
-
-
-def load_lpips_params(net: str = 'vgg',
-                      trunk_path: str | os.PathLike | None = None,
-                      lin_path: str | os.PathLike | None = None) -> dict[str, Any]:
-  """Loads LPIPS v0.1 parameters: trunk (torchvision file) + linear layers (lpips file).
-
-  Args:
-    net: 'vgg' or 'alex'.
-    trunk_path: torchvision VGG16 / AlexNet weights; None = resolve 'vgg16' / 'alexnet'.
-    lin_path: LPIPS v0.1 `vgg.pth` / `alex.pth`; None = resolve 'lpips_vgg' / 'lpips_alex'.
-
-  Returns:
-    `{'trunk': variables, 'lin': {'lin0': [C0], ...}}` for `inversion.lpips.lpips`.
-  """
-  from inversion import lpips as lp  # pylint: disable=import-outside-toplevel
-  if net not in ('vgg', 'alex'):
-    raise ValueError(f"net must be 'vgg' or 'alex', got {net!r}")
-  trunk_name, lin_name = ('vgg16', 'lpips_vgg') if net == 'vgg' else ('alexnet', 'lpips_alex')
-  tp = resolve_weights(trunk_name, trunk_path)
-  lp_ = resolve_weights(lin_name, lin_path)
-  return lp.lpips_params_from_state_dicts(load_state_dict(tp), load_state_dict(lp_), net=net,
-                                          source=f'{tp} + {lp_}')
-
-
-def load_nvlabs_vgg16_lpips_params(path: str | os.PathLike | None = None) -> dict[str, Any]:
-  """Loads the NVlabs `vgg16.pt` TorchScript file (trunk and LPIPS weights in one file).
-
-  Its state_dict names are `layers.conv1..conv13.{weight,bias}` (= torchvision `features.N`
-  in order), `layers.fc1..fc3.*` (ignored) and `lpips0..lpips4` (one weight per channel).
-  Its input normalisation (ImageNet mean/std, i.e. the LPIPS scaling layer on [-1,1] images)
-  is done by `inversion.lpips.lpips`. Note NVlabs' own forward takes [0,255] images; ours
-  takes [-1,1] like everything else here.
-
-  Provenance: the names and the preprocessing follow genforce's port of this file
-  (`_convert_weights` in genforce's perceptual model); the TorchScript code inside the file is
-  never executed here, so its own preprocessing has not been checked against ours.
-  """
-  from inversion import lpips as lp  # pylint: disable=import-outside-toplevel
-  p = resolve_weights('nvlabs_vgg16', path)
-  sd = load_state_dict(p)
-  return lp.lpips_params_from_state_dicts(sd, sd, net='vgg', source=str(p))
-

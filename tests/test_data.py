@@ -9,9 +9,9 @@ from PIL import Image
 from scipy import ndimage
 
 from generators import data, defects, mvtec
-from inversion import api
+from inversion import demo
 
-EXAMPLES = str(api.EXAMPLES_DIR)
+EXAMPLES = str(demo.EXAMPLES_DIR)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from PIL import Image
 
 from generators import checkpoint
 from inversion import api, editing
+from inversion import latents as latents_lib
 from inversion import __main__ as cli
 from tests.test_engine import generated, scaled_fixture_model
 
@@ -27,8 +28,8 @@ def latents(tmp_path_factory, model):
       names=['a', 'b', 'c'], space='wplus', latents=ws, ws=ws, noise={}, reconstructions=x,
       targets=x, losses={'total': np.zeros((n, 1), np.float32)},
       metrics={'mse': np.zeros(n)}, failed=np.zeros(n, bool), failed_step=-np.ones(n, int),
-      steps=1, generator_id=api.generator_fingerprint(model), config_json='{}')
-  paths = [api.save_latents(d / f'{k}.npz', result, i, model) for i, k in enumerate('abc')]
+      steps=1, generator_id=latents_lib.generator_fingerprint(model), config_json='{}')
+  paths = [latents_lib.save_latents(d / f'{k}.npz', result, i, model) for i, k in enumerate('abc')]
   return dict(paths=paths, ws=ws, images=x, dir=d)
 
 
@@ -54,7 +55,7 @@ def test_interpolate_crossover_expression_arithmetic():
 
 
 def test_render_and_morph_ends_are_the_inputs(model, latents):
-  recs = [api.load_latents(p, model) for p in latents['paths']]
+  recs = [latents_lib.load_latents(p, model) for p in latents['paths']]
   frames = editing.morph(model, recs[0], recs[1], num=4)
   assert frames.shape == (4, 32, 32, 3)
   np.testing.assert_allclose(frames[0], latents['images'][0], atol=1e-4)

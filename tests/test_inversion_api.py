@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from generators import checkpoint
-from inversion import api, images, weights
+from inversion import api, demo, images, jobs, latents, weights
 from inversion import engine as eng
 from tests.test_engine import ROOT, generated, scaled_fixture_model
 
@@ -52,7 +52,7 @@ def folder_runs(tmp_path_factory, model, image_dir):
   """An uninterrupted folder job, and one killed after chunk 2 of 4 of the first batch and
   rerun (3 images, batches of 2: the second batch is padded)."""
   base = tmp_path_factory.mktemp('runs')
-  full = api.invert_folder(image_dir, model, folder_config(), base / 'full', batch_size=2,
+  full = jobs.invert_folder(image_dir, model, folder_config(), base / 'full', batch_size=2,
                            progress=False)
   calls = []
 
@@ -62,16 +62,16 @@ def folder_runs(tmp_path_factory, model, image_dir):
       raise Interrupt()
 
   with pytest.raises(Interrupt):
-    api.invert_folder(image_dir, model, folder_config(), base / 'resumed', batch_size=2,
+    jobs.invert_folder(image_dir, model, folder_config(), base / 'resumed', batch_size=2,
                       progress=False, callback=kill)
   state_file = base / 'resumed' / '_work' / 'state.npz'
   killed = {'checkpoint': state_file.exists(),
             'latents': sorted(os.listdir(base / 'resumed' / 'latents'))
                        if (base / 'resumed' / 'latents').exists() else []}
   later = []
-  resumed = api.invert_folder(image_dir, model, folder_config(), base / 'resumed', batch_size=2,
+  resumed = jobs.invert_folder(image_dir, model, folder_config(), base / 'resumed', batch_size=2,
                               progress=False, callback=lambda info: later.append(info.chunk))
-  again = api.invert_folder(image_dir, model, folder_config(), base / 'resumed', batch_size=2,
+  again = jobs.invert_folder(image_dir, model, folder_config(), base / 'resumed', batch_size=2,
                             progress=False)
   return dict(base=base, full=full, resumed=resumed, killed=killed, later=later, again=again,
               state_file=state_file)
@@ -81,7 +81,7 @@ def folder_runs(tmp_path_factory, model, image_dir):
 def killed_while_saving(folder_runs, model, image_dir):
   """A folder job killed after the first image of batch 1 was saved, and rerun."""
   out = folder_runs['base'] / 'saving'
-  save = api.save_latents
+  save = latents.save_latents
 
   def save_once_then_die(path, *args, **kwargs):
     if (out / 'latents').exists() and os.listdir(out / 'latents'):
@@ -89,12 +89,12 @@ def killed_while_saving(folder_runs, model, image_dir):
     save(path, *args, **kwargs)
 
   with pytest.MonkeyPatch.context() as m:
-    m.setattr(api, 'save_latents', save_once_then_die)
+    m.setattr(latents, 'save_latents', save_once_then_die)
     with pytest.raises(Interrupt):
-      api.invert_folder(image_dir, model, folder_config(), out, batch_size=2, progress=False)
+      jobs.invert_folder(image_dir, model, folder_config(), out, batch_size=2, progress=False)
   killed = sorted(os.listdir(out / 'latents'))
   later = []
-  resumed = api.invert_folder(image_dir, model, folder_config(), out, batch_size=2,
+  resumed = jobs.invert_folder(image_dir, model, folder_config(), out, batch_size=2,
                               progress=False, callback=lambda info: later.append(info.chunk))
   return dict(out=out, killed=killed, later=later, resumed=resumed)
 
@@ -106,8 +106,8 @@ def test_resume_after_kill_equals_uninterrupted(folder_runs, model):
   assert not r['state_file'].exists()      # removed once its batch was saved
   assert r['resumed'].inverted == ['img0', 'img1', 'img2'] and r['resumed'].skipped == []
   for name in ('img0', 'img1', 'img2'):
-    a = api.load_latents(r['base'] / 'full' / 'latents' / f'{name}.npz', model)
-    b = api.load_latents(r['base'] / 'resumed' / 'latents' / f'{name}.npz', model)
+    a = latents.load_latents(r['base'] / 'full' / 'latents' / f'{name}.npz', model)
+    b = latents.load_latents(r['base'] / 'resumed' / 'latents' / f'{name}.npz', model)
     np.testing.assert_array_equal(a.latent, b.latent)
     np.testing.assert_array_equal(a.losses['total'], b.losses['total'])
   # a third run finds everything done
@@ -120,8 +120,8 @@ def test_kill_while_saving_a_batch_loses_nothing(killed_while_saving, folder_run
   assert r['later'] == [0, 1, 2, 3]  # batch 1 came back from its final checkpoint: only batch 2 ran
   assert r['resumed'].skipped == ['img0'] and r['resumed'].inverted == ['img1', 'img2']
   for name in ('img0', 'img1', 'img2'):
-    a = api.load_latents(folder_runs['base'] / 'full' / 'latents' / f'{name}.npz', model)
-    b = api.load_latents(r['out'] / 'latents' / f'{name}.npz', model)
+    a = latents.load_latents(folder_runs['base'] / 'full' / 'latents' / f'{name}.npz', model)
+    b = latents.load_latents(r['out'] / 'latents' / f'{name}.npz', model)
     np.testing.assert_array_equal(a.latent, b.latent)
   assert not (r['out'] / '_work' / 'state.npz').exists()
 
@@ -131,7 +131,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path, model, image_dir):
     raise Interrupt()
 
   with pytest.raises(Interrupt):
-    api.invert_folder(image_dir, model, folder_config(), tmp_path, batch_size=2, progress=False,
+    jobs.invert_folder(image_dir, model, folder_config(), tmp_path, batch_size=2, progress=False,
                       callback=kill)
   other = folder_config()
   other.optimizer.lr = 0.02
@@ -139,7 +139,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path, model, image_dir):
                          (folder_config(), {'init': tmp_path})]:
     with pytest.raises(ValueError, match='another generator, config, batch size or --init.*'
                                          'delete .*state.npz'):
-      api.invert_folder(image_dir, model, config, tmp_path, **{'batch_size': 2, **kwargs},
+      jobs.invert_folder(image_dir, model, config, tmp_path, **{'batch_size': 2, **kwargs},
                         progress=False)
 
 
@@ -147,16 +147,16 @@ def test_folder_job_starts_from_given_latents(folder_runs, model, image_dir, tmp
   full = folder_runs['base'] / 'full' / 'latents'
   config = folder_config()
   config.optimizer.lr = 0.0  # no step moves the latents: the result is the start
-  res = api.invert_folder(image_dir, model, config, tmp_path / 'from_init', batch_size=2,
+  res = jobs.invert_folder(image_dir, model, config, tmp_path / 'from_init', batch_size=2,
                           progress=False, init=full)
   for name in res.inverted:
-    a = api.load_latents(full / f'{name}.npz', model)
-    b = api.load_latents(tmp_path / 'from_init' / 'latents' / f'{name}.npz', model)
+    a = latents.load_latents(full / f'{name}.npz', model)
+    b = latents.load_latents(tmp_path / 'from_init' / 'latents' / f'{name}.npz', model)
     np.testing.assert_array_equal(a.latent, b.latent)
   (tmp_path / 'partial').mkdir()
   (tmp_path / 'partial' / 'img0.npz').write_bytes((full / 'img0.npz').read_bytes())
   with pytest.raises(FileNotFoundError, match='img1.npz does not exist: --init needs'):
-    api.invert_folder(image_dir, model, folder_config(), tmp_path / 'partial_out', batch_size=2,
+    jobs.invert_folder(image_dir, model, folder_config(), tmp_path / 'partial_out', batch_size=2,
                       progress=False, init=tmp_path / 'partial')
 
 
@@ -171,13 +171,13 @@ def test_folder_outputs_and_latents_layout(folder_runs, model):
   assert set(rows[0]) == {'name', 'mse', 'psnr', 'ssim', 'status'}
   assert all(r['status'] == 'ok' for r in rows)
   doc = json.loads((out / 'metrics.json').read_text())
-  assert doc['generator_id'] == api.generator_fingerprint(model)
+  assert doc['generator_id'] == latents.generator_fingerprint(model)
   assert set(doc['mean_over_ok_images']) == {'mse', 'psnr', 'ssim'}
   with np.load(out / 'latents' / 'img1.npz') as z:
     keys = set(z.files)
   assert {'format', 'version', 'name', 'space', 'latent', 'ws', 'generator_id', 'generator_json',
           'config_json', 'metrics_json', 'status', 'loss/total', 'loss/mse'} == keys
-  rec = api.load_latents(out / 'latents' / 'img1.npz', model)
+  rec = latents.load_latents(out / 'latents' / 'img1.npz', model)
   gc = model.g_config
   assert rec.space == 'w' and rec.latent.shape == (gc.w_dim,)
   assert rec.ws.shape == (gc.num_ws, gc.w_dim) and np.allclose(rec.ws, rec.latent)
@@ -202,7 +202,7 @@ def test_nan_target_pixel_stops_that_image_only(tmp_path, model):
     rows = {r['name']: r for r in csv.DictReader(f)}
   assert rows['good']['status'] == 'ok'
   assert rows['bad']['status'].startswith('non-finite loss at step 0')
-  rec = api.load_latents(tmp_path / 'latents' / 'bad.npz', model)
+  rec = latents.load_latents(tmp_path / 'latents' / 'bad.npz', model)
   assert rec.status.startswith('non-finite loss at step 0') and np.isfinite(rec.latent).all()
 
 
@@ -216,13 +216,13 @@ def test_bad_image_files_name_the_file(tmp_path, model, image_dir):
     d.mkdir()
     (d / name).write_bytes(data)
     with pytest.raises(images.ImageError) as e:
-      api.invert_folder(d, model, folder_config(), tmp_path / 'out', progress=False)
+      jobs.invert_folder(d, model, folder_config(), tmp_path / 'out', progress=False)
     assert name in str(e.value) and 'Fix or remove' in str(e.value)
   only_text = tmp_path / 'text'
   only_text.mkdir()
   (only_text / 'readme.txt').write_text('hi')
   with pytest.raises(images.ImageError, match='no images in folder'):
-    api.invert_folder(only_text, model, folder_config(), tmp_path / 'out', progress=False)
+    jobs.invert_folder(only_text, model, folder_config(), tmp_path / 'out', progress=False)
   with pytest.raises(ValueError, match=r'\[B, 32, 32, 3\].*load_images'):
     api.invert(np.zeros((1, 64, 64, 3), np.float32), model, folder_config(), progress=False)
   with pytest.raises(ValueError, match='NCHW'):
@@ -236,24 +236,24 @@ def test_latents_of_another_generator_are_refused(tmp_path, folder_runs, model,
                                                   official_g_state, image_dir):
   other = scaled_fixture_model(official_g_state, scale=0.5)  # same shapes, other weights
   path = folder_runs['base'] / 'full' / 'latents' / 'img0.npz'
-  with pytest.raises(api.LatentsError) as e:
-    api.load_latents(path, other)
+  with pytest.raises(latents.LatentsError) as e:
+    latents.load_latents(path, other)
   msg = str(e.value)
-  assert str(path) in msg and api.generator_fingerprint(model) in msg
-  assert api.generator_fingerprint(other) in msg and 'pass that checkpoint' in msg
+  assert str(path) in msg and latents.generator_fingerprint(model) in msg
+  assert latents.generator_fingerprint(other) in msg and 'pass that checkpoint' in msg
   # a folder job into an out_dir holding another generator's latents stops before any work
-  with pytest.raises(api.LatentsError, match='img0.npz'):
-    api.invert_folder(image_dir, other, folder_config(), folder_runs['base'] / 'full',
+  with pytest.raises(latents.LatentsError, match='img0.npz'):
+    jobs.invert_folder(image_dir, other, folder_config(), folder_runs['base'] / 'full',
                       progress=False)
   bad = tmp_path / 'bad.npz'
   bad.write_bytes(b'not a zip file')
-  with pytest.raises(api.LatentsError, match='bad.npz.*not a readable'):
-    api.load_latents(bad)
+  with pytest.raises(latents.LatentsError, match='bad.npz.*not a readable'):
+    latents.load_latents(bad)
   np.savez(tmp_path / 'plain.npz', w=np.zeros(3))
-  with pytest.raises(api.LatentsError, match='plain.npz is not a'):
-    api.load_latents(tmp_path / 'plain.npz')
-  with pytest.raises(api.LatentsError, match='does not exist'):
-    api.load_latents(tmp_path / 'missing.npz')
+  with pytest.raises(latents.LatentsError, match='plain.npz is not a'):
+    latents.load_latents(tmp_path / 'plain.npz')
+  with pytest.raises(latents.LatentsError, match='does not exist'):
+    latents.load_latents(tmp_path / 'missing.npz')
 
 
 def test_config_and_weights_errors(model):
@@ -325,7 +325,7 @@ def test_cli_invert_smoke(tmp_path, model, image_dir):
   for f in ('grid.png', 'metrics.csv', 'metrics.json', 'losses.png', 'latents/img0.npz',
             'latents/img1.npz', 'reconstructions/img1.png'):
     assert (out / f).is_file(), f
-  rec = api.load_latents(out / 'latents' / 'img0.npz', model)
+  rec = latents.load_latents(out / 'latents' / 'img0.npz', model)
   assert rec.space == 'wplus' and rec.losses['total'].shape == (4,)
   assert json.loads(rec.config_json)['steps'] == 4
 
@@ -333,10 +333,10 @@ def test_cli_invert_smoke(tmp_path, model, image_dir):
 def test_demo_writes_grid_table_and_curves(tmp_path, model):
   """`python -m inversion demo`'s library function on the fixture generator (the committed
   64 px example crops are resized to its 32 px), 2 steps per method."""
-  out = api.demo(tmp_path / 'demo', model, steps=2, progress=False,
+  out = demo.demo(tmp_path / 'demo', model, steps=2, progress=False,
                  overrides=['--config.chunk_size=2', '--config.loss.perceptual=none',
                             '--config.metrics.lpips=off', '--config.w_avg_samples=500'])
-  names = sorted(p.stem for p in api.EXAMPLES_DIR.glob('*.png'))
+  names = sorted(p.stem for p in demo.EXAMPLES_DIR.glob('*.png'))
   assert len(names) == 6
   for f in ('grid.png', 'metrics.csv', 'metrics.json', 'losses.png'):
     assert (tmp_path / 'demo' / f).is_file(), f
@@ -370,13 +370,13 @@ def test_conditional_generator_inverts_with_a_class(tmp_path):
 
   # The demo's examples are defect-free crops: on a conditional generator it inverts them as
   # 'clean' unless told otherwise.
-  example = sorted(api.EXAMPLES_DIR.glob('*.png'))[0]
-  demo = api.demo(tmp_path / 'demo', cond, steps=6, examples=[str(example)], spaces=('z',),
-                  overrides=overrides[1:], progress=False)
-  assert json.loads(demo['results']['z'].config_json)['label'] == 'clean'
+  example = sorted(demo.EXAMPLES_DIR.glob('*.png'))[0]
+  demo_out = demo.demo(tmp_path / 'demo', cond, steps=6, examples=[str(example)], spaces=('z',),
+                       overrides=overrides[1:], progress=False)
+  assert json.loads(demo_out['results']['z'].config_json)['label'] == 'clean'
 
-  record = api.load_latents(api.save_latents(tmp_path / 'a.npz', result, 0, cond), cond)
-  with pytest.raises(api.LatentsError, match='--config.label=defect'):  # its z is a defect's
+  record = latents.load_latents(latents.save_latents(tmp_path / 'a.npz', result, 0, cond), cond)
+  with pytest.raises(latents.LatentsError, match='--config.label=defect'):  # its z is a defect's
     api.invert(target, cond, api.as_config('image2stylegan:z', overrides + [
         '--config.label=clean', '--config.init=given']), init=[record], progress=False)
   with pytest.raises(ValueError, match='set config.label'):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from generators import checkpoint
-from inversion import api
+from inversion import demo
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -15,7 +15,7 @@ def _runtime_files() -> dict[str, list[pathlib.Path]]:
   """Per package, the data files its code opens: the demo's crops, every shipped model."""
   models = [f for name in checkpoint.EMBEDDED_MODELS
             for f in checkpoint.embedded_dir(name).rglob("*") if f.is_file()]
-  return {"inversion": sorted(api.EXAMPLES_DIR.glob("*.png")), "generators": models}
+  return {"inversion": sorted(demo.EXAMPLES_DIR.glob("*.png")), "generators": models}
 
 
 def test_build_ships_the_demo_examples_and_shipped_models(tmp_path):

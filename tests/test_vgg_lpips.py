@@ -279,9 +279,9 @@ def test_loaders_raise_when_missing(tmp_path, monkeypatch):
   for spec in weights.WEIGHTS.values():
     monkeypatch.delenv(spec.env_var, raising=False)
   with pytest.raises(weights.WeightsNotFoundError):
-    weights.load_lpips_params('vgg')
+    lp.load_lpips_params('vgg')
   with pytest.raises(weights.WeightsNotFoundError):
-    weights.load_nvlabs_vgg16_lpips_params()
+    lp.load_nvlabs_vgg16_lpips_params()
 
 
 # --- loading real file formats (files written by tests/torch_format_writer.py) --------------
@@ -306,8 +306,8 @@ def test_torch_files_load_through_cache_folder(tmp_path, monkeypatch, ref, fmt):
   lin = W.ordered_dict((f'lin{k}.model.1.weight', ref[f'lpips/lin{k}.model.1.weight'])
                        for k in range(5))
   write(lin, tmp_path / weights.WEIGHTS['lpips_vgg'].filename)
-  _lpips_reference_check(weights.load_lpips_params('vgg'), ref)
-  variables = weights.load_vgg16_params()
+  _lpips_reference_check(lp.load_lpips_params('vgg'), ref)
+  variables = vgg.load_vgg16_params()
   with jax.default_matmul_precision('highest'):
     act = jax.jit(vgg.vgg16_features, static_argnums=2)(variables, nhwc(ref['x0'][:2]),
                                                         ('conv1_2',))['conv1_2']
@@ -330,7 +330,7 @@ def test_nvlabs_torchscript_file_loads(tmp_path, ref):
     root[f'lpips{k}'] = ref[f'lpips/lin{k}.model.1.weight'].reshape(-1, 1, 1)
   path = tmp_path / 'vgg16.pt'
   W.write_torchscript(W.script_module('__torch__.VGG16', root), (), path)
-  _lpips_reference_check(weights.load_nvlabs_vgg16_lpips_params(path), ref)
+  _lpips_reference_check(lp.load_nvlabs_vgg16_lpips_params(path), ref)
 
 
 def test_corrupt_file_raises_checkpoint_error(tmp_path):
@@ -338,4 +338,4 @@ def test_corrupt_file_raises_checkpoint_error(tmp_path):
   bad = tmp_path / 'vgg16.pth'
   bad.write_bytes(b'not a checkpoint at all')
   with pytest.raises(torch_io.CheckpointError):
-    weights.load_vgg16_params(bad)
+    vgg.load_vgg16_params(bad)
