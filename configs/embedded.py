@@ -29,7 +29,7 @@ def get_config(arg=None):
   # random: "quarter" (all 8 flips/rotations), "half" (brick courses stay vertical, as in the
   # photo), "none". "half" scored 43.9 at 112 kimg against its own held-out crops (real vs real
   # 20.2; "quarter": 41.1 against 17.6; both with R1 gamma 0.5 throughout), with larger defect
-  # masks; see README.
+  # masks; see generators/embedded/TRAINING_NOTES.md.
   config.data.rotations = "quarter"
   # Real data instead (generators/mvtec.py): an MVTec AD folder and category, e.g.
   # --config.data.mvtec_root=/data/mvtec_ad --config.data.mvtec_category=carpet; its train
@@ -43,7 +43,8 @@ def get_config(arg=None):
   config.data.defect_labels = False
   # Or on a one-hot of each crop's photo (brick, grass, gravel; streamed crops only): unconditional
   # runs drew one photo in up to 3/4 of their samples (benchmarks/photo_coverage.py). Tried at
-  # 112 kimg: SWD 54.6 with the classes faded in over 32-64 kimg, collapse without (README).
+  # 112 kimg: SWD 54.6 with the classes faded in over 32-64 kimg, collapse without
+  # (generators/embedded/TRAINING_NOTES.md).
   config.data.photo_labels = False
   # Transitional conditioning (generators/train.py): the classes' weight ramps 0 -> 1 between
   # these kimg; end 0 = none (full conditioning from the start, which collapsed the "defect"
@@ -59,13 +60,15 @@ def get_config(arg=None):
   config.model.channel_base = 2048  # 64 px: 32 channels; <= 32 px: channel_max
   config.model.channel_max = 64  # 5.3 s/step at batch 32 on 2 cores when chosen (128: 9.4 s);
                                  # 1.3 s since the hand-written conv VJPs (generators/upfirdn.py),
-                                 # where 128 (4-16 px layers) costs only ~1.1x: see README
+                                 # where 128 (4-16 px layers) costs only ~1.1x: see
+                                 # generators/embedded/TRAINING_NOTES.md
   config.model.conv_clamp = 256.0
   config.model.mbstd_group_size = 4
 
   # Optimisation (StyleGAN2-ADA 'auto': Adam(0, 0.99), lazy R1 every 16 D steps).
   config.batch_size = 32
-  # 3500 steps, where the shipped model stops (later snapshots scored worse, README): about 1 h
+  # 3500 steps, where the shipped model stops (later snapshots scored worse,
+  # generators/embedded/TRAINING_NOTES.md): about 1 h
   # on 2 CPU cores at ~1.1 s/step; 256 kimg (8000 steps) would take about 3 h.
   config.total_kimg = 112.0
   config.g_lr = 0.0025
@@ -76,7 +79,8 @@ def get_config(arg=None):
                         # 2.0 from scratch: slower (SWD 61.1 at 96 kimg)
   # From r1_gamma_late_kimg on, R1's weight is r1_gamma_late (0 = off): 2.0 from 80 kimg kept
   # D's logits closer to G's than 0.5 all along, and at 112 kimg redrew held-out crops better
-  # with more defects than the model shipped before, which kept 0.5 throughout (README).
+  # with more defects than the model shipped before, which kept 0.5 throughout
+  # (generators/embedded/TRAINING_NOTES.md).
   config.r1_gamma_late = 2.0
   config.r1_gamma_late_kimg = 80.0
   config.r1_interval = 16
@@ -90,7 +94,8 @@ def get_config(arg=None):
   config.ada_kimg = 100.0  # p changes by at most 1 in this many kimg (NVlabs: 500 for long runs)
   # Which augmentations (generators/augment.py). Our crops already come in all 8 flips/rotations
   # and every shift, so only the colour ones give D anything new; with all five, a fine-tune of
-  # the 0.5 model (README) at p -> 0.5 drew every brick course horizontal.
+  # the 0.5 model (generators/embedded/TRAINING_NOTES.md) at p -> 0.5 drew every brick course
+  # horizontal.
   config.ada_ops = "xflip,rotate90,xint,brightness,contrast"
 
   # Bookkeeping.

@@ -16,7 +16,8 @@ conditional D sees which images must show one. With `data.photo_labels` the labe
 the crop's photo (`data.SOURCES`, `c_dim` = 3): an unconditional G can draw one photo in three
 quarters of its samples at the same SWD (`benchmarks/photo_coverage.py`); a conditional one is
 asked for each photo as often as the data holds it. (Tried at 112 kimg: it collapsed each class
-without transitional conditioning and scored SWD 54.6 with it; see README.)
+without transitional conditioning and scored SWD 54.6 with it; see
+generators/embedded/TRAINING_NOTES.md.)
 
 Transitional conditioning (`transition_end_kimg` > 0; Shahbazi et al., ICLR 2022, "Collapse
 by Conditioning"): class-conditional training on little data can collapse a class onto a few
@@ -390,7 +391,7 @@ def lr_scale(config, step: int, total_steps: int) -> float:
 def r1_gamma_at(config, step: int) -> float:
   """R1's weight at `step`: `r1_gamma`, then `r1_gamma_late` from `r1_gamma_late_kimg` on (when
   set). A stronger penalty once G draws the textures keeps D's logits from running away from
-  G's (README: from scratch it slows G down)."""
+  G's (generators/embedded/TRAINING_NOTES.md: from scratch it slows G down)."""
   late = config.get("r1_gamma_late", 0.0)
   if late and step * config.batch_size / 1000 >= config.r1_gamma_late_kimg:
     return late
@@ -409,7 +410,8 @@ def streams_crops(config) -> bool:
   """`data.num_crops` = 0 on the skimage textures: fresh crops, with freshly painted defects,
   every step instead of a bank drawn once (the photos hold ~10^6 distinct crops). The
   default since the fresh-crops model shipped (the same
-  quality in two thirds of the training of the bank-trained model before it; README). That
+  quality in two thirds of the training of the bank-trained model before it;
+  generators/embedded/TRAINING_NOTES.md). That
   model's D had not memorised its 20k bank (mean logit +3.9 on 500 of its crops, +4.2 on 500
   new crops painted alike); what it scored was defects (-1.1 on new clean crops)."""
   return not config.data.get("mvtec_root") and config.data.num_crops == 0
@@ -702,8 +704,8 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   averaging, the "SWA" of Izmailov et al., 2018): on a small dataset the snapshots swing from
   one to the next, and their mean sits inside the swing (on the channel_max 128 run it matched
   the best snapshot's SWD) but fades what the snapshots draw in different places (that run's
-  defect masks: README). D and the metadata's step are the latest step's; the metadata lists
-  every averaged step.
+  defect masks: generators/embedded/TRAINING_NOTES.md). D and the metadata's step are the latest
+  step's; the metadata lists every averaged step.
   """
   import orbax.checkpoint as ocp
 
