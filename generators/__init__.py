@@ -7,9 +7,12 @@
 """
 
 from generators import xla_cpu  # first: sets XLA:CPU flags before JAX starts (see its docstring)
+from generators import cache  # then: JAX's persistent compilation cache (see its docstring)
 from generators.checkpoint import Model, load, load_embedded, save
 from generators.networks import (Discriminator, DiscriminatorConfig, Generator, GeneratorConfig,
                                  mapping, synthesis)
+
+COMPILATION_CACHE_DIR = cache.enable_compilation_cache()
 
 __all__ = ["Discriminator", "DiscriminatorConfig", "Generator", "GeneratorConfig", "Model",
            "load", "load_embedded", "mapping", "save", "synthesis"]

@@ -4,6 +4,7 @@
         --steps 1000 --out out/run [--batch-size 8] [--mask M.png] [--config.optimizer.lr=0.02]
         [--init out/encoder/latents]             # start from given latents (files per image)
         [--align my_module:detect_landmarks]     # FFHQ face alignment (inversion/align.py)
+        [--skip-bad]                             # go on without unreadable images
     python -m inversion edit interpolate --a out/run/latents/a.npz --b out/run/latents/b.npz \
         --num 8 --out morph.png [--checkpoint G.pkl]
     python -m inversion edit crossover --content A.npz --style B.npz [--cutoff 4] --out mix.png
@@ -43,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
   inv.add_argument('--batch-size', type=int, default=8, help='images per compiled batch')
   inv.add_argument('--mask', default=None, help='mask image for every image (white = counts)')
   inv.add_argument('--seed', type=int, default=None, help='PRNG seed (config.seed)')
+  inv.add_argument('--skip-bad', action='store_true',
+                   help='invert the readable images and list unreadable ones in metrics.csv as '
+                   'skipped (default: stop before the first step, listing all of them)')
   inv.add_argument('--init', default=None, metavar='DIR',
                    help="start from latents files named like the images (e.g. another job's "
                         'latents/ folder, or an encoder\'s output) instead of config.init')
@@ -105,11 +109,13 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
       from inversion import align as align_lib  # pylint: disable=import-outside-toplevel
       align = align_lib.aligner_from_spec(args.align, model.resolution)
     res = jobs.invert_folder(images, model, config, args.out, args.batch_size, mask=args.mask,
-                            progress=not args.no_progress, align=align, init=args.init)
+                            progress=not args.no_progress, align=align, init=args.init,
+                            skip_bad=args.skip_bad)
     cols = [c for c in ('mse', 'psnr', 'ssim', 'lpips') if any(c in r for r in res.rows)]
     print(report.format_table(res.rows, ['name'] + cols + ['status']))
+    unreadable = f', {len(res.unreadable)} unreadable (skipped)' if res.unreadable else ''
     print(f'{len(res.inverted)} inverted, {len(res.skipped)} already done, '
-          f'{len(res.failed)} failed; outputs in {res.out_dir}')
+          f'{len(res.failed)} failed{unreadable}; outputs in {res.out_dir}')
     return 1 if res.failed else 0
 
   if args.command == 'edit':

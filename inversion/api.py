@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from generators import cache
 from generators import networks
 from inversion import engine as eng
 from inversion import images as images_lib
@@ -219,11 +220,16 @@ _STATS_CACHE: dict = {}
 
 def w_stats(model, num_samples: int, generator_id: Optional[str] = None,
             label: Optional[int] = None) -> eng.WStats:
-  """`engine.estimate_w_stats`, cached per generator, sample count and class label."""
-  key = (generator_id or latents_lib.generator_fingerprint(model), int(num_samples), label)
+  """`engine.estimate_w_stats`, cached per generator fingerprint, sample count and class label:
+  in memory, and in the user cache (`generators.cache`), so later runs skip the mapping of
+  `num_samples` random z."""
+  generator_id = generator_id or latents_lib.generator_fingerprint(model)
+  key = (generator_id, int(num_samples), label)
   if key not in _STATS_CACHE:
-    _STATS_CACHE[key] = eng.estimate_w_stats(model.g_config, model.g_vars, int(num_samples),
-                                             label=label)
+    name = f'w_stats/{generator_id.replace(":", "_")}_{int(num_samples)}_{label}'
+    arrays = cache.cached_arrays(name, lambda: eng.estimate_w_stats(
+        model.g_config, model.g_vars, int(num_samples), label=label)._asdict())
+    _STATS_CACHE[key] = eng.WStats(**{k: jnp.asarray(v) for k, v in arrays.items()})
   return _STATS_CACHE[key]
 
 
@@ -325,10 +331,9 @@ def check_mask(mask, b: int, res: int) -> Optional[np.ndarray]:
 
 
 def load_mask(path: str | os.PathLike, resolution: int) -> np.ndarray:
-  """A mask image file -> [R, R, 1] in [0, 1] (white = pixel counts, black = ignored; area
-  resampled, so border pixels get fractional weights)."""
-  g = images_lib.load_image(os.fspath(path), resolution, channels=1)
-  return (g + 1.0) / 2.0
+  """A mask image file -> [R, R, 1] in [0, 1] (white = pixel counts, black = ignored); see
+  `images.load_weight_mask` (a square mask of another size is resized, logged; others refused)."""
+  return images_lib.load_weight_mask(path, resolution)
 
 
 def image_keys(key, b: int, indices: Optional[Sequence[int]] = None) -> jax.Array:
@@ -592,6 +597,8 @@ def invert(images, generator, config='image2stylegan', *, mask=None, init=None, 
     >>> result = invert(x, model, 'image2stylegan:w', key=jax.random.PRNGKey(0))
     >>> result.metrics['psnr'], result.ws.shape
   """
+  if out_dir is not None:
+    report.prepare_out_dir(out_dir)  # a folder that cannot be written fails before the work
   inv = Inverter(generator, config, latent_terms=latent_terms, term_params=term_params)
   targets = check_images(images, generator)
   b = targets.shape[0]

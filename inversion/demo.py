@@ -49,8 +49,7 @@ def demo(out_dir: str | os.PathLike = 'out/demo', generator=None, *, steps: int 
   if generator is None:
     from generators import checkpoint  # pylint: disable=import-outside-toplevel
     generator = checkpoint.load(None)
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
+  out = report.prepare_out_dir(out_dir)
   targets, names = images_lib.load_images(examples, generator.resolution, generator.channels)
   results, rows = {}, []
   for space in spaces:

@@ -9,10 +9,11 @@ the hook for e.g. an encoder regulariser) and an optax optimiser. The engine own
      runs over groups of `micro_batch` images, one group after another (`Engine.group_size`):
      on CPU one image at a time by default, which keeps activations in cache (256 px, batch 16:
      20.1 vs 27.1 s/step fully vectorised), on accelerators the whole batch;
-  2. `chunk_size` steps run inside one compiled program (`lax.scan`); between chunks the host
-     updates the progress bar, reports non-finite losses and may checkpoint. What does not
-     depend on the latents (work on the weights alone, the targets' features) is computed once
-     per chunk, outside the scan (`hoist_invariants`), and kept for the chunk: the
+  2. up to `chunk_size` steps run inside one compiled program (`lax.scan`; the steps are
+     spread evenly over the chunks, `steps_per_chunk`: 5 steps are one scan of 5); between
+     chunks the host updates the progress bar, reports non-finite losses and may checkpoint.
+     What does not depend on the latents (work on the weights alone, the targets' features) is
+     computed once per chunk, outside the scan (`hoist_invariants`), and kept for the chunk: the
      Image2StyleGAN VGG16 features of a 256 px target take 40 MB per image;
   3. everything that changes between batches (targets, masks, generator weights, loss-network
      weights, keys, w_std) is an *argument* of the compiled program, and the last chunk is
@@ -69,6 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from generators import cache
 from generators import networks
 
 log = logging.getLogger(__name__)
@@ -570,7 +572,8 @@ class EngineSpec:
   image_terms: tuple[tuple[str, ImageTerm], ...]   # (name, term) pairs, in order
   space: str = 'wplus'                 # 'z' | 'w' | 'wplus'
   num_steps: int = 1000                # optimisation steps
-  chunk_size: int = 50                 # steps per compiled chunk (lax.scan length)
+  chunk_size: int = 50                 # at most this many steps per compiled chunk (see
+                                       # `steps_per_chunk`)
   optimizer: OptimizerSpec = OptimizerSpec()
   latent_terms: tuple[tuple[str, LatentTerm], ...] = ()
   loss_channels: Optional[int] = None  # image terms see channels [:loss_channels]; None = all
@@ -611,6 +614,13 @@ class EngineSpec:
     return max(1, math.ceil(self.num_steps / self.chunk_size))
 
   @property
+  def steps_per_chunk(self) -> int:
+    """The scan's length: num_steps spread evenly over num_chunks (5 steps: one chunk of 5, not
+    of chunk_size; 250 steps at chunk_size 100: three of 84), so fewer than num_chunks steps
+    are padding."""
+    return max(1, math.ceil(self.num_steps / self.num_chunks))
+
+  @property
   def term_names(self) -> tuple[str, ...]:
     """Names of the recorded loss curves, 'total' first."""
     names = ['total'] + [n for n, _ in self.image_terms]
@@ -632,7 +642,8 @@ class Engine:
     self.trace_count = 0
     # XLA:CPU runs non-HWIO convolutions inside loops slowly (see `_canonical_conv`).
     self.canonicalize_convs = jax.default_backend() == 'cpu'
-    self._chunk_fns = {}  # mesh -> jitted chunk program
+    self._chunk_fns = {}  # (signature of the inputs, group) -> compiled chunk program
+    self._key = cache.describe(spec)  # None: a user's term function, traced every time
     self.render = _render_fn(spec.g_config, spec.space, spec.noise_mode, spec.label)
     self.init = jax.jit(self._init)
 
@@ -742,20 +753,29 @@ class Engine:
 
   # 4. a chunk of steps, compiled
   def run_chunk(self, state: EngineState, data: Data) -> tuple[EngineState, dict]:
-    """`chunk_size` steps in one compiled call (state is donated). Outputs keep the batch
-    split over the mesh the state lives on, so the next call hits the same compiled program."""
-    mesh = getattr(state.step.sharding, 'mesh', None)
-    if mesh not in self._chunk_fns:
-      if mesh is None:
-        self._chunk_fns[mesh] = jax.jit(self._chunk, donate_argnums=0, static_argnums=2)
-      else:
+    """`steps_per_chunk` steps in one compiled call (state is donated). Outputs keep the batch
+    split over the mesh the state lives on, so the next call hits the same compiled program.
+
+    On one device the traced program is kept in the user cache (`generators.cache.
+    cached_program`): a later process with the same spec and shapes neither traces nor (with
+    the compilation cache) compiles it. Sharded batches are traced in every process."""
+    sharded = is_sharded(state)
+    group = self.group_size(state.step.shape[0], sharded)
+    key = (cache.signature((state, data)), group)
+    if key not in self._chunk_fns:
+      mesh = getattr(state.step.sharding, 'mesh', None)
+      out = None
+      if mesh is not None:
         P = jax.sharding.PartitionSpec
         out = (jax.sharding.NamedSharding(mesh, P('batch')),
                jax.sharding.NamedSharding(mesh, P(None, 'batch')))
-        self._chunk_fns[mesh] = jax.jit(self._chunk, donate_argnums=0, static_argnums=2,
-                                        out_shardings=out)
-    group = self.group_size(state.step.shape[0], is_sharded(state))
-    return self._chunk_fns[mesh](state, data, group)
+      out_tree = jax.tree_util.tree_structure((state, dict.fromkeys(self.spec.term_names, 0)))
+      self._chunk_fns[key] = cache.cached_program(
+          functools.partial(self._chunk, group=group), (state, data),
+          key=None if sharded or self._key is None else f'{self._key} group={group}',
+          out_tree=out_tree, donate_argnums=(0,),
+          out_shardings=out)
+    return self._chunk_fns[key](state, data)
 
   def compiled_count(self) -> int:
     """Number of compiled chunk programs (one per batch shape and mesh)."""
@@ -763,8 +783,8 @@ class Engine:
     return sum(f._cache_size() for f in self._chunk_fns.values())
 
   def _chunk(self, state: EngineState, data: Data, group: int) -> tuple[EngineState, dict]:
-    """`chunk_size` steps; each runs the batch `group` images vectorised at a time
-    (`group_size`), one group after another (`lax.map`). Records {term: [chunk_size, B]}."""
+    """`steps_per_chunk` steps; each runs the batch `group` images vectorised at a time
+    (`group_size`), one group after another (`lax.map`). Records {term: [steps_per_chunk, B]}."""
     self.trace_count += 1  # Python side effect: runs once per trace, not per call
     prepare, apply = self._step_program(state, data, group)  # shared invariants: once
     fixed = (data.targets, data.masks)
@@ -783,7 +803,7 @@ class Engine:
       *new, record = step(s)
       return EngineState(*new, key=s.key), record
 
-    return jax.lax.scan(body, state, None, length=self.spec.chunk_size)
+    return jax.lax.scan(body, state, None, length=self.spec.steps_per_chunk)
 
   def ws(self, latents: Latents, g_vars: PyTree) -> Array:
     """Latents -> ws [B, num_ws, w_dim]."""
@@ -805,12 +825,21 @@ def is_sharded(state: EngineState) -> bool:
 
 @functools.lru_cache(maxsize=32)
 def _render_fn(g_config, space, noise_mode, label):
-  """Jitted latents (batch-first) -> images [B, H, W, C], shared by specs that differ only in
-  their objective or optimiser."""
+  """Compiled latents (batch-first) -> images [B, H, W, C], shared by specs that differ only in
+  their objective or optimiser; traced once per machine and shape (`cached_program`)."""
   def render(latents: Latents, g_vars: PyTree) -> Array:
     ws = latent_to_ws(g_config, g_vars, space, latents.latent, label)
     return networks.synthesis(g_config, g_vars, ws, noise_mode, latents.noise or None)
-  return jax.jit(render)
+  key = cache.describe(('render', g_config, space, noise_mode, label))
+  programs = {}
+
+  def run(latents: Latents, g_vars: PyTree) -> Array:
+    sig = cache.signature((latents, g_vars))
+    if sig not in programs:
+      programs[sig] = cache.cached_program(render, (latents, g_vars), key=key,
+                                           out_tree=jax.tree_util.tree_structure(0))
+    return programs[sig](latents, g_vars)
+  return run
 
 
 @functools.lru_cache(maxsize=32)
@@ -881,14 +910,14 @@ def run(engine: Engine, state: EngineState, data: Data, *, start_chunk: int = 0,
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=spec.num_steps, desc=desc, unit='step',
-               initial=min(start_chunk * spec.chunk_size, spec.num_steps))
+               initial=min(start_chunk * spec.steps_per_chunk, spec.num_steps))
   failed_before = np.asarray(jax.device_get(state.failed))
   try:
     for c in range(start_chunk, spec.num_chunks):
       state, rec = engine.run_chunk(state, data)
       rec = jax.device_get(rec)
-      done = min((c + 1) * spec.chunk_size, spec.num_steps)
-      keep = done - c * spec.chunk_size
+      done = min((c + 1) * spec.steps_per_chunk, spec.num_steps)
+      keep = done - c * spec.steps_per_chunk
       curves = {n: np.concatenate([curves[n], np.asarray(rec[n][:keep], np.float32)])
                 for n in spec.term_names}
       failed = np.asarray(jax.device_get(state.failed))

@@ -367,6 +367,42 @@ def _load_mask(mask, image_path: str, image_hw: tuple[int, int], resolution: int
   return np.where(out, np.float32(1), np.float32(-1))
 
 
+def load_weight_mask(path: str | os.PathLike, resolution: int) -> np.ndarray:
+  """A loss-weight mask file (white = pixel counts, black = ignored) -> float32 [R, R, 1] in
+  [0, 1], for images inverted at R x R.
+
+  A square mask of another size is area-resized (logged with both sizes; border pixels get
+  fractional weights); a non-square one is refused: it cannot be laid on the square crop the
+  images are inverted at, and cropping or stretching it would move what it masks.
+  """
+  path = os.fspath(path)
+  raw, offset, scale = _read(path)
+  h, w = raw.shape[:2]
+  if h != w:
+    raise ImageError(f"mask {path} is {w}x{h}, but images are inverted as {resolution}x"
+                     f"{resolution} squares; give a square mask ({resolution}x{resolution}, "
+                     "white = pixel counts): a mask is not cropped or stretched")
+  if h != resolution:
+    log.info("mask %s is %dx%d: resized to %dx%d by area averaging", path, w, h, resolution,
+             resolution)
+  grey = _to_grey(_to_model(raw if h == resolution else area_resize(raw.astype(np.float32),
+                                                                    resolution),
+                            offset, scale))
+  return (grey + 1.0) / 2.0
+
+
+def check_images(paths: Sequence[str]) -> dict[str, str]:
+  """Decodes every file; returns {path: what is wrong} for those that cannot be read (missing,
+  empty, corrupt, unsupported: the ``ImageError`` message), {} when all can."""
+  bad = {}
+  for path in paths:
+    try:
+      _read(path)
+    except ImageError as e:
+      bad[path] = str(e)
+  return bad
+
+
 # ----------------------------------------------------------------------------------------------
 # Many images.
 

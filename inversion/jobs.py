@@ -40,7 +40,9 @@ class FolderResult:
   inverted: list[str]              # inverted in this call
   skipped: list[str]               # already done before this call (latents file present)
   failed: dict[str, str]           # name -> status, for images stopped by a non-finite loss
-  rows: list[dict]                 # metrics rows of every finished image
+  rows: list[dict]                 # metrics rows of every finished image, then of the unreadable
+  unreadable: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> why, left
+                                   # out with skip_bad=True
 
 
 def _flatten(tree) -> dict[str, np.ndarray]:
@@ -93,11 +95,15 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
                   callback: Optional[Callable[[eng.ChunkInfo], None]] = None,
                   latent_terms=None, term_params=None, devices=None,
                   align: Optional[Callable[[np.ndarray, str], np.ndarray]] = None,
-                  init: Optional[str | os.PathLike] = None) -> FolderResult:
+                  init: Optional[str | os.PathLike] = None,
+                  skip_bad: bool = False) -> FolderResult:
   """Inverts every image of a folder (or a list of files) in batches; resumable.
 
   - Images whose latents file exists in out_dir/latents are skipped (it must belong to this
     generator, else a LatentsError says so).
+  - Every other image is decoded before the first step: unreadable files (missing, empty,
+    corrupt, unsupported) are all listed in one ImageError, or, with `skip_bad`, left out with a
+    warning and listed in metrics.csv with status 'skipped: <why>'.
   - The running batch's state (latents, optimiser state, keys, loss curves) is written to
     out_dir/_work/state.npz every `checkpoint_every` chunks (default config.checkpoint_every),
     and after its last chunk, so a killed job loses at most that many chunks (none while the
@@ -106,7 +112,7 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
   - An image whose loss becomes non-finite stops at its last finite latent; it is saved with its
     status, reported in the result and metrics, and the others continue.
   - The last batch is padded (repeating its last image) so every batch compiles the same
-    program.
+    program. A job of fewer images than `batch_size` runs them as one batch of that many.
 
   Args:
     dir_or_files: folder (non-image files are skipped with a log line), file, or list of files.
@@ -121,10 +127,11 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     init: a folder of latents files named `<image name>.npz` (another job's `latents/`, an
       encoder's output) to start from instead of `config.init`; each must belong to this
       generator. A latents file of another space starts from its ws where that fits.
+    skip_bad: go on without the images that cannot be read (see above).
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-  out = pathlib.Path(out_dir)
+  out = report.prepare_out_dir(out_dir)
   inv = api.Inverter(generator, config, latent_terms=latent_terms, term_params=term_params)
   every = int(checkpoint_every or inv.config.checkpoint_every)
   res, ch = generator.resolution, generator.channels
@@ -142,9 +149,14 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
       skipped.append(n)
   done = set(skipped)
   todo = [i for i, n in enumerate(names) if n not in done]
+  unreadable = _unreadable(paths, names, todo, skip_bad)
+  todo = [i for i in todo if names[i] not in unreadable]
+  batch_size = max(1, min(batch_size, len(names) - len(unreadable)))  # one image: a batch of
+                                                                      # one, not of padding
   if init is not None and not pathlib.Path(init).is_dir():
     raise FileNotFoundError(f'--init {init}: not a folder. It takes a folder of latents files '
                             "named like the images (e.g. another job's <out>/latents).")
+  starts = None if init is None else _init_records(init, names, todo)  # all checked up front
   meta_base = {'generator_id': inv.generator_id, 'config': inv.config.to_json(),
                'batch_size': batch_size,
                'init': None if init is None else str(pathlib.Path(init).resolve())}
@@ -173,7 +185,7 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     for i in padded:
       try:
         targets.append(images_lib.load_image(paths[i], res, ch, align=align))
-      except images_lib.ImageError as e:
+      except images_lib.ImageError as e:  # decoded before, so an aligner's or a mask's error
         raise images_lib.ImageError(
             f'{e}\nFix or remove {paths[i]} and rerun the same command: finished images are '
             'kept and skipped.') from None
@@ -181,8 +193,8 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     masks = api.check_mask(mask, batch_size, res)
     keys = api.image_keys(base_key, batch_size, padded)
     resumed = bi == 0 and resume is not None  # its start latents come from the checkpoint
-    state, data = inv.start(targets, masks, keys, init=None if init is None or resumed else
-                            _init_records(init, names, padded))
+    state, data = inv.start(targets, masks, keys, init=None if starts is None or resumed else
+                            [starts[names[i]] for i in padded])
     start_chunk, curves = 0, None
     if resumed:
       meta, arrays, curves = resume
@@ -216,23 +228,43 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     inverted += [name for name in result.names if name not in done]
     if work.exists():
       work.unlink()
-  rows = _summarise(out, paths, names, inv, generator, align)
+  rows = _summarise(out, paths, names, inv, generator, align, unreadable)
   for name, status in failed.items():
     log.warning('%s: %s', name, status)
-  return FolderResult(out, names, inverted, skipped, failed, rows)
+  return FolderResult(out, names, inverted, skipped, failed, rows, unreadable)
+
+
+def _unreadable(paths: Sequence[str], names: Sequence[str], todo: Sequence[int],
+                skip_bad: bool) -> dict[str, str]:
+  """{name: why} of the images to invert that cannot be decoded; raises listing them all unless
+  skip_bad."""
+  bad = images_lib.check_images([paths[i] for i in todo])
+  if not bad:
+    return {}
+  listing = '\n'.join(f'  {why}' for why in bad.values())
+  if not skip_bad:
+    raise images_lib.ImageError(
+        f'{len(bad)} of the {len(todo)} images to invert cannot be read:\n{listing}\nFix or '
+        'remove them and rerun (finished images are kept and skipped), or pass --skip-bad '
+        '(skip_bad=True) to invert the others and list these in metrics.csv as skipped.')
+  log.warning('skipping %d unreadable image(s) (--skip-bad; listed in metrics.csv):\n%s',
+              len(bad), listing)
+  by_path = dict(zip(paths, names))
+  return {by_path[p]: why for p, why in bad.items()}
 
 
 def _init_records(init_dir, names: Sequence[str],
-                  indices: Sequence[int]) -> list[latents_lib.LatentRecord]:
-  """The start latents of a folder job's batch: `init_dir/<name>.npz` for each image."""
-  records = []
+                  indices: Sequence[int]) -> dict[str, latents_lib.LatentRecord]:
+  """The start latents of a folder job's images: {name: `init_dir/<name>.npz`}, each read and
+  checked (format, finite values) before any work."""
+  records = {}
   for i in indices:
     f = pathlib.Path(init_dir) / f'{names[i]}.npz'
     if not f.is_file():
       raise FileNotFoundError(f'{f} does not exist: --init needs a latents file for every image '
                               f'(named like the image, {names[i]}.npz). Invert {names[i]} first, '
                               'or leave --init out to start it from config.init.')
-    records.append(latents_lib.load_latents(f))
+    records[names[i]] = latents_lib.load_latents(f)
   return records
 
 
@@ -248,9 +280,10 @@ def _take(result: api.InversionResult, n: int) -> api.InversionResult:
       failed_step=cut(result.failed_step))
 
 
-def _summarise(out: pathlib.Path, paths, names, inv: api.Inverter, generator, align=None
-               ) -> list[dict]:
-  """metrics.csv/json, grid.png and losses.png over every finished image of a folder job."""
+def _summarise(out: pathlib.Path, paths, names, inv: api.Inverter, generator, align=None,
+               unreadable: Optional[Mapping[str, str]] = None) -> list[dict]:
+  """metrics.csv/json, grid.png and losses.png over every finished image of a folder job;
+  unreadable images (left out by skip_bad) are rows with status 'skipped: <why>'."""
   rows, curves, grid_t, grid_r, labels = [], {}, [], [], []
   res, ch = generator.resolution, generator.channels
   for p, n in zip(paths, names):
@@ -272,16 +305,19 @@ def _summarise(out: pathlib.Path, paths, names, inv: api.Inverter, generator, al
       elif ch == 1:
         r = r[..., :1]
       grid_r.append(r)
+  rows += [{'name': n, 'status': f'skipped: {why}'} for n, why in (unreadable or {}).items()]
   if not rows:
     return rows
   report.write_metrics(out, rows, {'generator_id': inv.generator_id, 'space': inv.spec.space,
-                             'steps': inv.spec.num_steps, 'config': inv.config.to_dict()})
+                                   'steps': inv.spec.num_steps, 'config': inv.config.to_dict()})
+  if not grid_t:  # every image was unreadable
+    return rows
   images_lib.save_image(str(out / 'grid.png'), report.grid_rows(
       np.stack(grid_t), np.stack(grid_r), report.grid_mask_mode(inv.spec.loss_channels, ch)))
   lengths = {len(c) for v in curves.values() for c in v}
   if len(lengths) == 1:
     report.plot_losses(out / 'losses.png', {k: np.stack(v) for k, v in curves.items()}, labels,
-                f'{inv.spec.space}, {inv.spec.num_steps} steps')
+                       f'{inv.spec.space}, {inv.spec.num_steps} steps')
   else:
     log.info('%s: not drawn, the finished images ran different numbers of steps %s (earlier '
              'runs with other settings); their curves are in the latents files',

@@ -49,6 +49,9 @@ latents/<name>.npz (numpy .npz, no pickles), one image per file:
   status          str   'ok' or 'non-finite loss at step k (kept the last finite latent)'
 """
 
+REQUIRED_FIELDS = ('version', 'name', 'space', 'latent', 'ws', 'generator_id', 'generator_json',
+                   'config_json', 'metrics_json', 'status')
+
 
 class LatentsError(ValueError):
   """A latents file is unreadable, or does not belong to the generator it is used with."""
@@ -135,8 +138,9 @@ def load_latents(path: str | os.PathLike, generator=None) -> LatentRecord:
   """Reads a latents file; with `generator`, checks it was made with that generator.
 
   Raises:
-    LatentsError: not a latents file (missing, corrupt, other format), or a generator mismatch
-      (the message names both generators and the fix).
+    LatentsError: not a latents file (missing, corrupt, other format), a latent, ws or noise
+      field with NaN / inf, or a generator mismatch (the message names both generators and the
+      fix).
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -151,9 +155,19 @@ def load_latents(path: str | os.PathLike, generator=None) -> LatentRecord:
   if str(d.get('format', '')) != LATENTS_FORMAT:
     raise LatentsError(f'{path} is not a {LATENTS_FORMAT} file (no "format" entry); it must be '
                        'a latents file written by `python -m inversion invert`')
+  missing = [k for k in REQUIRED_FIELDS if k not in d]
+  if missing:
+    raise LatentsError(f'{path} lacks the field(s) {", ".join(missing)} of a latents file '
+                       '(see inversion.latents.LATENTS_LAYOUT): it was cut short or edited; '
+                       'rerun the inversion that wrote it')
   if int(d['version']) > LATENTS_VERSION:
     raise LatentsError(f'{path} has latents format version {int(d["version"])}; this toolkit '
                        f'reads up to {LATENTS_VERSION}. Upgrade stylegan-inversion-jax.')
+  for field in ['latent', 'ws'] + [k for k in d if k.startswith('noise/')]:
+    if not np.isfinite(d[field]).all():
+      raise LatentsError(f'{path}: field "{field}" holds NaN or infinite values, so it cannot '
+                         'start an inversion or an edit (inversion never writes such a field: '
+                         'the file was changed or damaged). Invert the image again.')
   rec = LatentRecord(
       name=str(d['name']), space=str(d['space']), latent=d['latent'], ws=d['ws'],
       noise={k[6:]: v for k, v in d.items() if k.startswith('noise/')},

@@ -26,11 +26,30 @@ __all__ = [
     'grid_mask_mode',
     'grid_rows',
     'plot_losses',
+    'prepare_out_dir',
     'save_result',
     'write_metrics',
 ]
 
 MAX_GRID_ROWS = 32   # grid.png shows the first images only
+
+
+def prepare_out_dir(out_dir: str | os.PathLike) -> pathlib.Path:
+  """Creates the output folder (and its parents) and checks it can be written, before any work
+  is done; a ValueError names the folder and the fix otherwise."""
+  out = pathlib.Path(out_dir)
+  if out.exists() and not out.is_dir():
+    raise ValueError(f'output folder {out} is an existing file, not a folder; pass a folder '
+                     'path (--out), e.g. a new one')
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / f'.write_test.{os.getpid()}'
+    probe.write_bytes(b'')
+    probe.unlink()
+  except OSError as e:
+    raise ValueError(f'cannot write to the output folder {out} ({e.strerror or e}); pass a '
+                     'folder you can write to (--out), or fix its permissions') from None
+  return out
 
 
 def grid_mask_mode(loss_channels: int, channels: int) -> str:
@@ -64,11 +83,11 @@ def write_metrics(out_dir: pathlib.Path, rows: list[dict], extra: Mapping[str, A
 def plot_losses(path: str | os.PathLike, curves: Mapping[str, np.ndarray],
                 labels: Optional[Sequence[str]] = None, title: str = '') -> str:
   """Loss curves {term: [N, steps]} -> PNG, one panel per term (log y); returns the path."""
-  import matplotlib  # pylint: disable=import-outside-toplevel  (slow import, only when plotting)
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  # A bare Figure (Agg canvas): no pyplot state or GUI backend, and 0.3 s less to import.
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel  (slow import)
   terms = list(curves)
-  fig, axes = plt.subplots(1, len(terms), figsize=(4 * len(terms), 3.2), squeeze=False)
+  fig = Figure(figsize=(4 * len(terms), 3.2), layout='constrained')
+  axes = fig.subplots(1, len(terms), squeeze=False)
   for ax, term in zip(axes[0], terms):
     c = np.atleast_2d(np.asarray(curves[term], np.float64))
     for i, row in enumerate(c):
@@ -83,18 +102,15 @@ def plot_losses(path: str | os.PathLike, curves: Mapping[str, np.ndarray],
       ax.legend(fontsize=7)
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
   path = os.fspath(path)
   fig.savefig(path, dpi=90)
-  plt.close(fig)
   return path
 
 
 def save_result(result: 'api.InversionResult', out_dir: str | os.PathLike,
                 generator) -> pathlib.Path:
   """Writes every output of an `invert` result to out_dir (layout: `api` docstring)."""
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
+  out = prepare_out_dir(out_dir)
   for i, name in enumerate(result.names):
     images_lib.save_image(str(out / 'reconstructions' / f'{name}.png'),
                           np.nan_to_num(result.reconstructions[i]))

@@ -1,11 +1,17 @@
 """Shared test fixtures: the official reference arrays and small networks."""
 
+import os
 import pathlib
 
 import numpy as np
 import pytest
 
 from tests.fixtures import shrink_lpips_fixture
+
+# The suite runs without the user caches (compiled and traced programs, w statistics): each test
+# traces and compiles what it runs, as the compile-count tests expect, and nothing is written to
+# the home folder. tests/test_cache.py turns them on in a temporary folder.
+os.environ["STYLEGAN_INV_NO_CACHE"] = "1"
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 
