@@ -17,6 +17,13 @@
 The container is recognised from the first bytes (zip archive, legacy torch magic number, or a
 pickle), never from the file extension; the format from the object inside.
 
+Two things are optional, as inversion needs neither. The `*.resample_filter` buffers are a
+constant, the [1, 3, 3, 1] FIR filter (outer product, normalised; or the filter the file's init
+kwargs name): a file without them loads with the constant filled in, and one that stores another
+filter is refused (`CheckpointError`, naming the buffer). The discriminator: one whose tensors do
+not fit (missing, unexpected or misshapen ones) is left out, `discriminator` is None and a note
+starting with `DISCRIMINATOR_DROPPED` says why; the generator still loads.
+
 Conversion conventions (verified, see the end of this docstring):
 
 NVlabs pickles: each network's nested module state (`_parameters`, `_buffers`, `_modules`)
@@ -113,6 +120,7 @@ __all__ = [
     'KeyMismatchError',
     'ShapeMismatchError',
     'SOURCE_FORMATS',
+    'DISCRIMINATOR_DROPPED',
     'generator_spec',
     'discriminator_spec',
     'infer_generator_kwargs',
@@ -125,6 +133,8 @@ DEFAULT_FILTER = [1, 3, 3, 1]
 W_AVG_SAMPLES = 10_000      # z samples for a w_avg estimate (rosinality files without latent_avg)
 W_AVG_SEED = 0
 _LIST_LIMIT = 20            # names listed in a key-mismatch message
+# The note (in RawCheckpoint.notes) when a file's discriminator does not fit and is left out.
+DISCRIMINATOR_DROPPED = 'discriminator not loaded'
 
 
 class UnknownFormatError(CheckpointError):
@@ -302,19 +312,34 @@ def channel_rule(channels: Mapping[int, int]) -> tuple[int, int] | None:
   return (channel_base, channel_max) if ok else None
 
 
-def _filter_taps(f: np.ndarray | None) -> list:
-  """The 1-D taps of a separable 2-D resample filter (as NVlabs setup_filter builds it)."""
-  if f is None or f.ndim != 2:
+def _filter_error(name: str, value, taps, what: str, where: str) -> CheckpointError:
+  """A stored resample filter that is not the constant `_setup_filter(taps)`."""
+  value = np.asarray(value, np.float64)
+  if value.ndim == 2 and np.isfinite(value).all() and value.sum() != 0:
+    got = value.sum(axis=1) / value.sum() * sum(taps)
+    held = f"the [{', '.join(f'{t:.3g}' for t in got)}] filter"
+  elif not np.isfinite(value).all() or value.sum() == 0:
+    held = 'no low-pass filter (non-finite values or a zero sum)'
+  else:
+    held = f'an array of shape {value.shape}'
+  return CheckpointError(
+      f'{where}: {what} buffer {name!r} holds {held}, not the resample filter the network '
+      f'uses: a constant, the [{", ".join(map(str, taps))}] FIR filter (its outer product, '
+      'normalised) in every up/down-sampling layer. A network built with another filter is '
+      'not supported here, or the file is corrupt. (Files without these buffers load: the '
+      'constant is filled in.)')
+
+
+def _filter_taps(f: np.ndarray | None, name: str, what: str, where: str) -> list:
+  """The taps of a stored resample filter, which must be the [1, 3, 3, 1] constant (a file
+  without init kwargs cannot declare another); None (not stored) is the constant too."""
+  if f is None:
     return list(DEFAULT_FILTER)
-  taps = np.asarray(f, np.float64).sum(axis=1)
-  if not np.isfinite(taps).all() or taps.sum() == 0:
-    raise CheckpointError(f'the stored resample_filter {np.asarray(f).tolist()} is not a '
-                          'low-pass filter (zero sum or non-finite); the file is corrupt.')
-  taps = taps / taps.sum()
-  default = np.asarray(DEFAULT_FILTER, np.float64) / sum(DEFAULT_FILTER)
-  if taps.shape == default.shape and np.allclose(taps, default, atol=1e-6):
-    return list(DEFAULT_FILTER)
-  return [float(t) for t in taps]
+  f = np.asarray(f, np.float64)
+  expected = _setup_filter(DEFAULT_FILTER)
+  if f.shape != expected.shape or not np.allclose(f / (f.sum() or 1), expected, atol=1e-6):
+    raise _filter_error(name, f, DEFAULT_FILTER, what, where)
+  return list(DEFAULT_FILTER)
 
 
 def _need(sd: Mapping[str, np.ndarray], names: list[str], what: str, where: str):
@@ -366,7 +391,8 @@ def infer_generator_kwargs(sd: Mapping[str, np.ndarray], where: str = 'state dic
       'synthesis_kwargs': {
           'channel_base': rule[0], 'channel_max': rule[1], 'architecture': arch,
           'use_noise': any(k.endswith('.noise_strength') for k in sd),
-          'resample_filter': _filter_taps(sd.get('synthesis.b4.resample_filter')),
+          'resample_filter': _filter_taps(sd.get('synthesis.b4.resample_filter'),
+                                          'synthesis.b4.resample_filter', 'generator', where),
       },
   }
 
@@ -398,7 +424,9 @@ def infer_discriminator_kwargs(sd: Mapping[str, np.ndarray],
       'c_dim': c_dim, 'img_resolution': res_max,
       'img_channels': int(sd[f'b{res_max}.fromrgb.weight'].shape[1]),
       'architecture': arch, 'channel_base': rule[0], 'channel_max': rule[1],
-      'block_kwargs': {'resample_filter': _filter_taps(sd.get(f'b{res_max}.resample_filter'))},
+      'block_kwargs': {'resample_filter': _filter_taps(
+          sd.get(f'b{res_max}.resample_filter'), f'b{res_max}.resample_filter', 'discriminator',
+          where)},
       'epilogue_kwargs': {'mbstd_num_channels': int(sd['b4.conv.weight'].shape[1]) - channels[4]},
   }
   if c_dim:
@@ -417,9 +445,29 @@ def _listing(names) -> str:
   return shown + (f', ... ({len(names) - _LIST_LIMIT} more)' if len(names) > _LIST_LIMIT else '')
 
 
+def _constant_filters(sd: Mapping[str, np.ndarray], spec: Mapping[str, tuple], taps,
+                      what: str, where: str) -> dict[str, np.ndarray]:
+  """`resample_filter` buffers are a constant, `_setup_filter(taps)`: the ones `sd` lacks are
+  filled in, the ones it has must equal it."""
+  expected = _setup_filter(taps)
+  out = dict(sd)
+  for name in spec:
+    if not name.endswith('resample_filter'):
+      continue
+    if name not in sd:
+      out[name] = expected
+      continue
+    value = np.asarray(sd[name])
+    if value.shape != expected.shape or not np.allclose(value, expected, atol=1e-6):
+      raise _filter_error(name, value, taps, what, where)
+  return out
+
+
 def _validate(sd: Mapping[str, np.ndarray], spec: Mapping[str, tuple], what: str,
-              where: str) -> dict[str, np.ndarray]:
-  """Checks names and shapes against `spec`; returns `sd` in the official order."""
+              where: str, taps=DEFAULT_FILTER) -> dict[str, np.ndarray]:
+  """Checks names and shapes against `spec` (resample filters: see `_constant_filters`);
+  returns `sd` in the official order."""
+  sd = _constant_filters(sd, spec, taps, what, where)
   missing = [k for k in spec if k not in sd]
   unexpected = [k for k in sd if k not in spec]
   if missing or unexpected:
@@ -440,12 +488,28 @@ def _validate(sd: Mapping[str, np.ndarray], spec: Mapping[str, tuple], what: str
 
 def _check_generator(sd, kwargs, where, what='generator'):
   kw = kwargs if kwargs else infer_generator_kwargs(sd, where)
-  return _validate(sd, generator_spec(kw), what, where)
+  taps = (kw.get('synthesis_kwargs') or {}).get('resample_filter') or DEFAULT_FILTER
+  return _validate(sd, generator_spec(kw), what, where, taps)
 
 
 def _check_discriminator(sd, kwargs, where, what='discriminator'):
   kw = kwargs if kwargs else infer_discriminator_kwargs(sd, where)
-  return _validate(sd, discriminator_spec(kw), what, where)
+  taps = (kw.get('block_kwargs') or {}).get('resample_filter') or DEFAULT_FILTER
+  return _validate(sd, discriminator_spec(kw), what, where, taps)
+
+
+def _optional_discriminator(read, where: str, notes: list[str]):
+  """`read()` (the discriminator), or None with a note (`DISCRIMINATOR_DROPPED`) if its tensors
+  do not fit a StyleGAN2 discriminator (missing, unexpected, misshapen): inversion needs only
+  the generator, so such a file still loads. A wrong resample filter or a corrupt file still
+  refuses the whole file."""
+  try:
+    return read()
+  except (KeyMismatchError, ShapeMismatchError) as e:
+    reason = str(e).removeprefix(f'{where}: ').rstrip('.')
+    notes.append(f'{DISCRIMINATOR_DROPPED}: it does not fit a StyleGAN2 discriminator '
+                 f'({reason})')
+    return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -516,7 +580,8 @@ def _from_nvlabs(obj: Mapping, which: str, where: str) -> RawCheckpoint:
       g_kwargs, d_kwargs = _ada_layout(g_kwargs, d_kwargs)
     g = _check_generator(g, g_kwargs, where, f'{which} generator')
     if d is not None:
-      d = _check_discriminator(d, d_kwargs, where)
+      d = _optional_discriminator(lambda: _check_discriminator(d, d_kwargs, where), where, notes)
+      d_kwargs = d_kwargs if d is not None else None
   else:
     notes.append('StyleGAN3 (alias-free) generator: names as in stylegan3 '
                  'training/networks_stylegan3.py, not validated here')
@@ -666,7 +731,7 @@ def _rosinality_generator(sd: Mapping[str, np.ndarray], latent_avg, where: str):
         'synthesis_kwargs': {
             'channel_base': rule[0], 'channel_max': rule[1], 'num_fp16_res': 0,
             'conv_clamp': None, 'architecture': 'skip', 'use_noise': True,
-            'resample_filter': _filter_taps(f)},
+            'resample_filter': _filter_taps(f, 'blur kernel', 'rosinality generator', where)},
     }
   g = _check_generator(g, kwargs, where, 'rosinality generator (converted)')
   return g, kwargs, notes
@@ -727,7 +792,8 @@ def _rosinality_discriminator(sd: Mapping[str, np.ndarray], where: str):
         'img_channels': int(d[f'b{res_max}.fromrgb.weight'].shape[1]),
         'architecture': 'resnet', 'channel_base': rule[0], 'channel_max': rule[1],
         'num_fp16_res': 0, 'conv_clamp': None,
-        'block_kwargs': {'resample_filter': _filter_taps(f)},
+        'block_kwargs': {'resample_filter': _filter_taps(f, 'blur kernel',
+                                                         'rosinality discriminator', where)},
         'epilogue_kwargs': {'mbstd_group_size': 4, 'mbstd_num_channels': 1},
     }
   return _check_discriminator(d, kwargs, where, 'rosinality discriminator (converted)'), kwargs
@@ -761,7 +827,9 @@ def _from_rosinality(obj: Mapping, which: str, where: str) -> RawCheckpoint:
   g, g_kwargs, g_notes = _rosinality_generator(g_sd, latent_avg, where)
   d = d_kwargs = None
   if isinstance(d_sd, Mapping) and d_sd:
-    d, d_kwargs = _rosinality_discriminator(torch_io.state_dict_of(d_sd), where)
+    d, d_kwargs = _optional_discriminator(
+        lambda: _rosinality_discriminator(torch_io.state_dict_of(d_sd), where), where,
+        notes) or (None, None)
   return RawCheckpoint('rosinality', g, d, g_kwargs, d_kwargs, where, which, 'stylegan2',
                        tuple(notes + g_notes))
 
@@ -801,10 +869,12 @@ def _from_state_dict(flat: Mapping[str, np.ndarray], which: str, where: str) -> 
   d_prefix = _pick_prefix(d_prefixes, ('D.', 'discriminator.', ''), 'discriminator', where)
   d = None
   if d_prefix is not None and d_prefix != g_prefix:  # same prefix: G and D mixed, reported below
-    d = _check_discriminator(_strip(flat, d_prefix), None, where)
+    d = _optional_discriminator(lambda: _check_discriminator(_strip(flat, d_prefix), None, where),
+                                where, notes)
     if g_prefix == '':
       g = {k: v for k, v in g.items() if not k.startswith(d_prefix)}
-    notes.append(f'discriminator taken from prefix {d_prefix!r}')
+    if d is not None:
+      notes.append(f'discriminator taken from prefix {d_prefix!r}')
   g = _check_generator(g, None, where)
   return RawCheckpoint('state-dict', g, d, None, None, where, which, 'stylegan2', tuple(notes))
 
@@ -894,7 +964,7 @@ def _tf_convert(spec: Mapping[str, tuple], rules, params: Mapping[str, np.ndarra
   if missing:
     raise KeyMismatchError(f'{where}: TF {what}: missing variables ({len(missing)}): '
                            f'{_listing(missing)}.')
-  return _validate(out, spec, f'TF {what} (converted)', where)
+  return _validate(out, spec, f'TF {what} (converted)', where, taps)
 
 
 _CONV = lambda w: np.asarray(w).transpose(3, 2, 0, 1)      # [kh, kw, I, O] -> [O, I, kh, kw]
@@ -992,6 +1062,8 @@ def _from_tf(obj, which: str, where: str) -> RawCheckpoint:
   g = _tf_convert(generator_spec(g_kwargs), _TF_G_RULES, params,
                   g_kwargs['synthesis_kwargs']['resample_filter'], 'generator', where)
   d = d_kwargs = None
+  notes = [f"TensorFlow {'Gs' if which == 'G_ema' else 'G'} converted as stylegan2-ada-pytorch "
+           'legacy.py does']
   if nets[1] is not None:
     _, d_static = _tf_network_info(nets[1])
     d_kwargs = _tf_discriminator_kwargs(d_static)
@@ -1002,11 +1074,13 @@ def _from_tf(obj, which: str, where: str) -> RawCheckpoint:
         r = d_kwargs['img_resolution'] // 2 ** int(m.group(1))
         d_params[f'{r}x{r}/FromRGB/{m.group(2)}'] = value
         d_kwargs['architecture'] = 'orig'
-    d = _tf_convert(discriminator_spec(d_kwargs), _TF_D_RULES, d_params,
-                    d_kwargs['block_kwargs']['resample_filter'], 'discriminator', where)
-  notes = (f"TensorFlow {'Gs' if which == 'G_ema' else 'G'} converted as stylegan2-ada-pytorch "
-           'legacy.py does',)
-  return RawCheckpoint('tf-pickle', g, d, g_kwargs, d_kwargs, where, which, 'stylegan2', notes)
+    d = _optional_discriminator(
+        lambda: _tf_convert(discriminator_spec(d_kwargs), _TF_D_RULES, d_params,
+                            d_kwargs['block_kwargs']['resample_filter'], 'discriminator', where),
+        where, notes)
+    d_kwargs = d_kwargs if d is not None else None
+  return RawCheckpoint('tf-pickle', g, d, g_kwargs, d_kwargs, where, which, 'stylegan2',
+                       tuple(notes))
 
 
 # ------------------------------------------------------------------------------------------

@@ -548,6 +548,21 @@ def _require_kept(workdir: pathlib.Path, kept: Sequence[int], steps: Sequence[in
                      "`keep_checkpoints`, and every `keep_checkpoint_every`).")
 
 
+RUN_LAYOUT = ("a training workdir is the --workdir of `python -m generators train`: it holds "
+              "config.json, checkpoints/ (one folder per kept step), metrics.jsonl and samples/")
+
+
+def _require_run(workdir: pathlib.Path, purpose: str) -> None:
+  """A FileNotFoundError naming `workdir` and what a training workdir holds, unless it holds a
+  run (its config.json)."""
+  if not workdir.exists():
+    raise FileNotFoundError(f"{workdir} does not exist, so there is no training run {purpose}; "
+                            f"{RUN_LAYOUT}.")
+  if not (workdir / "config.json").is_file():
+    raise FileNotFoundError(f"{workdir} holds no training run (no config.json) {purpose}; "
+                            f"{RUN_LAYOUT}.")
+
+
 def branch(source: str | pathlib.Path, step: int, workdir: str | pathlib.Path,
            config: ml_collections.ConfigDict) -> None:
   """Start `workdir` as a branch of the run in `source` at its kept checkpoint `step`: that
@@ -561,8 +576,7 @@ def branch(source: str | pathlib.Path, step: int, workdir: str | pathlib.Path,
     done = json.loads((workdir / BRANCH_FILE).read_text())
     if (done["path"], done["step"]) == (str(source), step):
       return
-  if not (source / "config.json").exists():
-    raise FileNotFoundError(f"{source} holds no training run (no config.json) to branch from.")
+  _require_run(source, "to branch from")
   checkpoints = workdir / "checkpoints"
   if checkpoints.exists() and any(checkpoints.iterdir()):
     raise ValueError(f"{workdir} already holds a run; branch into a new --workdir.")
@@ -710,6 +724,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   import orbax.checkpoint as ocp
 
   workdir = pathlib.Path(workdir)
+  _require_run(workdir, "to export")
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   g_config, d_config = model_configs(config, config.data.resolution, channels=4)
   manager = _checkpoint_manager(workdir, config)
