@@ -3,6 +3,13 @@
 Run:
   python -m benchmarks.inversion_speed --quick --out /tmp/inversion_speed.json   # 64/256 px, B 1/4
   python -m benchmarks.inversion_speed --out inversion_speed.json                # + 1024 px, B 16
+  python -m benchmarks.inversion_speed --first-result-only                       # the row below
+
+Time to first result: the wall-clock seconds of the command a user types for one image,
+`python -m inversion invert --images ONE.png --out DIR --steps 5` on the embedded model, in a
+fresh process each time: "cold" with an empty user cache (everything imported, traced and
+compiled), "warm" with the cache the cold run left (median of `--warm-runs`), and "no cache"
+with `STYLEGAN_INV_NO_CACHE=1` (generators/cache.py).
 
 What is timed: the engine's compiled chunk (`Engine.run_chunk`, `--chunk` steps under
 `lax.scan`), exactly what `inversion.api.invert` runs, for W+ inversion with the Image2StyleGAN
@@ -32,7 +39,12 @@ run it on a GPU or drop it with --sizes.
 from __future__ import annotations
 
 import argparse
+import os
+import pathlib
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
@@ -40,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from generators import checkpoint, networks
+from generators import cache, checkpoint, networks
 from inversion import api, engine, vgg
 
 VGG_SIZE = 256                     # the perceptual loss area-downsamples larger images to this
@@ -124,6 +136,27 @@ def bench(resolution: int, batch: int, chunk: int, iters: int, vgg_params, peak:
           'pct_peak': 100 * gflops / peak}
 
 
+def time_to_first_result(warm_runs: int = 3, steps: int = 5) -> dict:
+  """Seconds of `python -m inversion invert` on one example crop, cold / warm / without cache."""
+  example = pathlib.Path(__file__).resolve().parents[1] / 'inversion' / 'examples'
+  image = sorted(example.glob('*.png'))[0]
+  with tempfile.TemporaryDirectory() as tmp:
+    def run(label: str, **env) -> float:
+      cmd = [sys.executable, '-m', 'inversion', 'invert', '--images', str(image), '--out',
+             f'{tmp}/out_{label}', '--steps', str(steps), '--no-progress']
+      t0 = time.perf_counter()
+      base = {k: v for k, v in os.environ.items() if k != cache.NO_CACHE_ENV}
+      subprocess.run(cmd, check=True, capture_output=True,
+                     env={**base, 'STYLEGAN_INV_CACHE': f'{tmp}/cache', **env})
+      return time.perf_counter() - t0
+    cold = run('cold')
+    warm = [run(f'warm{i}') for i in range(warm_runs)]
+    plain = run('nocache', **{cache.NO_CACHE_ENV: '1'})
+  return {'command': f'python -m inversion invert --images {image.name} --out DIR --steps {steps}',
+          'cold_s': cold, 'warm_s': statistics.median(warm), 'warm_runs_s': warm,
+          'no_cache_s': plain}
+
+
 def format_rows(rows) -> str:
   head = (f"{'res':>5} {'batch':>5} {'group':>5} {'s/step':>9} {'img*step/s':>11} "
           f"{'GFLOP/img*step':>15} {'GFLOP/s':>9} {'% peak':>7} {'1st chunk s':>12}")
@@ -146,6 +179,9 @@ def main(argv=None) -> dict:
   ap.add_argument('--micro-batch', type=int, nargs='+', default=[0],
                   help='images vectorised per group (config.micro_batch; 0 = auto); several '
                        'values compare grouping against whole-batch vmap')
+  ap.add_argument('--warm-runs', type=int, default=3, help='time to first result: warm runs')
+  ap.add_argument('--first-result-only', action='store_true',
+                  help='only the time to first result (one image, 5 steps, embedded model)')
   ap.add_argument('--note', default='', help='free text stored in the JSON (e.g. "contended")')
   ap.add_argument('--out', default=None, help='JSON file for the results')
   args = ap.parse_args(argv)
@@ -155,6 +191,14 @@ def main(argv=None) -> dict:
   iters = args.iters or (1 if args.quick else 3)
 
   print(f'device: {common.device_description()}')
+  first = time_to_first_result(args.warm_runs)
+  print(f"time to first result ({first['command']}): cold {first['cold_s']:.1f} s, warm "
+        f"{first['warm_s']:.1f} s (median of {args.warm_runs}), no cache "
+        f"{first['no_cache_s']:.1f} s", flush=True)
+  if args.first_result_only:
+    common.write_json(args.out, {'device': common.device_description(), 'jax': jax.__version__,
+                                 'time_to_first_result': first, 'note': args.note})
+    return first
   peak = common.conv_peak()
   print(f"dense conv peak ({peak['shape']}): {peak['gflops']:.1f} GFLOP/s")
   vgg_params = vgg.init_random_params(0)
@@ -168,7 +212,7 @@ def main(argv=None) -> dict:
   print()
   print(format_rows(rows))
   result = {'device': common.device_description(), 'jax': jax.__version__, 'peak': peak,
-            'rows': rows, 'note': args.note,
+            'rows': rows, 'time_to_first_result': first, 'note': args.note,
             'weights': 'random generator and VGG16 weights (speed only)',
             'objective': 'W+, pixel MSE + Image2StyleGAN VGG16 perceptual, Adam',
             'flop_count': 'analytic, see benchmarks/inversion_speed.py docstring'}

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
-TRACEBACK_ENV = 'STYLEGAN_INV_TRACEBACK'  # set: errors raise with their traceback
+from generators.cli import run_cli
+
 METHODS = {'z': 'image2stylegan:z', 'w': 'image2stylegan:w', 'wplus': 'image2stylegan:wplus',
            'wplus_noise': 'image2stylegan:wplus_noise', 'projector': 'projector'}
 
@@ -83,12 +83,7 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
   for noisy in ('absl', 'jax._src.xla_bridge'):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  try:
-    return _run(args, overrides)
-  except (ValueError, FileNotFoundError) as e:  # bad input, settings or files: no traceback
-    if os.environ.get(TRACEBACK_ENV):
-      raise
-    raise SystemExit(f'error: {e}\n(set {TRACEBACK_ENV}=1 for the traceback)') from None
+  return run_cli(_run, args, overrides)  # bad input, settings or files: one error line
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -124,6 +124,11 @@ def _load_weights(kind: str, path: str):
   return lpips.load_lpips_params('vgg', trunk_path=path or None)
 
 
+def _source(model) -> str:
+  """The checkpoint a model came from, for messages."""
+  return model.metadata.get('source') or 'the checkpoint'
+
+
 def _discriminator_layers(config, model) -> tuple[str, ...]:
   spec = config.loss.discriminator_layers
   if spec == 'auto':
@@ -158,8 +163,12 @@ def build_image_terms(config: ml_collections.ConfigDict, model,
       fallback = loss.fallback
       if fallback == 'discriminator' and model.d_config is None:
         raise weights_lib.WeightsNotFoundError(
-            f'{e}\nThe fallback perceptual term (discriminator features) needs a checkpoint with '
-            'a discriminator, and this one has none. Supply the weights, or run pixel-only with '
+            f'config.loss.perceptual={kind} needs weights that are missing '
+            f'({str(e).splitlines()[0]}), and the fallback, discriminator features '
+            f'(config.loss.fallback), needs a discriminator, which {_source(model)} does not '
+            'hold. Fix one of: put the weights where they are looked for (README, "Weights that '
+            'cannot ship"); pass --checkpoint a file with D (an NVlabs network pickle, a '
+            "rosinality .pt with 'd'); or invert with pixel terms only: "
             '--config.loss.perceptual=none.') from None
       log.warning('%s perceptual weights not found, using %s instead (config.loss.fallback). '
                   'Details: %s', kind.upper(), 'discriminator features' if fallback ==
@@ -174,8 +183,10 @@ def build_image_terms(config: ml_collections.ConfigDict, model,
     terms['lpips'] = eng.ImageTerm(perceptual.lpips_loss, w, 'lpips')
   elif w and kind == 'discriminator':
     if model.d_config is None:
-      raise ValueError('config.loss.perceptual=discriminator needs a checkpoint with a '
-                       'discriminator; this one has none (use vgg/lpips/none).')
+      raise ValueError(f'config.loss.perceptual=discriminator needs a discriminator, which '
+                       f'{_source(model)} does not hold; pass --checkpoint a file with D (an '
+                       "NVlabs network pickle, a rosinality .pt with 'd') or use "
+                       '--config.loss.perceptual=vgg|lpips|none.')
     layers = _discriminator_layers(config, model)
     terms['discriminator'] = eng.ImageTerm(_d_term(model.d_config, layers), w, 'discriminator',
                                            all_channels=True)

@@ -2,6 +2,7 @@
 and the fix, before any optimisation step, or in a logged, documented conversion."""
 
 import csv
+import dataclasses
 import logging
 
 import numpy as np
@@ -10,7 +11,7 @@ from PIL import Image
 
 from generators import checkpoint
 from inversion import __main__ as cli
-from inversion import api, images, jobs, latents
+from inversion import api, images, jobs, latents, weights
 from tests.test_inversion_api import folder_config, image_dir, model  # noqa: F401  (fixtures)
 
 
@@ -150,3 +151,24 @@ def test_mask_sizes(tmp_path, image_dir, model, monkeypatch, caplog):
   (tmp_path / 'cut_mask.png').write_bytes(big.read_bytes()[:40])
   with pytest.raises(images.ImageError, match='cut_mask.png looks like a PNG file but is corrupt'):
     api.load_mask(tmp_path / 'cut_mask.png', res)
+
+
+def test_generator_without_discriminator(tmp_path, image_dir, model, monkeypatch):
+  """A G-only checkpoint inverts with pixel terms; the perceptual terms that need D say so."""
+  g_only = dataclasses.replace(model, d_config=None, d_vars=None,
+                               metadata={'source': 'g_only.pt'})
+  monkeypatch.setenv('STYLEGAN_INV_CACHE', str(tmp_path / 'no_weights_here'))
+  for spec in weights.WEIGHTS.values():
+    monkeypatch.delenv(spec.env_var, raising=False)
+  with pytest.raises(SystemExit, match=r"^error: config.loss.perceptual=vgg needs weights that "
+                     r"are missing .* needs a discriminator, which g_only.pt does not hold.*"
+                     r"--config.loss.perceptual=none"):
+    run_cli(invert_argv(image_dir, tmp_path / 'o', '--config.loss.perceptual=vgg'), g_only,
+            monkeypatch)
+  with pytest.raises(ValueError, match='perceptual=discriminator needs a discriminator, which '
+                     'g_only.pt does not hold'):
+    api.Inverter(g_only, api.as_config('image2stylegan:w', ['--config.loss.perceptual='
+                                                            'discriminator']))
+  res = jobs.invert_folder(image_dir / 'img0.png', g_only, folder_config(), tmp_path / 'px',
+                           progress=False)  # perceptual=none: no D needed
+  assert res.inverted == ['img0']
