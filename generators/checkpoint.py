@@ -47,6 +47,7 @@ NO_DISCRIMINATOR = ("loaded the generator alone: inversion needs no more, but lo
                     "D (config.loss.perceptual=discriminator, and the discriminator fallback "
                     "when the VGG/LPIPS weights are missing) are unavailable; load a file that "
                     "holds D for those")
+NATIVE_ENTRIES = {"model.json", "state"}  # all a native model folder holds (`save`)
 _CHECKPOINT_SUFFIXES = (".pkl", ".pt", ".pth", ".ckpt", ".bin", ".tar")
 
 
@@ -156,6 +157,14 @@ def save(path: str | os.PathLike, model: Model, overwrite: bool = False) -> path
   if path.exists():
     if not overwrite:
       raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else None
+    if entries and not (set(entries) <= NATIVE_ENTRIES and "model.json" in entries):
+      raise ValueError(f"{path} exists and is not a native model folder (it holds "
+                       f"{', '.join(entries[:6])}{' ...' if len(entries) > 6 else ''}), so it "
+                       "is not replaced; pass a new folder, or a native model folder to "
+                       "overwrite.")
+    if entries is None:
+      raise ValueError(f"{path} is a file; a native model is a folder: pass a folder path.")
     shutil.rmtree(path)
   path.mkdir(parents=True)
   tree = {"generator": model.g_vars}

@@ -372,3 +372,23 @@ def test_export_from_a_missing_or_empty_workdir(tmp_path):
   with pytest.raises(FileNotFoundError, match=f"{tmp_path} holds no training run "
                      r"\(no config.json\) to export"):
     train.export(tmp_path, out)
+
+
+def test_saving_over_a_folder_that_is_not_a_model_is_refused(tmp_path):
+  """export --out (checkpoint.save with overwrite) replaces a native model folder, never a
+  folder of other files."""
+  model = checkpoint.load()
+  keep = tmp_path / "documents"
+  keep.mkdir()
+  (keep / "thesis.tex").write_text("precious")
+  with pytest.raises(ValueError, match=f"{keep} exists and is not a native model folder "
+                     r"\(it holds thesis.tex\), so it is not replaced"):
+    checkpoint.save(keep, model, overwrite=True)
+  assert (keep / "thesis.tex").read_text() == "precious"
+  a_file = tmp_path / "model.txt"
+  a_file.write_text("")
+  with pytest.raises(ValueError, match="is a file; a native model is a folder"):
+    checkpoint.save(a_file, model, overwrite=True)
+  first = checkpoint.save(tmp_path / "m", model)
+  again = checkpoint.save(first, model, overwrite=True)  # a model folder is replaced
+  assert checkpoint.load(again).g_config == model.g_config
