@@ -34,6 +34,8 @@ import pathlib
 
 import numpy as np
 
+from generators.cache import CACHE_ENV, DEFAULT_CACHE, cache_dir  # one cache folder
+
 __all__ = [
     'WEIGHTS',
     'WeightsFormatError',
@@ -44,8 +46,6 @@ __all__ = [
     'resolve_weights',
 ]
 
-CACHE_ENV = 'STYLEGAN_INV_CACHE'                                 # overrides the cache folder
-DEFAULT_CACHE = pathlib.Path('~/.cache/stylegan_inversion')      # used when CACHE_ENV is unset
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -114,12 +114,6 @@ WEIGHTS: dict[str, WeightsSpec] = {s.name: s for s in [
         source='the "IR-SE50 Model" link in the eladrich/pixel2style2pixel README '
                '(TreB1eN/InsightFace_Pytorch weights)'),
 ]}
-
-
-def cache_dir() -> pathlib.Path:
-  """The cache folder: `$STYLEGAN_INV_CACHE`, else `~/.cache/stylegan_inversion`."""
-  env = os.environ.get(CACHE_ENV)
-  return pathlib.Path(env).expanduser() if env else DEFAULT_CACHE.expanduser()
 
 
 def _missing_message(spec: WeightsSpec, looked: list[str]) -> str:
