@@ -323,7 +323,7 @@ def _load_native(path: pathlib.Path) -> Model:
   meta = _read_model_json(path)
   g_config, d_config = _configs_from_json(path, meta)
   tree = _restore_state(path)
-  to_jax = lambda t: jax.tree_util.tree_map(jnp.asarray, t)
+  to_jax = jax.device_put  # numpy -> device arrays: unlike jnp.asarray, compiles nothing
   d_vars = None
   if d_config is None:
     log.info("%s has no discriminator; %s.", path, NO_DISCRIMINATOR)
@@ -387,7 +387,7 @@ def load(path: Optional[str | os.PathLike] = None, which: str = "G_ema",
     dropped = [n for n in raw.notes if n.startswith(formats.DISCRIMINATOR_DROPPED)]
     log.info("%s: %s; %s.", path, dropped[0] if dropped else "the file has no discriminator",
              NO_DISCRIMINATOR)
-  to_jax = lambda t: jax.tree_util.tree_map(jnp.asarray, t)
+  to_jax = jax.device_put  # numpy -> device arrays: unlike jnp.asarray, compiles nothing
   return Model(g_config, to_jax(g_vars), d_config, to_jax(d_vars) if d_vars else None,
                {"source": str(path), "source_format": raw.source_format})
 
