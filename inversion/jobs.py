@@ -156,7 +156,6 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
   if init is not None and not pathlib.Path(init).is_dir():
     raise FileNotFoundError(f'--init {init}: not a folder. It takes a folder of latents files '
                             "named like the images (e.g. another job's <out>/latents).")
-  starts = None if init is None else _init_records(init, names, todo)  # all checked up front
   meta_base = {'generator_id': inv.generator_id, 'config': inv.config.to_json(),
                'batch_size': batch_size,
                'init': None if init is None else str(pathlib.Path(init).resolve())}
@@ -178,6 +177,7 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
       first = [names.index(n) for n in saved_names]
       rest = [i for i in todo if i not in first]
       batches = [first] + [rest[s:s + batch_size] for s in range(0, len(rest), batch_size)]
+  starts = None if init is None else _init_records(init, names, todo)  # all checked up front
   inverted, failed = [], {}
   for bi, idx in enumerate(batches):
     padded = idx + [idx[-1]] * (batch_size - len(idx))
