@@ -51,7 +51,8 @@ def test_second_run_loads_traced_and_compiled_programs(tmp_path):
 
   _, latent_plain, _ = invert_one_without_cache(tmp_path, tmp_path / 'off')
   # plain jit against the stored jax.export program: the same computation, compiled apart
-  np.testing.assert_allclose(latent_plain, latent1, rtol=1e-6, atol=1e-6)
+  # (sums may fuse in another order: ~1e-7 after 3 steps); another program would differ by ~lr
+  np.testing.assert_allclose(latent_plain, latent1, rtol=1e-5, atol=1e-5)
 
 
 def invert_one_without_cache(tmp_path, out):

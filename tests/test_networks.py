@@ -153,12 +153,13 @@ def test_noise_modes_and_explicit_noise():
   buffers = variables["buffers"]["synthesis"]
   noise = {name: buffers[name.split(".")[0]][name.split(".")[1]]["noise_const"]
            for name in TINY.noise_layers}
+  # explicit maps vs the stored buffers: two traced programs, same arithmetic, fused apart
   np.testing.assert_allclose(synthesis(TINY, variables, ws, "none", noise), const,
-                             rtol=1e-6)
+                             rtol=1e-5, atol=1e-6)
   # Zero explicit noise equals 'none'.
   zeros = {k: jnp.zeros((2, r, r)) for k, r in TINY.noise_layers.items()}
   np.testing.assert_allclose(synthesis(TINY, variables, ws, "const", zeros), none,
-                             rtol=1e-6)
+                             rtol=1e-5, atol=1e-6)  # as above: adding 0 * strength, fused apart
 
 
 def test_random_noise_is_distinct_per_layer_and_image(monkeypatch):

@@ -53,6 +53,8 @@ def test_train_resume_is_exact_and_exports(tmp_path, quick_config):
   resumed = train.train(quick_config, tmp_path / "resumed")
   assert int(resumed.step) == int(straight.step) == 4
   for a, b in zip(_leaves(straight), _leaves(resumed)):
+    # the resumed process compiles its steps anew: float32 fusion order may differ (~1e-7);
+    # a lost or repeated step would differ by a whole learning-rate step (> 1e-3)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   records = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(l)["step"] for l in records] == [2, 4]
@@ -239,6 +241,8 @@ def test_transitional_conditioning_starts_from_an_unconditional_model(tmp_path, 
   ws_plain = networks.mapping(g_plain, base.g_vars, z)
   for c in classes:  # at transition 0 the class does not matter, and w is the old model's
     ws = networks.mapping(g_config, widened.ema, z, np.stack([c, c]), c_scale=0.0)
+    # conditional mapping at c_scale 0 vs the unconditional one: other matmul shapes, sums
+    # reordered (~1e-6); a class leaking in would move w by > 1e-2
     np.testing.assert_allclose(ws, ws_plain, rtol=1e-5, atol=1e-6)
   ws_full = networks.mapping(g_config, widened.ema, jax.numpy.stack([z[0], z[0]]), classes)
   assert float(np.abs(ws_full[0] - ws_full[1]).max()) > 1e-4  # at 1 it does
@@ -307,7 +311,10 @@ def test_r1_weight_enters_the_d_step_gradient_linearly(quick_config):
   three, _ = gradient(d_r1, 3.0)
   assert r1_none == 0.0 and r1 > 0.0
   for p, z, o, t in zip(plain, zero, one, three):
+    # gamma 0 vs the plain step: another program (it also computes R1's double backward), D's
+    # reductions fused apart; 1e-4 covers that, a stray R1 gradient would not fit
     np.testing.assert_allclose(z, p, rtol=1e-4, atol=1e-6)
+    # linear in gamma up to rounding of three separate runs, amplified by the extrapolation x3
     np.testing.assert_allclose(t, z + 3 * (o - z), rtol=1e-3, atol=1e-5)
   assert max(float(np.abs(o - z).max()) for o, z in zip(one, zero)) > 1e-4  # R1 counts
 
@@ -336,8 +343,8 @@ for n in (1, 8):
     assert "all-reduce" in d_r1.as_text(), "no cross-device reduction in the sharded D step"
   state, m = d_r1(state, *args)
   out[n] = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
-for a, b in zip(out[1], out[8]):
-  np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+for a, b in zip(out[1], out[8]):  # 8 per-device gradients all-reduced vs one batch-8 sum,
+  np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)  # after an Adam G and D step
 print("OK")
 """
 
@@ -368,6 +375,7 @@ def test_branch_continues_a_run_from_its_checkpoint_under_a_new_config(tmp_path,
     train.branch(tmp_path / "scratch", 2, tmp_path / "branch", ramped)
   branched = train.train(ramped, tmp_path / "branch")
   for a, b in zip(_leaves(scratch), _leaves(branched)):
+    # the same steps in two runs compiled apart (~1e-7); the source's config differs by far more
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert not all(np.allclose(a, b) for a, b in zip(_leaves(source), _leaves(branched)))
   records, source_records = ([json.loads(l) for l in (tmp_path / run / "metrics.jsonl")
