@@ -58,6 +58,8 @@ def test_render_and_morph_ends_are_the_inputs(model, latents):
   recs = [latents_lib.load_latents(p, model) for p in latents['paths']]
   frames = editing.morph(model, recs[0], recs[1], num=4)
   assert frames.shape == (4, 32, 32, 3)
+  # frames rendered 4 at a time vs the files' batch of 3: convs may sum apart (0 seen, float32
+  # noise ~1e-6); a wrong frame or end is > 1e-1 off
   np.testing.assert_allclose(frames[0], latents['images'][0], atol=1e-4)
   np.testing.assert_allclose(frames[-1], latents['images'][1], atol=1e-4)
   # crossover at 0 is the style image; at num_ws the content image

@@ -215,7 +215,8 @@ def test_batch_equals_single_runs_and_compiles_once(devices_run):
   """8 images in one batch == 8 single runs (own latents, optimiser state, keys), and the
   chunk program is traced once per batch shape, not per image or per chunk."""
   d = devices_run['batch_vs_singles']
-  print(d)  # measured: latents, noise maps, images and loss curves all ~1e-6 apart
+  print(d)  # measured (2 CPU cores): latents, noise maps and loss curves 0 apart, images 2e-7
+  # both run batch-1 chunk programs, only the render differs (50x margin); a mixed image is >1e-2
   assert d['latents'] < 1e-5 and d['noise'] < 1e-5 and d['images'] < 1e-5
   assert d['loss_rel'] < 1e-5
   # 8 single runs x 3 chunks each: one new trace and one new compiled program (batch size 1)
@@ -233,7 +234,7 @@ def test_vectorised_groups_equal_one_image_at_a_time(devices_run, group):
   ~2e-5 on latents and images, 9e-6 on the loss curves.
   """
   d = devices_run[f'groups_of_{group}_vs_batch']
-  print(d)
+  print(d)  # measured (2 CPU cores): 1.7e-6 latents and images, 1.2e-6 loss; a mixed image >1e-2
   assert d['latents'] < 1e-4 and d['noise'] < 1e-4 and d['images'] < 1e-4
   assert d['loss_rel'] < 5e-5
 
@@ -255,9 +256,11 @@ def test_sharded_over_8_devices_equals_single_device(devices_run):
   assert devices_run['devices'] == 8
   assert devices_run['sharded_device_sets'] == [8, 8, 8]  # the batch stays split every chunk
   d = devices_run['sharded_vs_one_device']
-  print(d)
-  assert d['latents'] < 1e-5 and d['noise'] < 1e-5 and d['images'] < 1e-5
-  assert d['loss_rel'] < 1e-5
+  print(d)  # measured (2 CPU cores): 1.3e-6 images, 1.2e-6 loss curves, 9e-7 latents
+  # the 8 devices split the threads, so convs may be blocked and summed in another order, as in
+  # the groups test (2e-5 seen there): its bounds; a shard with another image's key is > 1e-2 off
+  assert d['latents'] < 1e-4 and d['noise'] < 1e-4 and d['images'] < 1e-4
+  assert d['loss_rel'] < 5e-5
 
 
 def test_canonical_convs_preserve_values():
@@ -278,7 +281,7 @@ def test_canonical_convs_preserve_values():
   g = jax.jit(jax.grad(f))
   _, apply = engine.hoist_invariants(lambda x, _, w: jax.grad(f)(x, w), x, (), w,
                                      canonicalize=True)
-  # canonical HWIO convs vs XLA's own layout: other conv algorithms, sums in another order
+  # canonical vs XLA's own layouts: 36-45-term sums reordered (0 seen); a wrong flip is off O(1)
   np.testing.assert_allclose(jax.jit(apply)(x, []), g(x, w), rtol=1e-5, atol=1e-5)
   specs = {str(e.params['dimension_numbers'])
            for e in jax.make_jaxpr(apply)(x, []).jaxpr.eqns
@@ -304,7 +307,7 @@ def test_hoist_invariants_splits_by_dependence():
   prepare, apply = engine.hoist_invariants(fn, variant, fixed, shared, canonicalize=False)
   prepared = prepare(fixed)
   for got, want in zip(apply(variant, prepared), fn(variant, fixed, shared)):
-    # hoisted vs inline: elementwise ops and 3-term sums, a few float32 ulps (1 ulp = 1.2e-7)
+    # hoisted vs inline: elementwise ops and 3-term sums, a few ulps (1.2e-7) at most; 0 seen
     np.testing.assert_allclose(got, want, rtol=1e-6)
   assert len(prepared) == 1                          # exp(targets) only, not the ones broadcast
   assert 'exp' in _primitives(prepare, fixed)
@@ -331,9 +334,9 @@ def test_chunk_equals_plain_steps(model):
   for _ in range(3):
     *new, _ = plain(*engine._variant(ref), data.targets, None, data)
     ref = engine.EngineState(*new, key=ref.key)
-  # scanned + hoisted chunk vs 3 plain jitted steps: other programs, sums fused in another order;
-  # after 3 Adam steps ~1e-6; a skipped or doubled step moves latents by ~lr = 1e-1
-  np.testing.assert_allclose(state.latents.latent, ref.latents.latent, rtol=1e-5, atol=1e-6)
+  # scanned + hoisted chunk vs plain jitted steps, fused apart: 1.9e-7 seen after 3 Adam steps
+  # (atol 1e-6 left only 5x); a skipped or doubled step moves latents by ~lr = 1e-2
+  np.testing.assert_allclose(state.latents.latent, ref.latents.latent, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(state.step, [3, 3])  # integer counters: exact
 
 
@@ -357,8 +360,8 @@ def test_nan_stops_only_that_image_and_keeps_last_finite_latent(model, quality):
   assert hooked.failed.tolist() == [False, True]
   assert hooked.failed_step.tolist() == [-1, 101]
   assert 'non-finite loss at step 101' in hooked.status(1)
-  # with the extra (zero) latent term the step is another program, fused differently: float32
-  # rounding over 100+ Adam steps (~1e-6 seen); a step too many or too few moves a latent ~1e-2
+  # with the extra (zero) term the step is another program that may fuse apart over 100-600 Adam
+  # steps (0 seen here); a step too many or too few moves a latent by ~1e-2
   np.testing.assert_allclose(hooked.latents[1], quality['after_chunk_0'][0][1], rtol=1e-5,
                              atol=1e-5)
   np.testing.assert_allclose(hooked.latents[0], quality['wplus'].latents[0], rtol=1e-5,

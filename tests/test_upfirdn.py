@@ -18,6 +18,7 @@ def test_fast_matches_reference(up, down, padding, gain):
   fast = upfirdn.upfirdn2d(x, f, up, down, padding, gain)
   ref = upfirdn.upfirdn2d_reference(x, upfirdn.filter_2d(f), up, down, padding, gain)
   assert fast.shape == ref.shape
+  # separable vs 2-D FIR, sums reordered: 9.5e-7 abs seen on |x| <= 16; a missing flip is O(1)
   np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -42,12 +43,13 @@ def test_sub_pixel_transposed_conv_equals_zero_insertion(kernel, up, height, wid
   fast = upfirdn.conv_transpose2d(x, w, up)
   slow = upfirdn.conv_transpose2d_reference(x, w, up)
   assert fast.shape == slow.shape == (2, (height - 1) * up + kernel, (width - 1) * up + kernel, 4)
+  # phase-decomposed vs zero-inserting conv, sums reordered: 1.9e-6 abs seen on |x| <= 14
   np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
   cotangent = jax.random.normal(jax.random.PRNGKey(3), fast.shape)
   grads = [jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w, up) * cotangent), argnums=(0, 1)))(x, w)
            for f in (upfirdn.conv_transpose2d, upfirdn.conv_transpose2d_reference)]
   for a, b in zip(*grads):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)  # gradients: 7.6e-6 abs seen
 
 
 @pytest.mark.parametrize("kernel,stride,height,width", [(3, 2, 9, 9), (3, 2, 8, 7), (4, 2, 10, 9),
@@ -60,7 +62,7 @@ def test_strided_conv_gradients_equal_autodiff(kernel, stride, height, width):
   w = jax.random.normal(key2, (kernel, kernel, 3, 4))
   ours = lambda x, w: upfirdn.strided_conv2d(x, w, stride)
   plain = lambda x, w: upfirdn.conv2d(x, w, stride=stride)
-  np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-5, atol=1e-5)  # the same conv: 0 seen
   cotangent = jax.random.normal(key3, plain(x, w).shape)
   for order in (1, 2):
     def loss(f):
@@ -72,6 +74,7 @@ def test_strided_conv_gradients_equal_autodiff(kernel, stride, height, width):
     expected = jax.jit(jax.grad(loss(plain), argnums=(0, 1)))(x, w)
     got = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(x, w)
     for a, b in zip(got, expected):
+      # hand-written VJP vs autodiff, sums reordered: 1.8e-4 abs seen on values up to 713
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
 
 
@@ -85,4 +88,4 @@ def test_up_conv_equals_upsample_then_conv():
   # Total padding of the 6-tap combined kernel: upsample2d's (2, 1) plus the conv's (1, 1).
   up = upfirdn.upfirdn2d(x, f, up=2, padding=(3, 2), gain=4)
   slow = upfirdn.conv2d(up, w)
-  np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-4)  # fused 6-tap kernel: 3.8e-6 seen
