@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common, photo_coverage
-from generators import checkpoint, data, defects, networks, train
+from generators import checkpoint, data, defects, networks, train, trainer
 
 SWD_KEY = 7
 BLUR_SIGMAS = (0.5, 1.0)  # px, the Gaussian blurs of the "real, blurred" reference rows
@@ -223,7 +223,7 @@ def _photo_coverage(fakes: np.ndarray, training: np.ndarray, training_photos: np
     photos[name] = entry
     blank = -np.ones((GRID_COLUMNS,) + fakes.shape[1:3] + (3,), np.float32)
     grid += [sets[2][:GRID_COLUMNS], np.concatenate([mine[:GRID_COLUMNS], blank])[:GRID_COLUMNS]]
-  train._grid_png(np.concatenate(grid), grid_png, columns=GRID_COLUMNS)
+  trainer.grid_png(np.concatenate(grid), grid_png, columns=GRID_COLUMNS)
   print("share of samples per photo (the data: 1/3 each): "
         + ", ".join(f"{name} {p['share']:.1%}" for name, p in photos.items()))
   return {"classifier_accuracy": accuracy, "unlike_any_photo": float(unlike.mean()),
@@ -324,7 +324,7 @@ def main(argv=None) -> None:
   if model.channels == 4:
     shapes["generated"] = mask_shapes(fakes[..., 3] > 0)
   print(f"defect masks (images with a defect): {shapes}")
-  train._grid_png(fakes[:64], out.with_suffix(".png"))
+  trainer.grid_png(fakes[:64], out.with_suffix(".png"))
   coverage = _photo_coverage(fakes, training_mix, training_photos, heldout_mix, heldout_photos,
                              out.with_name(out.stem + "_photos.png"))
   payload = {"device": common.device_description(), "num": args.num, "rows": rows,
@@ -360,25 +360,8 @@ def _plot_curve(workdir: pathlib.Path, path: pathlib.Path,
                 snapshot_kimg: float | None = None) -> pathlib.Path:
   """G and D losses of a training run; lines mark the evaluated snapshot and any change of the R1
   weight (`r1_gamma_late`)."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  kimg = [r["kimg"] for r in records]
-  fig, ax = plt.subplots(figsize=(6, 3.5))
-  for key in ("g_loss", "d_loss"):
-    ax.plot(kimg, [r[key] for r in records], label=key)
   config = json.loads((workdir / "config.json").read_text())
-  for at, linestyle, label in _curve_marks(config, snapshot_kimg):
-    ax.axvline(at, color="k" if linestyle == ":" else "grey", linestyle=linestyle, label=label)
-  ax.set_xlabel("kimg")
-  ax.set_ylabel("loss")
-  ax.legend()
-  ax.set_title(f"training {workdir.name}")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  trainer.plot_records(workdir, path, ("g_loss", "d_loss"), _curve_marks(config, snapshot_kimg))
   print(f"wrote {path}")
   return path
 

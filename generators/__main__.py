@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
 
     import numpy as np
 
-    from generators import checkpoint, train as train_lib
+    from generators import checkpoint, trainer
 
     seeds = parse_seeds(args.seeds)
     model = checkpoint.load(args.checkpoint)
@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
                                      label=args.label))
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    train_lib._grid_png(images, out)
+    trainer.grid_png(images, out)
     print(f"wrote {len(seeds)} samples to {out}")
   elif args.command == "train":
     import configs

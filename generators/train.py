@@ -49,7 +49,6 @@ import functools
 import json
 import logging
 import math
-import os
 import pathlib
 import shutil
 import time
@@ -61,9 +60,8 @@ import ml_collections
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from PIL import Image
 
-from generators import augment, checkpoint, data, defects, mvtec, networks
+from generators import augment, checkpoint, data, defects, mvtec, networks, trainer
 
 log = logging.getLogger(__name__)
 
@@ -465,26 +463,6 @@ def real_batch(config, bank: np.ndarray | None, bank_labels: np.ndarray | None,
       rng.integers(0, len(bank), config.batch_size)))
 
 
-def _grid_png(images: np.ndarray, path: pathlib.Path, columns: int | None = None) -> None:
-  """Save [N, H, W, C] images in [-1, 1] as a grid, row-major, square unless `columns` is
-  given; a mask channel goes to a 2nd grid."""
-  n, h, w, c = images.shape
-  columns = columns or int(math.ceil(math.sqrt(n)))
-  rows = int(math.ceil(n / columns))
-  rgb = data.to_uint8(images[..., :3] if c >= 3 else np.repeat(images[..., :1], 3, -1))
-  tiles = [rgb]
-  if c == 4:
-    tiles.append(np.repeat(data.to_uint8(images[..., 3:]), 3, -1))
-  canvases = []
-  for t in tiles:
-    canvas = np.zeros((rows * h, columns * w, 3), np.uint8)
-    for i in range(n):
-      canvas[(i // columns) * h:(i // columns + 1) * h,
-             (i % columns) * w:(i % columns + 1) * w] = t[i]
-    canvases.append(canvas)
-  Image.fromarray(np.concatenate(canvases, axis=1)).save(path)
-
-
 # Fields a resumed run may change: how long it runs (to extend a run past its planned end) and
 # its bookkeeping; neither changes a step's result. Not the length with `lr_rampdown` set: the
 # learning-rate schedule is a function of it.
@@ -511,56 +489,12 @@ def with_added_fields(saved: dict) -> dict:
   return out
 
 
-def _drop_records_after(path: pathlib.Path, step: int) -> None:
-  """Keeps the metrics records of steps <= `step` (and drops a line cut short by a kill)."""
-  if not path.exists():
-    return
-  lines = path.read_text().splitlines()
-  kept = []
-  for line in lines:
-    try:
-      if json.loads(line)["step"] <= step:
-        kept.append(line)
-    except (ValueError, KeyError, TypeError):
-      log.warning("%s: dropping an unreadable line %r", path, line[:80])
-  if len(kept) < len(lines):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(l + "\n" for l in kept))
-    os.replace(tmp, path)  # a kill now leaves the old file or the new one, never half of one
-
-
-def _checkpoint_manager(workdir: pathlib.Path, config: ml_collections.ConfigDict):
-  """Keeps the last `keep_checkpoints`, and every multiple of `keep_checkpoint_every` steps
-  (snapshots to evaluate and export later) if it is set."""
-  import orbax.checkpoint as ocp
-
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
-                                         keep_period=config.get("keep_checkpoint_every") or None)
-  return ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
-
-
-def _require_kept(workdir: pathlib.Path, kept: Sequence[int], steps: Sequence[int]) -> None:
-  """Raises a ValueError naming the kept checkpoints if any of `steps` is not among them."""
-  missing = [s for s in steps if s not in kept]
-  if missing:
-    raise ValueError(f"{workdir} keeps checkpoints at steps {sorted(kept)}, not "
-                     f"{', '.join(map(str, missing))}; pick among those (a run keeps its last "
-                     "`keep_checkpoints`, and every `keep_checkpoint_every`).")
-
-
 RUN_LAYOUT = ("a training workdir is the --workdir of `python -m generators train`: it holds "
               "config.json, checkpoints/ (one folder per kept step), metrics.jsonl and samples/")
 
 
-def _require_run(workdir: pathlib.Path, purpose: str) -> None:
-  """A FileNotFoundError naming `workdir` and what a training workdir holds, unless it holds a
-  run (its config.json)."""
-  if not workdir.exists():
-    raise FileNotFoundError(f"{workdir} does not exist, so there is no training run {purpose}; "
-                            f"{RUN_LAYOUT}.")
-  if not (workdir / "config.json").is_file():
-    raise FileNotFoundError(f"{workdir} holds no training run (no config.json) {purpose}; "
-                            f"{RUN_LAYOUT}.")
+def _checkpoint_manager(workdir: pathlib.Path, config: ml_collections.ConfigDict):
+  return trainer.checkpoint_manager(workdir, config)
 
 
 def branch(source: str | pathlib.Path, step: int, workdir: str | pathlib.Path,
@@ -576,7 +510,7 @@ def branch(source: str | pathlib.Path, step: int, workdir: str | pathlib.Path,
     done = json.loads((workdir / BRANCH_FILE).read_text())
     if (done["path"], done["step"]) == (str(source), step):
       return
-  _require_run(source, "to branch from")
+  trainer.require_run(source, "to branch from", RUN_LAYOUT)
   checkpoints = workdir / "checkpoints"
   if checkpoints.exists() and any(checkpoints.iterdir()):
     raise ValueError(f"{workdir} already holds a run; branch into a new --workdir.")
@@ -587,11 +521,11 @@ def branch(source: str | pathlib.Path, step: int, workdir: str | pathlib.Path,
     raise ValueError(f"The config's networks differ from those of the run in {source}; a branch "
                      "continues the same networks (to start new ones from a trained model, use "
                      "--config.init_from with an exported model).")
-  _require_kept(source, _checkpoint_manager(source, source_config).all_steps(), [step])
+  trainer.require_kept(source, _checkpoint_manager(source, source_config).all_steps(), [step])
   shutil.copytree(source / "checkpoints" / str(step), checkpoints / str(step))
   if (source / "metrics.jsonl").exists():
     shutil.copy(source / "metrics.jsonl", workdir / "metrics.jsonl")
-    _drop_records_after(workdir / "metrics.jsonl", step)
+    trainer.drop_records_after(workdir / "metrics.jsonl", step)
   if (source / INIT_FROM_FILE).exists():  # a branch of a fine-tuning run starts where it did
     shutil.copy(source / INIT_FROM_FILE, workdir / INIT_FROM_FILE)
   (workdir / BRANCH_FILE).write_text(json.dumps(
@@ -601,31 +535,21 @@ def branch(source: str | pathlib.Path, step: int, workdir: str | pathlib.Path,
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> TrainState:
   """Train (or resume) in `workdir`: checkpoints/, samples/, metrics.jsonl, config.json."""
-  import orbax.checkpoint as ocp
   from tqdm import tqdm
 
   if config.data.get("photo_labels") and not streams_crops(config):
     raise ValueError("--config.data.photo_labels needs fresh skimage crops (data.num_crops=0, no "
                      "data.mvtec_root): the photo of a bank or MVTec image is not recorded.")
   class_names(config)  # one kind of label at most
-  workdir = pathlib.Path(workdir)
-  (workdir / "samples").mkdir(parents=True, exist_ok=True)
-  config_path = workdir / "config.json"
-  if config_path.exists() and not _resumes(json.loads(config_path.read_text()), config):
-    raise ValueError(f"{workdir} holds a run with a different config ({config_path}); use a new "
-                     "--workdir or the same config to resume (only "
-                     f"{', '.join(RESUME_MAY_CHANGE)} may change; total_kimg not with "
-                     "lr_rampdown).")
-  config_path.write_text(config.to_json(indent=2))
+  may_change = RESUME_MAY_CHANGE if not config.get("lr_rampdown") else tuple(
+      f for f in RESUME_MAY_CHANGE if f != "total_kimg")  # the schedule depends on the length
+  workdir = trainer.prepare_workdir(workdir, config, lambda saved: _resumes(saved, config),
+                                    may_change)
 
   resolution = config.data.resolution
   g_config, d_config = model_configs(config, resolution, channels=4)
-  devices = jax.devices()
-  if config.batch_size % len(devices):
-    raise ValueError(f"batch_size {config.batch_size} must divide over {len(devices)} devices.")
-  mesh = Mesh(np.array(devices), ("data",))
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P("data"))
+  mesh, replicated, batch_sharding = trainer.data_mesh(config.batch_size)
+  devices = tuple(mesh.devices.flat)
 
   manager = _checkpoint_manager(workdir, config)
   if config.get("init_from") and manager.latest_step() is None:
@@ -639,13 +563,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   else:
     state = init_state(config, g_config, d_config)  # a fresh start, or the restore template
   if manager.latest_step() is not None:
-    step0 = manager.latest_step()
-    state = manager.restore(step0, args=ocp.args.StandardRestore(state))
-    state = TrainState(*state) if not isinstance(state, TrainState) else state
-    log.info("Resumed %s at step %d.", workdir, step0)
+    state = trainer.restore(manager, state)
+    log.info("Resumed %s at step %d.", workdir, manager.latest_step())
   state = jax.device_put(state, replicated)
   g_step, d_plain, d_r1 = _cached_steps(step_config(config).to_json(), g_config, d_config,
-                                        tuple(devices))
+                                        devices)
 
   bank = None if streams_crops(config) else training_set(config, resolution)
   conditional = bool(g_config.c_dim)
@@ -659,8 +581,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
   start = int(state.step)
   bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
              desc=f"train {workdir.name}")
-  _drop_records_after(workdir / "metrics.jsonl", start)  # logged before a kill, then redone
-  metrics_file = open(workdir / "metrics.jsonl", "a")
+  records = trainer.Records(workdir, start)
   t0 = time.time()
   last_r1 = jnp.full((), jnp.nan)  # the latest R1 penalty (it runs every r1_interval steps)
   for step in range(start, total_steps):
@@ -685,26 +606,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     bar.update(1)
     if done % config.log_every == 0 or done == total_steps:
       record = {k: float(v) for k, v in {**g_metrics, **d_metrics, "r1": last_r1}.items()}
-      r1_ok = not math.isinf(record["r1"])  # NaN = no R1 step since (re)starting
-      if not (r1_ok and all(math.isfinite(v) for k, v in record.items() if k != "r1")):
-        raise FloatingPointError(f"Non-finite loss at step {done}: {record}. Resume from the last "
-                                 "checkpoint with a lower learning rate or larger r1_gamma.")
       record.update(step=done, kimg=done * config.batch_size / 1000, lr_scale=scale,
                     r1_gamma=gamma, seconds=round(time.time() - t0, 1))
       if transitional(config):
         record["transition"] = c_scale
-      metrics_file.write(json.dumps(record) + "\n")
-      metrics_file.flush()
+      records.write(record, may_be_nan=("r1",))  # NaN r1: no R1 step since (re)starting
       bar.set_postfix(g=f"{record['g_loss']:.3f}", d=f"{record['d_loss']:.3f}")
     if done % config.sample_every == 0 or done == total_steps:
       images = networks.synthesis(g_config, state.ema, networks.mapping(
           g_config, state.ema, grid_z, grid_c, c_scale=transition(config, done)))
-      _grid_png(np.asarray(images), workdir / "samples" / f"step{done:06d}.png")
+      trainer.grid_png(np.asarray(images), workdir / "samples" / f"step{done:06d}.png")
     if done % config.checkpoint_every == 0 or done == total_steps:
-      manager.save(done, args=ocp.args.StandardSave(jax.device_get(state)))
+      trainer.save(manager, done, state)
   manager.wait_until_finished()
   bar.close()
-  metrics_file.close()
+  records.close()
   return state
 
 
@@ -721,10 +637,8 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   defect masks: generators/embedded/TRAINING_NOTES.md). D and the metadata's step are the latest
   step's; the metadata lists every averaged step.
   """
-  import orbax.checkpoint as ocp
-
   workdir = pathlib.Path(workdir)
-  _require_run(workdir, "to export")
+  trainer.require_run(workdir, "to export", RUN_LAYOUT)
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   g_config, d_config = model_configs(config, config.data.resolution, channels=4)
   manager = _checkpoint_manager(workdir, config)
@@ -732,9 +646,9 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path,
   if not kept:
     raise FileNotFoundError(f"No checkpoint in {workdir}/checkpoints to export.")
   steps = sorted({max(kept)} if step is None else set(map(int, np.atleast_1d(step))))
-  _require_kept(workdir, kept, steps)
+  trainer.require_kept(workdir, kept, steps)
   template = init_state(config, g_config, d_config)
-  restore = lambda s: TrainState(*manager.restore(s, args=ocp.args.StandardRestore(template)))
+  restore = lambda s: trainer.restore(manager, template, s)
   step = steps[-1]
   state = restore(step)
   emas = [restore(s).ema for s in steps[:-1]] + [state.ema]
