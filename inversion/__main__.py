@@ -10,9 +10,14 @@
     python -m inversion edit crossover --content A.npz --style B.npz [--cutoff 4] --out mix.png
     python -m inversion edit expression --a A.npz --b B.npz --c C.npz [--strength 1] --out e.png
     python -m inversion demo [--out out/demo] [--steps 600]
+    python -m inversion invert --images DIR --method idinvert|encoder [--encoder ENCODER_DIR] ...
+    python -m inversion train-encoder --config idinvert --checkpoint G --data DIR_OR_embedded \
+        --workdir runs/enc                      # resumable; then:
+    python -m inversion export-encoder --workdir runs/enc --out ENCODER_DIR
 
 Without --checkpoint the embedded default model is used. Methods: z, w, wplus, wplus_noise
-(configs/image2stylegan.py) and projector (configs/projector.py); any config field can be set
+(configs/image2stylegan.py), projector (configs/projector.py), idinvert (in-domain inversion)
+and encoder (the encoder alone; configs/idinvert.py); any config field can be set
 with --config.field=value. `invert` is resumable: rerun the same command after an interruption.
 Errors in the input or settings print one `error:` line; STYLEGAN_INV_TRACEBACK=1 shows the
 traceback instead.
@@ -27,7 +32,9 @@ import sys
 from generators.cli import run_cli
 
 METHODS = {'z': 'image2stylegan:z', 'w': 'image2stylegan:w', 'wplus': 'image2stylegan:wplus',
-           'wplus_noise': 'image2stylegan:wplus_noise', 'projector': 'projector'}
+           'wplus_noise': 'image2stylegan:wplus_noise', 'projector': 'projector',
+           'idinvert': 'idinvert', 'encoder': 'idinvert:encoder'}
+ENCODER_METHODS = ('idinvert', 'encoder')  # configs/idinvert.py: they use --encoder
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +60,26 @@ def _parser() -> argparse.ArgumentParser:
   inv.add_argument('--align', default=None, metavar='MODULE:FUNCTION',
                    help='FFHQ-align faces first, with your landmark detector: a function '
                         'image [H, W, 3] -> [68, 2] (x, y) or None (see inversion/align.py)')
+  inv.add_argument('--encoder', default=None, metavar='DIR',
+                   help='methods idinvert and encoder: a native encoder folder (default: the '
+                   "embedded model's shipped encoder)")
   inv.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+  tr = sub.add_parser('train-encoder', help='train a domain-guided encoder (idinvert), resumable')
+  tr.add_argument('--config', default='idinvert',
+                  help="idinvert (= idinvert:train), idinvert:train_fakes, idinvert:train,embedded")
+  tr.add_argument('--checkpoint', default=None, help='the frozen generator (default: embedded)')
+  tr.add_argument('--data', required=True,
+                  help="a folder of real images, or 'embedded' (the embedded model's own photo "
+                       'crops, training region only)')
+  tr.add_argument('--workdir', required=True, help='run folder; rerun the command to resume')
+  tr.add_argument('--no-progress', action='store_true')
+
+  ex = sub.add_parser('export-encoder', help="write a training run's encoder as a native folder")
+  ex.add_argument('--workdir', required=True)
+  ex.add_argument('--out', required=True)
+  ex.add_argument('--checkpoint', default=None, help='the generator it was trained for')
+  ex.add_argument('--step', type=int, default=None, help='a kept checkpoint (default: latest)')
 
   ed = sub.add_parser('edit', help='edit inverted latents, write an image strip')
   ed.add_argument('kind', choices=['interpolate', 'crossover', 'expression'])
@@ -90,8 +116,16 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
   from generators import checkpoint  # pylint: disable=import-outside-toplevel
   from inversion import api, demo, editing, jobs, report  # pylint: disable=import-outside-toplevel
 
+  if args.command in ('train-encoder', 'export-encoder'):
+    return _encoder_command(args, overrides)
+
   if args.command == 'invert':
     extra = []
+    if args.encoder is not None:
+      if args.method not in ENCODER_METHODS:
+        raise SystemExit(f'error: --encoder is for --method {" or ".join(ENCODER_METHODS)}, not '
+                         f'{args.method}')
+      extra.append(f'--config.encoder.path={args.encoder}')
     if args.steps is not None:
       extra.append(f'--config.steps={args.steps}')
     if args.seed is not None:
@@ -135,6 +169,31 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
   print(out['table'])
   print(f'wrote {out["out_dir"]}/grid.png (target | Z | W | W+), metrics.csv, metrics.json, '
         'losses.png')
+  return 0
+
+
+def _encoder_command(args: argparse.Namespace, overrides: list[str]) -> int:
+  """train-encoder / export-encoder."""
+  from generators import checkpoint  # pylint: disable=import-outside-toplevel
+  from inversion.encoders import train as train_lib  # pylint: disable=import-outside-toplevel
+
+  model = checkpoint.load(args.checkpoint)
+  if args.command == 'export-encoder':
+    if overrides:
+      raise SystemExit('error: --config.* options do not apply to export-encoder')
+    path = train_lib.export_encoder(args.workdir, args.out, model, args.step)
+    print(f'wrote {path}')
+    return 0
+  import configs  # pylint: disable=import-outside-toplevel
+  name = 'idinvert:train' if args.config == 'idinvert' else args.config
+  config = configs.load_config(name, overrides)
+  if config.get('method') != 'idinvert_train':
+    raise SystemExit(f'error: --config {args.config} is not an encoder training config; use '
+                     'idinvert, idinvert:train_fakes or idinvert:train,embedded')
+  state = train_lib.train_encoder(config, model, args.data, args.workdir,
+                                  progress=not args.no_progress)
+  print(f'trained to step {int(state.step)} in {args.workdir}; export it with `python -m '
+        f'inversion export-encoder --workdir {args.workdir} --out DIR`')
   return 0
 
 

@@ -17,11 +17,16 @@ embedded RGB + defect-mask generator the mask channel is thus free during ordina
 networks that need every channel (the discriminator) see the target's mask channel in place of
 the generated one.
 
-Perceptual term: `config.loss.perceptual` ('vgg' = Image2StyleGAN's VGG16 layers, 'lpips',
-'discriminator' = distance between the checkpoint's own discriminator features, 'none'). When
-the VGG/LPIPS weight files are missing (no download happens), `config.loss.fallback` says what
-to do: 'discriminator' (default: use D features, with a warning), 'none' (pixel terms only) or
-'error'.
+Perceptual term: `config.loss.perceptual` ('vgg' = Image2StyleGAN's VGG16 layers, 'idinvert' =
+VGG16 conv4_3 (In-Domain GAN Inversion), 'lpips', 'discriminator' = distance between the
+checkpoint's own discriminator features, 'none'). When the VGG/LPIPS weight files are
+missing (no download happens), `config.loss.fallback` says what to do: 'discriminator'
+(default: use D features, with a warning), 'none' (pixel terms only) or 'error'. A fallback
+from VGG uses `config.loss.fallback_weight` where the config has one.
+
+Encoders (configs/idinvert.py): config.init 'encoder' starts from E(targets), and
+config.encoder.weight adds idinvert's in-domain term weight * mean((w - E(G(w)))^2) (a
+`LatentTerm`); the encoder is config.encoder.path, or the embedded model's shipped one.
 
 Output folder (`out_dir`):
 
@@ -56,6 +61,7 @@ import numpy as np
 
 from generators import cache
 from generators import networks
+from inversion import encoders
 from inversion import engine as eng
 from inversion import images as images_lib
 from inversion import latents as latents_lib
@@ -81,9 +87,9 @@ __all__ = [
     'spec_from_config',
     'w_stats',
 ]
-PERCEPTUAL = ('vgg', 'lpips', 'discriminator', 'none')
+PERCEPTUAL = ('vgg', 'idinvert', 'lpips', 'discriminator', 'none')
 FALLBACKS = ('discriminator', 'none', 'error')
-INITS = ('mean', 'random', 'given')
+INITS = ('mean', 'random', 'given', 'encoder')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,6 +130,11 @@ def _load_weights(kind: str, path: str):
   return lpips.load_lpips_params('vgg', trunk_path=path or None)
 
 
+def _idinvert_feature(params, x, y, mask=None):
+  """idinvert's conv4_3 term with the VGG16 weights `_load_weights` reads (torchvision's)."""
+  return perceptual.idinvert_feature(params, x, y, mask, preprocess='imagenet')
+
+
 def _source(model) -> str:
   """The checkpoint a model came from, for messages."""
   return model.metadata.get('source') or 'the checkpoint'
@@ -153,10 +164,12 @@ def build_image_terms(config: ml_collections.ConfigDict, model,
     raise ValueError(f'config.loss.perceptual must be one of {PERCEPTUAL}, got {kind!r}')
   if loss.fallback not in FALLBACKS:
     raise ValueError(f'config.loss.fallback must be one of {FALLBACKS}, got {loss.fallback!r}')
-  if kind in ('vgg', 'lpips') and loss.perceptual_weight and kind not in term_params:
-    path = loss.vgg_weights if kind == 'vgg' else loss.lpips_weights
+  w = float(loss.perceptual_weight)
+  weights_kind = 'lpips' if kind == 'lpips' else 'vgg'  # 'idinvert' is VGG16 conv4_3
+  if kind in ('vgg', 'idinvert', 'lpips') and w and weights_kind not in term_params:
+    path = loss.lpips_weights if kind == 'lpips' else loss.vgg_weights
     try:
-      params[kind] = _load_weights(kind, path)
+      params[weights_kind] = _load_weights(weights_kind, path)
     except weights_lib.WeightsNotFoundError as e:
       if loss.fallback == 'error':
         raise
@@ -174,11 +187,13 @@ def build_image_terms(config: ml_collections.ConfigDict, model,
                   'Details: %s', kind.upper(), 'discriminator features' if fallback ==
                   'discriminator' else 'no perceptual term', str(e).splitlines()[0])
       kind = fallback
-  elif kind in term_params:
-    params[kind] = term_params[kind]
-  w = float(loss.perceptual_weight)
+      w = float(loss.get('fallback_weight', w))
+  elif weights_kind in term_params:
+    params[weights_kind] = term_params[weights_kind]
   if w and kind == 'vgg':
     terms['vgg'] = eng.ImageTerm(perceptual.image2stylegan_perceptual, w, 'vgg')
+  elif w and kind == 'idinvert':
+    terms['vgg_conv4_3'] = eng.ImageTerm(_idinvert_feature, w, 'vgg')
   elif w and kind == 'lpips':
     terms['lpips'] = eng.ImageTerm(perceptual.lpips_loss, w, 'lpips')
   elif w and kind == 'discriminator':
@@ -375,7 +390,7 @@ class Inverter:
       'vgg' / 'lpips').
   """
 
-  def __init__(self, generator, config, *, latent_terms=None, term_params=None):
+  def __init__(self, generator, config, *, latent_terms=None, term_params=None, encoder=None):
     self.model = generator
     self.config = as_config(config)
     cfg = self.config
@@ -384,12 +399,42 @@ class Inverter:
     if cfg.noise.init not in ('const', 'random'):
       raise ValueError(f"config.noise.init must be 'const' or 'random', got {cfg.noise.init!r}")
     self.generator_id = latents_lib.generator_fingerprint(generator)
+    self.encoder = self._encoder(encoder)
+    latent_terms, term_params = dict(latent_terms or {}), dict(term_params or {})
+    if self.encoder is not None and cfg.encoder.weight:  # in-domain inversion (idinvert)
+      latent_terms['domain'] = eng.LatentTerm(encoders.domain_term(self.encoder.config),
+                                              float(cfg.encoder.weight), 'encoder')
+      term_params['encoder'] = self.encoder.variables
     image_terms, self.term_params = build_image_terms(cfg, generator, term_params)
     self.spec = spec_from_config(cfg, generator.g_config, image_terms, latent_terms,
                                  generator.class_index(cfg.get('label', '')))
     self.engine = eng.make_engine(self.spec)
     self._stats = None
     self._lpips = None
+
+  def _encoder(self, encoder) -> Optional['encoders.Encoder']:
+    """The encoder the config asks for (config.init 'encoder', or a config.encoder.weight):
+    `encoder` if given, else config.encoder.path, else the embedded model's; checked against
+    the generator. None when the config needs none."""
+    cfg = self.config
+    section = cfg.get('encoder')
+    if cfg.init != 'encoder' and not (section is not None and section.weight):
+      return None
+    if encoder is not None:
+      encoder.check(self.model)
+      return encoder
+    return encoders.resolve_encoder(section.path if section is not None else '', self.model)
+
+  def encoder_latents(self, targets: np.ndarray) -> jax.Array:
+    """E(targets) in this inversion's space: W+ codes [B, num_ws, w_dim]; in W their mean over
+    the layers [B, w_dim]. Z has no encoder start."""
+    if self.encoder is None:
+      raise ValueError("config.init='encoder' needs an encoder (config.encoder.path / --encoder)")
+    ws = jnp.asarray(self.encoder(targets))
+    if self.spec.space == 'z':
+      raise ValueError("config.init='encoder' gives W+ codes; Z space has no encoder start: "
+                       "invert in W+ (or W) or use config.init='mean'")
+    return ws.mean(1) if self.spec.space == 'w' else ws
 
   @property
   def stats(self) -> eng.WStats:
@@ -414,6 +459,9 @@ class Inverter:
     b = keys.shape[0]
     shape = eng.latent_shape(gc, spec.space)
     mode = cfg.init if init is None else 'given'
+    if mode == 'encoder':
+      raise ValueError("config.init='encoder' starts from E(targets): call start(targets, ...), "
+                       'or pass init=inverter.encoder_latents(targets)')
     if mode == 'given' and init is None:
       raise ValueError("config.init='given' needs latents: pass init=... (API) or --init DIR "
                        '(CLI: a folder of latents files named like the images)')
@@ -509,6 +557,8 @@ class Inverter:
     data = eng.Data(self.model.g_vars, self.term_params, jnp.asarray(targets),
                     None if masks is None else jnp.asarray(masks), jnp.asarray(w_std, jnp.float32))
     run_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+    if init is None and self.config.init == 'encoder':
+      init = self.encoder_latents(targets)
     state = self.engine.init(self.initial_latents(keys, init), run_keys)
     return state, data
 
@@ -576,7 +626,8 @@ def invert(images, generator, config='image2stylegan', *, mask=None, init=None, 
            latent_terms: Optional[Mapping[str, eng.LatentTerm]] = None,
            term_params: Optional[Mapping[str, Any]] = None, progress: bool = True,
            callback: Optional[Callable[[eng.ChunkInfo], None]] = None,
-           devices: Optional[Sequence[Any]] = None) -> InversionResult:
+           devices: Optional[Sequence[Any]] = None,
+           encoder: Optional[encoders.Encoder] = None) -> InversionResult:
   """Inverts one image or a batch into the generator's latent space (compiled, per image).
 
   Args:
@@ -584,7 +635,8 @@ def invert(images, generator, config='image2stylegan', *, mask=None, init=None, 
       and channel count (`inversion.images.load_images` reads files like that).
     generator: a `generators.checkpoint.Model`.
     config: a preset name ('image2stylegan', 'image2stylegan:z|w|wplus|wplus_noise',
-      'projector', optionally ':quick') or a ConfigDict (see configs/image2stylegan.py).
+      'projector', 'idinvert' (in-domain), 'idinvert:encoder' (E alone), optionally ':quick')
+      or a ConfigDict (see configs/image2stylegan.py, configs/idinvert.py).
     mask: optional [H, W] / [H, W, 1] / [B, H, W(, 1)] weights in [0, 1]: 1 = pixel counts,
       0 = ignored by every image term (inpainting: give the known pixels 1).
     init: start latents instead of config.init: [B, *latent_shape] (W+ also takes [B, w_dim]),
@@ -597,6 +649,8 @@ def invert(images, generator, config='image2stylegan', *, mask=None, init=None, 
     progress: tqdm progress bar.
     callback: called after every chunk with an `engine.ChunkInfo`; raising stops the run.
     devices: devices to shard the batch over (default all; see `engine.batch_mesh`).
+    encoder: the encoder of config.init 'encoder' / config.encoder.weight (configs/idinvert.py),
+      instead of config.encoder.path or the embedded model's.
 
   Returns:
     InversionResult: latents, ws, noise, reconstructions, per-step loss curves per term,
@@ -610,7 +664,8 @@ def invert(images, generator, config='image2stylegan', *, mask=None, init=None, 
   """
   if out_dir is not None:
     report.prepare_out_dir(out_dir)  # a folder that cannot be written fails before the work
-  inv = Inverter(generator, config, latent_terms=latent_terms, term_params=term_params)
+  inv = Inverter(generator, config, latent_terms=latent_terms, term_params=term_params,
+                 encoder=encoder)
   targets = check_images(images, generator)
   b = targets.shape[0]
   names = list(names) if names is not None else [f'image_{i:03d}' for i in range(b)]

@@ -94,6 +94,7 @@ __all__ = [
     'batch_mesh',
     'class_labels',
     'hoist_invariants',
+    'image_terms_loss',
     'estimate_w_stats',
     'is_sharded',
     'final_latents',
@@ -336,6 +337,27 @@ class LatentTerm(NamedTuple):
   fn: Callable[[Any, LatentContext], Array]
   weight: float
   params_key: Optional[str] = None
+
+
+def image_terms_loss(image_terms: Sequence[tuple[str, ImageTerm]], term_params: Mapping[str, Any],
+                     image: Array, target: Array, mask: Optional[Array],
+                     loss_channels: Optional[int]) -> tuple[Array, dict[str, Array]]:
+  """The weighted reconstruction terms of a batch: (total [B], {name: [B]}).
+
+  Terms see channels [:loss_channels] (None: all); `all_channels` terms see every channel, the
+  generated image's channels past loss_channels replaced by the target's (no difference, no
+  gradient there)."""
+  k = loss_channels or image.shape[-1]
+  x_loss, y_loss = image[..., :k], target[..., :k]
+  x_full = image if k == image.shape[-1] else jnp.concatenate([x_loss, target[..., k:]], -1)
+  parts = {}
+  total = jnp.zeros(image.shape[:1], jnp.float32)
+  for name, t in image_terms:
+    p = None if t.params_key is None else term_params[t.params_key]
+    xi, yi = (x_full, target) if t.all_channels else (x_loss, y_loss)
+    parts[name] = t.fn(p, xi, yi, mask)
+    total = total + t.weight * parts[name]
+  return total, parts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -678,19 +700,10 @@ class Engine:
       ws_in = ws + scale * jax.random.normal(jax.random.fold_in(key, step), shape)
     noise = {k: v[None] for k, v in latents.noise.items()} or None
     image = networks.synthesis(cfg, data.g_vars, ws_in[None], spec.noise_mode, noise)  # [1,H,W,C]
-    y = target[None]
-    m = None if mask is None else mask[None]
-    k = spec.loss_channels or cfg.img_channels
-    x_loss, y_loss = image[..., :k], y[..., :k]
-    x_full = image if k == cfg.img_channels else jnp.concatenate([x_loss, y[..., k:]], -1)
-    parts = {}
-    total = jnp.zeros((), jnp.float32)
     # 1. reconstruction
-    for name, t in spec.image_terms:
-      p = None if t.params_key is None else data.term_params[t.params_key]
-      xi, yi = (x_full, y) if t.all_channels else (x_loss, y_loss)
-      parts[name] = t.fn(p, xi, yi, m)[0]
-      total = total + t.weight * parts[name]
+    total, parts = image_terms_loss(spec.image_terms, data.term_params, image, target[None],
+                                    None if mask is None else mask[None], spec.loss_channels)
+    total, parts = total[0], {name: v[0] for name, v in parts.items()}
     # 2. noise regulariser
     if spec.optimize_noise and spec.noise_regularize_weight:
       parts['noise_reg'] = noise_regularizer(latents.noise)

@@ -96,7 +96,7 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
                   latent_terms=None, term_params=None, devices=None,
                   align: Optional[Callable[[np.ndarray, str], np.ndarray]] = None,
                   init: Optional[str | os.PathLike] = None,
-                  skip_bad: bool = False) -> FolderResult:
+                  skip_bad: bool = False, encoder=None) -> FolderResult:
   """Inverts every image of a folder (or a list of files) in batches; resumable.
 
   - Images whose latents file exists in out_dir/latents are skipped (it must belong to this
@@ -128,11 +128,14 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
       encoder's output) to start from instead of `config.init`; each must belong to this
       generator. A latents file of another space starts from its ws where that fits.
     skip_bad: go on without the images that cannot be read (see above).
+    encoder: the encoder of configs/idinvert.py methods (default: config.encoder.path, else the
+      embedded model's; `inversion.encoders`).
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   out = report.prepare_out_dir(out_dir)
-  inv = api.Inverter(generator, config, latent_terms=latent_terms, term_params=term_params)
+  inv = api.Inverter(generator, config, latent_terms=latent_terms, term_params=term_params,
+                     encoder=encoder)
   every = int(checkpoint_every or inv.config.checkpoint_every)
   res, ch = generator.resolution, generator.channels
   paths = images_lib.list_images(dir_or_files)
