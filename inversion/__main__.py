@@ -29,6 +29,8 @@ import argparse
 import logging
 import sys
 
+import numpy as np
+
 from generators.cli import run_cli
 
 METHODS = {'z': 'image2stylegan:z', 'w': 'image2stylegan:w', 'wplus': 'image2stylegan:wplus',
@@ -82,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
   ex.add_argument('--step', type=int, default=None, help='a kept checkpoint (default: latest)')
 
   ed = sub.add_parser('edit', help='edit inverted latents, write an image strip')
-  ed.add_argument('kind', choices=['interpolate', 'crossover', 'expression'])
+  ed.add_argument('kind', choices=['interpolate', 'crossover', 'expression', 'direction',
+                                   'diffuse', 'inpaint'])
   ed.add_argument('--checkpoint', default=None, help='generator the latents belong to')
   ed.add_argument('--a', help='latents file (interpolate, expression)')
   ed.add_argument('--b', help='latents file (interpolate, expression)')
@@ -92,7 +95,30 @@ def _parser() -> argparse.ArgumentParser:
   ed.add_argument('--num', type=int, default=8, help='interpolate: frames, ends included')
   ed.add_argument('--cutoff', type=int, default=None, help='crossover: first style layer')
   ed.add_argument('--strength', type=float, default=1.0, help='expression: scale of c - b')
+  ed.add_argument('--latents', help='direction: the latents file to edit')
+  ed.add_argument('--directions', help='direction: a directions file (python -m inversion '
+                  'directions ...)')
+  ed.add_argument('--name', help='direction: which direction of the file (e.g. defect, pc0)')
+  ed.add_argument('--strengths', default='-3,-1.5,0,1.5,3',
+                  help='direction: comma list of strengths, in sigmas of the codes along it')
+  ed.add_argument('--context', help='diffuse: the image that receives the region')
+  ed.add_argument('--source', help='diffuse: the image the region comes from')
+  ed.add_argument('--region', help='diffuse: mask PNG, white = the pasted region')
+  ed.add_argument('--image', help='inpaint: the image with missing pixels')
+  ed.add_argument('--mask', help='inpaint: mask PNG, white = known pixels')
+  ed.add_argument('--encoder', default=None, help='diffuse, inpaint: the encoder (default: the '
+                  "embedded model's)")
+  ed.add_argument('--steps', type=int, default=None, help='diffuse, inpaint: in-domain steps')
   ed.add_argument('--out', required=True, help='output PNG')
+
+  dr = sub.add_parser('directions', help='find edit directions of a generator (GANSpace PCA, '
+                      'or the defect direction of an RGB + mask generator)')
+  dr.add_argument('kind', choices=['ganspace', 'defect'])
+  dr.add_argument('--checkpoint', default=None)
+  dr.add_argument('--out', required=True, help='directions .npz')
+  dr.add_argument('--num-components', type=int, default=8, help='ganspace: directions')
+  dr.add_argument('--num-samples', type=int, default=10_000, help='sampled codes')
+  dr.add_argument('--seed', type=int, default=0)
 
   dm = sub.add_parser('demo', help='invert examples/*.png with Z, W, W+ on the embedded model')
   dm.add_argument('--out', default='out/demo')
@@ -147,6 +173,16 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
           f'{len(res.failed)} failed{unreadable}; outputs in {res.out_dir}')
     return 1 if res.failed else 0
 
+  if args.command == 'directions':
+    from inversion import directions  # pylint: disable=import-outside-toplevel
+    print(directions.run_directions_command(
+        args.kind, checkpoint.load(args.checkpoint), args.out, num_components=args.num_components,
+        num_samples=args.num_samples, seed=args.seed))
+    return 0
+
+  if args.command == 'edit' and args.kind in ('direction', 'diffuse', 'inpaint'):
+    return _edit_with_encoder_or_directions(args, overrides, checkpoint.load(args.checkpoint))
+
   if args.command == 'edit':
     if overrides:
       raise SystemExit('error: --config.* options only apply to invert/demo')
@@ -169,6 +205,45 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
   print(out['table'])
   print(f'wrote {out["out_dir"]}/grid.png (target | Z | W | W+), metrics.csv, metrics.json, '
         'losses.png')
+  return 0
+
+
+def _need(args: argparse.Namespace, *flags: str) -> None:
+  missing = [f for f in flags if getattr(args, f.lstrip('-').replace('-', '_')) is None]
+  if missing:
+    raise SystemExit(f'error: edit {args.kind} needs {", ".join(missing)}')
+
+
+def _edit_with_encoder_or_directions(args: argparse.Namespace, overrides: list[str],
+                                     model) -> int:
+  """edit direction / diffuse / inpaint: write a strip PNG."""
+  from inversion import editing, images  # pylint: disable=import-outside-toplevel
+  if args.kind == 'direction':
+    _need(args, '--latents', '--directions', '--name')
+    from inversion import directions  # pylint: disable=import-outside-toplevel
+    strengths = [float(v) for v in args.strengths.split(',')]
+    path = directions.run_direction_edit(model, args.latents, args.directions, args.name,
+                                         strengths, args.out)
+    print(f'wrote {path} (strengths {strengths})')
+    return 0
+  extra = [] if args.steps is None else [f'--config.steps={args.steps}']
+  if args.encoder:
+    extra.append(f'--config.encoder.path={args.encoder}')
+  res = model.resolution
+  load = lambda path, mask=False: (images.load_weight_mask(path, res)[..., 0] if mask else
+                                   images.load_image(path, res, model.channels))
+  if args.kind == 'diffuse':
+    _need(args, '--context', '--source', '--region')
+    region = load(args.region, mask=True)
+    composite, result = editing.diffuse(model, load(args.context), load(args.source), region,
+                                        overrides=extra + overrides)
+    frames = [load(args.context), load(args.source), composite, result.reconstructions[0]]
+  else:
+    _need(args, '--image', '--mask')
+    image, known = load(args.image), load(args.mask, mask=True)
+    result = editing.inpaint(model, image, known, overrides=extra + overrides)
+    frames = [image * known[..., None] + (1 - known[..., None]) * -1, result.reconstructions[0]]
+  print(f'wrote {editing.write_strip(args.out, np.stack(frames))}')
   return 0
 
 

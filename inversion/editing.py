@@ -8,6 +8,15 @@ mapped w, so they work too) and render with `render`:
                        the style code (paper 4.2: the first 9 of 18 layers at 1024 px);
   expression_transfer  w_a + strength (w_c - w_b): the change from b to c applied to a (4.3).
 
+and, on in-domain inversion (In-Domain GAN Inversion, Zhu et al. 2020, section 4; configs/
+idinvert.py, with the generator's encoder):
+
+  diffuse              semantic diffusion (4.3): paste a region of one image into another and
+                       in-domain invert the composite with the loss on the pasted region only,
+                       so that the generator redraws the surroundings to fit it;
+  inpaint              masked in-domain inversion: the loss sees the known pixels only, the
+                       generator fills the rest in the encoder's domain.
+
 Noise maps: where the latents carry optimised noise maps, interpolation blends them linearly,
 crossover and expression transfer use the first (content / a) code's maps; otherwise the
 generator's stored maps are used.
@@ -25,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +43,13 @@ import numpy as np
 from generators import networks
 from inversion import images as images_lib
 
+if TYPE_CHECKING:
+  from inversion import api
+
 __all__ = [
     'crossover',
+    'diffuse',
+    'inpaint',
     'expression_transfer',
     'interpolate',
     'interpolate_noise',
@@ -178,6 +192,47 @@ def run_edit(kind: str, generator, latents: Sequence[str | os.PathLike], out: st
     edited = expression_transfer(a.ws, b.ws, c.ws, strength)
     frames = _render_each(generator, np.stack([a.ws, b.ws, c.ws, edited]), [a, b, c, a])
   return write_strip(out, frames)
+
+
+def _region(mask, shape) -> np.ndarray:
+  """A [H, W, 1] float mask in [0, 1] from [H, W] / [H, W, 1] (1 = the region)."""
+  m = np.asarray(mask, np.float32)
+  m = m[..., None] if m.ndim == 2 else m
+  if m.shape != tuple(shape[:2]) + (1,):
+    raise ValueError(f'the mask must be [{shape[0]}, {shape[1]}] or [{shape[0]}, {shape[1]}, 1], '
+                     f'got {np.shape(mask)}')
+  if m.min() < 0 or m.max() > 1:
+    raise ValueError(f'mask values must lie in [0, 1], got [{m.min()}, {m.max()}]')
+  if not m.max() > 0:
+    raise ValueError('the mask marks no pixel (all 0): white (1) marks the region')
+  return m
+
+
+def diffuse(generator, context, source, region, config='idinvert', *, encoder=None,
+            overrides: Sequence[str] = ()) -> tuple[np.ndarray, 'api.InversionResult']:
+  """Semantic diffusion: `source`'s pixels inside `region` pasted into `context` (images
+  [H, W, C] in [-1, 1], region [H, W(, 1)], 1 = pasted), then in-domain inverted with the loss
+  on the region only. Returns (the composite, the inversion: its reconstruction is the blend)."""
+  from inversion import api  # pylint: disable=import-outside-toplevel
+  context, source = np.asarray(context, np.float32), np.asarray(source, np.float32)
+  if context.shape != source.shape:
+    raise ValueError(f'context {context.shape} and source {source.shape} differ in shape')
+  m = _region(region, context.shape)
+  composite = context * (1 - m) + source * m
+  result = api.invert(composite[None], generator, api.as_config(config, overrides), mask=m,
+                      encoder=encoder, progress=False)
+  return composite, result
+
+
+def inpaint(generator, image, known, config='idinvert', *, encoder=None,
+            overrides: Sequence[str] = ()) -> 'api.InversionResult':
+  """Masked in-domain inversion of `image` [H, W, C]: `known` [H, W(, 1)] is 1 where the pixels
+  are known; the reconstruction fills the rest."""
+  from inversion import api  # pylint: disable=import-outside-toplevel
+  image = np.asarray(image, np.float32)
+  m = _region(known, image.shape)
+  return api.invert(image[None], generator, api.as_config(config, overrides), mask=m,
+                    encoder=encoder, progress=False)
 
 
 def _render_each(generator, ws, noise_from) -> np.ndarray:

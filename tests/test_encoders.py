@@ -233,3 +233,30 @@ def test_encoder_and_idinvert_methods_from_the_cli(model, image_dir, tmp_path,  
   assert line.startswith('error: encoder ') and 'trained for generator' in line
   assert other_id in line and latents.generator_fingerprint(model) in line
   assert not (tmp_path / 'x' / 'latents').exists()
+
+
+def test_diffuse_and_inpaint_fit_only_their_region(model):  # noqa: F811
+  from inversion import editing  # pylint: disable=import-outside-toplevel
+  enc = random_encoder(model, scale=0.05)
+  z = jax.random.normal(jax.random.PRNGKey(13), (2, model.g_config.z_dim))
+  context, source = np.asarray(model.synthesis(model.mapping(z, psi=0.7)))
+  region = np.zeros((32, 32), np.float32)
+  region[8:24, 8:24] = 1
+  overrides = ['--config.steps=20', '--config.loss.perceptual=none', '--config.metrics.lpips=off']
+  composite, result = editing.diffuse(model, context, source, region, encoder=enc,
+                                      overrides=overrides)
+  inside = region.astype(bool)
+  np.testing.assert_array_equal(composite[inside], source[inside])  # exact: a copy of pixels
+  np.testing.assert_array_equal(composite[~inside], context[~inside])
+  start = np.asarray(model.synthesis(jnp.asarray(enc(composite[None]))))[0]
+  region_mse = lambda img: float(np.mean(np.square(img - composite)[inside]))
+  print('region MSE from E(x):', region_mse(start), 'after 20 steps:',
+        region_mse(result.reconstructions[0]))
+  assert region_mse(result.reconstructions[0]) < 0.8 * region_mse(start)
+  # the reported metric is the region's (float32 sums in another order)
+  np.testing.assert_allclose(result.metrics['masked_mse'][0], region_mse(
+      result.reconstructions[0]), rtol=1e-4)
+  filled = editing.inpaint(model, context, 1 - region, encoder=enc, overrides=overrides)
+  assert filled.reconstructions.shape == (1, 32, 32, 3)
+  with pytest.raises(ValueError, match='marks no pixel'):
+    editing.inpaint(model, context, np.zeros((32, 32)), encoder=enc, overrides=overrides)
