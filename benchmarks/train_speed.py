@@ -1,7 +1,9 @@
-"""Training speed: seconds per compiled G step, D step and D step with R1 (`generators.train`).
+"""Training speed: seconds per compiled G step, D step and D step with R1 (`generators.train`),
+and the same for the domain-guided encoder's training (`inversion.encoders.train`).
 
     python -m benchmarks.train_speed --out out/bench/train_speed.json
     python -m benchmarks.train_speed --compare-autodiff      # also time plain-autodiff convs
+    python -m benchmarks.train_speed --encoder idinvert:train,embedded   # E beside G
 
 Builds the steps of a training config (default `embedded`: what trains the shipped model) on
 all local devices, with random weights and constant data, and times each step after a warm-up.
@@ -12,6 +14,11 @@ hours the config's `total_kimg` takes (sample grids and checkpoints excluded).
 `--compare-autodiff` times the same steps a second time with `upfirdn.conv_transpose2d` and
 `upfirdn.strided_conv2d` replaced by their plain-autodiff forms, in the same process: the
 hand-written VJPs' speed-up, measured as an A/B.
+
+`--encoder CONFIG` also times an encoder training iteration (E step, D step, lazy R1) on the
+embedded model. For both rows, images per second, and GFLOP/s as XLA counts the compiled steps'
+floating-point operations (`cost_analysis`), against the device's dense-conv peak
+(`common.conv_peak`, as generator_speed.py measures it).
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from benchmarks import common
 from generators import train, upfirdn
 
 COLUMNS = ["convs", "g_step", "d_step", "d_r1_step", "per_iteration", "kimg_per_hour",
-           "hours_for_total_kimg"]
+           "hours_for_total_kimg", "images_per_s", "gflops", "peak_fraction"]
+ENCODER_COLUMNS = ["network", "e_step", "d_step", "d_r1_step", "per_iteration", "images_per_s",
+                   "gflops", "peak_fraction", "hours_for_total_kimg"]
 
 
 @contextlib.contextmanager
@@ -60,20 +69,79 @@ def measure(config, label: str, repeats: int) -> dict:
   steps = {"g_step": lambda s: g_step(s, key, 0.99, 1.0, c),
            "d_step": lambda s: d_plain(s, real, key, 1.0, config.r1_gamma, c, c),
            "d_r1_step": lambda s: d_r1(s, real, key, 1.0, config.r1_gamma, c, c)}
-  row = {"convs": label}
+  flops = {"g_step": _flops(g_step, state, key, 0.99, 1.0, c),
+           "d_step": _flops(d_plain, state, real, key, 1.0, config.r1_gamma, c, c),
+           "d_r1_step": _flops(d_r1, state, real, key, 1.0, config.r1_gamma, c, c)}
+  row = {"convs": label, **_time_steps(steps, state, repeats)}
+  return _iteration(row, flops, "g_step", config)
+
+
+def _flops(jitted, *args) -> float:
+  """Floating-point operations of one call, as XLA counts them in the compiled program."""
+  analysis = jitted.lower(*args).compile().cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return float(analysis.get("flops", float("nan")))
+
+
+def _time_steps(steps: dict, state, repeats: int) -> dict:
+  """Median seconds of each step (the first call compiles), threading the state through."""
+  out = {}
   for name, step in steps.items():
     times = []
-    for _ in range(repeats + 1):  # the first call compiles
+    for _ in range(repeats + 1):
       start = time.perf_counter()
-      state, _ = step(state)
+      state, *_ = step(state)
       jax.block_until_ready(state)
       times.append(time.perf_counter() - start)
-    row[name] = float(np.median(times[1:]))
-  row["per_iteration"] = (row["g_step"] + row["d_step"]
-                          + (row["d_r1_step"] - row["d_step"]) / config.r1_interval)
+    out[name] = float(np.median(times[1:]))
+  return out
+
+
+def _iteration(row: dict, flops: dict, first: str, config) -> dict:
+  """Amortised iteration (`first` step + D step + lazy R1), its rates and its peak fraction."""
+  share = lambda v: (v[first] + v["d_step"] + (v["d_r1_step"] - v["d_step"]) / config.r1_interval)
+  row["per_iteration"] = share(row)
   row["kimg_per_hour"] = config.batch_size * 3600 / row["per_iteration"] / 1000
   row["hours_for_total_kimg"] = config.total_kimg / row["kimg_per_hour"]
+  row["images_per_s"] = config.batch_size / row["per_iteration"]
+  row["gflops"] = share(flops) / row["per_iteration"] / 1e9
+  row["peak_fraction"] = row["gflops"] / _peak()["gflops"]
   return row
+
+
+_PEAK = {}
+
+
+def _peak() -> dict:
+  if not _PEAK:
+    _PEAK.update(common.conv_peak())
+  return _PEAK
+
+
+def measure_encoder(config_name: str, repeats: int) -> dict:
+  """Times an encoder training iteration on the embedded model; returns a result row."""
+  from generators import checkpoint, trainer  # pylint: disable=import-outside-toplevel
+  from inversion.encoders import train as enc_train  # pylint: disable=import-outside-toplevel
+
+  config = configs.load_config(config_name, [])
+  model = checkpoint.load(None)
+  _, replicated, batch = trainer.data_mesh(config.batch_size)
+  terms, term_params = enc_train._feature_terms(config, model)  # pylint: disable=protected-access
+  e_step, d_plain, d_r1 = enc_train.make_steps(config, model.g_config, model.d_config, terms,
+                                               batch)
+  state = jax.device_put(enc_train.init_state(config, model), replicated)
+  x = jax.device_put(jnp.zeros((config.batch_size, model.resolution, model.resolution,
+                                model.channels)), batch)
+  key, lr = jax.random.PRNGKey(0), config.lr
+  buffers = {"w_avg": model.g_vars["buffers"]["mapping"]["w_avg"]}
+  e_args = (x, key, buffers, model.g_vars, term_params, lr)
+  d_args = (x, x, lr, config.r1_gamma)
+  steps = {"e_step": lambda s: e_step(s, *e_args), "d_step": lambda s: d_plain(s, *d_args),
+           "d_r1_step": lambda s: d_r1(s, *d_args)}
+  flops = {"e_step": _flops(e_step, state, *e_args), "d_step": _flops(d_plain, state, *d_args),
+           "d_r1_step": _flops(d_r1, state, *d_args)}
+  row = {"network": f"encoder ({config_name})", **_time_steps(steps, state, repeats)}
+  return _iteration(row, flops, "e_step", config)
 
 
 def main(argv=None) -> None:
@@ -82,6 +150,8 @@ def main(argv=None) -> None:
   parser.add_argument("--repeats", type=int, default=3, help="timed calls per step")
   parser.add_argument("--compare-autodiff", action="store_true",
                       help="also time the steps with plain-autodiff convolutions")
+  parser.add_argument("--encoder", default=None, metavar="CONFIG",
+                      help="also time encoder training with this config (idinvert:train,embedded)")
   parser.add_argument("--out", default=None, help="JSON output path")
   args = parser.parse_args(argv)
   config = configs.load_config(args.config, [])
@@ -93,8 +163,14 @@ def main(argv=None) -> None:
     with autodiff_convs():
       rows.append(measure(config, "autodiff", args.repeats))
   common.print_table(rows, COLUMNS)
+  encoder_rows = []
+  if args.encoder:
+    g_row = dict(rows[0], network=f"G ({args.config})", e_step=None)
+    encoder_rows = [g_row, measure_encoder(args.encoder, args.repeats)]
+    common.print_table(encoder_rows, ENCODER_COLUMNS)
   common.write_json(args.out, {"device": common.device_description(), "config": args.config,
-                               "train_config": config.to_dict(), "rows": rows})
+                               "train_config": config.to_dict(), "rows": rows,
+                               "encoder_rows": encoder_rows, "conv_peak": _peak()})
 
 
 if __name__ == "__main__":

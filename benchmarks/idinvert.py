@@ -1,0 +1,202 @@
+"""In-domain inversion on a generator and its domain-guided encoder: the numbers of
+generators/embedded/ENCODER_CARD.md and the README, measured in one run.
+
+    python -m benchmarks.idinvert --out out/bench/idinvert        # embedded model + encoder
+    python -m benchmarks.idinvert --quick --out /tmp/idi          # smoke: 4 crops, few steps
+    python -m benchmarks.idinvert --checkpoint G --encoder E --images DIR --out out/mine
+
+On the held-out crops (default: every third of the embedded data's 48, 16 in all, clean):
+  1. reconstruction: E alone (one forward pass), in-domain optimisation (configs/idinvert.py,
+     100 steps from E(x)) and W+ optimisation (Image2StyleGAN, 600 steps from w_avg): MSE,
+     PSNR, SSIM on RGB, and seconds per image, all in this process; optimisation time is the
+     steady rate after the first (compiling) chunk, compile time apart;
+  2. in-domain-ness, the paper's claim, two ways: (a) encoder consistency ||w - E(G(w))|| per
+     layer of the in-domain and the W+ codes; (b) realism of interpolations: the midpoints of
+     16 pairs of inversions (crop i with crop i + N/2), their SWD against the targets and D's
+     mean logit (higher: more real to D);
+  3. the defect direction (`inversion.directions.defect_direction`, RGB + mask generators): the
+     in-domain codes of the clean crops moved +strength sigmas along it; the share whose
+     generated mask gains defect pixels, and the RGB PSNR of the edit against the unedited
+     reconstruction outside the generated defect;
+  4. a grid: target | E(x) | in-domain | W+, one row per crop.
+Writes <out>/idinvert.json, <out>/grid.png, <out>/losses.png and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+from generators import checkpoint, networks
+from inversion import api, encoders, images as images_lib, metrics as metrics_lib, report
+from inversion.encoders import train as encoder_train
+
+W_PLUS_STEPS = 600     # the demo's and the model card's W+ preset
+DEFECT_STRENGTH = 3.0  # sigmas of the codes along the defect direction
+SWD_KEY = 7
+
+
+class ChunkTimer:
+  """Engine callback: the steady seconds per step after the first (compiling) chunk."""
+
+  def __init__(self):
+    self.times, self.steps = [time.perf_counter()], [0]
+
+  def __call__(self, info) -> None:
+    self.times.append(time.perf_counter())
+    self.steps.append(info.steps_done)
+
+  def per_step(self) -> float:
+    if len(self.times) < 3:  # one chunk: compile and steps together
+      return (self.times[-1] - self.times[0]) / max(self.steps[-1], 1)
+    return (self.times[-1] - self.times[1]) / (self.steps[-1] - self.steps[1])
+
+  def compile_seconds(self) -> float:
+    return max(0.0, self.times[1] - self.times[0] - self.per_step() * self.steps[1])
+
+
+def _invert(model, targets, config, encoder):
+  timer = ChunkTimer()
+  result = api.invert(targets, model, config, encoder=encoder, callback=timer, progress=False)
+  steps = result.steps
+  return result, {'seconds_per_image': timer.per_step() * steps / len(targets),
+                  'compile_seconds': timer.compile_seconds(), 'steps': steps}
+
+
+def _encoder_alone(model, encoder, targets):
+  """E(x) and G(E(x)) per image at batch 1: (reconstructions, ws, seconds per image)."""
+  render = jax.jit(lambda ws: networks.synthesis(model.g_config, model.g_vars, ws, 'const'))
+  one = lambda x: render(jnp.asarray(encoder(x[None]))).block_until_ready()
+  one(targets[0])  # compile
+  start = time.perf_counter()
+  for x in targets:
+    one(x)
+  seconds = (time.perf_counter() - start) / len(targets)
+  ws = encoder(targets)
+  return np.asarray(render(jnp.asarray(ws))), ws, seconds
+
+
+def consistency(encoder, model, ws) -> np.ndarray:
+  """||w - E(G(w))|| per layer, mean over the codes: [num_ws]."""
+  recoded = encoder(np.asarray(model.synthesis(jnp.asarray(ws))))
+  return np.linalg.norm(ws - recoded, axis=-1).mean(0)
+
+
+def midpoint_realism(model, ws, targets) -> dict:
+  """Midpoints of (i, i + N/2): SWD against the targets (RGB) and D's mean logit."""
+  n = len(ws)
+  mid = (ws + ws[(np.arange(n) + n // 2) % n]) / 2
+  images = np.asarray(model.synthesis(jnp.asarray(mid)))
+  out = {'d_logit': float(np.mean(np.asarray(networks.Discriminator(model.d_config).apply(
+      model.d_vars, jnp.asarray(images))))) if model.d_vars is not None else None}
+  if images.shape[1] >= 16:
+    swd = metrics_lib.sliced_wasserstein(jnp.asarray(images[..., :3]),
+                                         jnp.asarray(targets[..., :3]),
+                                         jax.random.PRNGKey(SWD_KEY))
+    out['swd_x1e3'] = float(swd['SWDx1e3_avg'])
+  return out
+
+
+def defect_edit(model, ws, strength: float = DEFECT_STRENGTH, num_samples: int = 4000) -> dict:
+  """The defect direction applied to `ws`: share gaining defect pixels, PSNR outside them."""
+  from inversion import directions  # pylint: disable=import-outside-toplevel
+  found = directions.defect_direction(model, num_samples=num_samples)
+  before = np.asarray(model.synthesis(jnp.asarray(ws)))
+  edited_ws = np.asarray(directions.apply(ws, found.get('defect'), strength))
+  if edited_ws.shape != ws.shape:
+    edited_ws = edited_ws.reshape(ws.shape)
+  after = np.asarray(model.synthesis(jnp.asarray(edited_ws)))
+  gained = (after[..., 3] > 0).sum((1, 2)) > (before[..., 3] > 0).sum((1, 2))
+  outside = (after[..., 3] <= 0)[..., None]
+  se = np.square(after[..., :3] - before[..., :3]) * outside
+  mse = se.sum((1, 2, 3)) / (3 * np.maximum(outside.sum((1, 2, 3)), 1))
+  return {'strength_sigmas': strength, 'share_gaining_defect_pixels': float(gained.mean()),
+          'psnr_outside_defect_db': float(np.mean(10 * np.log10(4.0 / np.maximum(mse, 1e-10)))),
+          'defect_pixels_after': float((after[..., 3] > 0).sum((1, 2)).mean()),
+          'classifier': found.info}
+
+
+def _targets(args, model):
+  if args.images:
+    targets, names = images_lib.load_images(args.images, model.resolution, model.channels)
+  else:
+    held = encoder_train.heldout_images(model.resolution)[::3]
+    targets, names = held, [f'heldout_{3 * i:02d}' for i in range(len(held))]
+  if args.quick:
+    targets, names = targets[::4], names[::4]
+  return targets, names
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--checkpoint', default=None, help='generator (default: embedded)')
+  parser.add_argument('--encoder', default='', help="encoder folder (default: the embedded one)")
+  parser.add_argument('--images', default=None, help='targets (default: held-out crops)')
+  parser.add_argument('--out', default='out/bench/idinvert')
+  parser.add_argument('--quick', action='store_true', help='4 crops, 20 / 60 steps')
+  args = parser.parse_args(argv)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  model = checkpoint.load(args.checkpoint)
+  encoder = encoders.resolve_encoder(args.encoder, model)
+  targets, names = _targets(args, model)
+  idi_steps, wplus_steps = (20, 60) if args.quick else (None, W_PLUS_STEPS)
+  metric = api.Inverter(model, 'image2stylegan:wplus').metrics
+
+  recon_e, ws_e, e_seconds = _encoder_alone(model, encoder, targets)
+  idi_config = api.as_config('idinvert', [] if idi_steps is None else
+                             [f'--config.steps={idi_steps}'])
+  idi, idi_time = _invert(model, targets, idi_config, encoder)
+  wplus, wplus_time = _invert(model, targets, api.as_config(
+      'image2stylegan:wplus', [f'--config.steps={wplus_steps}']), None)
+  rows = []
+  for label, recon, timing in (('E(x), one forward pass', recon_e,
+                                {'seconds_per_image': e_seconds, 'steps': 0}),
+                               (f'in-domain, {idi.steps} steps', idi.reconstructions, idi_time),
+                               (f'W+, {wplus.steps} steps', wplus.reconstructions, wplus_time)):
+    m = metric(recon, targets)
+    rows.append({'method': label, **{k: float(np.mean(v)) for k, v in m.items()}, **timing})
+  speedup = wplus_time['seconds_per_image'] / e_seconds
+  common.print_table(rows, ['method', 'mse', 'psnr', 'ssim', 'seconds_per_image', 'steps'])
+  print(f'E alone is {speedup:.0f}x faster per image than W+ {wplus.steps} steps; in-domain MSE '
+        f'is {rows[1]["mse"] / rows[2]["mse"]:.2f}x W+\'s')
+
+  layers = {'in-domain': consistency(encoder, model, idi.ws), 'W+': consistency(
+      encoder, model, wplus.ws), 'E(x)': consistency(encoder, model, ws_e)}
+  print('encoder consistency ||w - E(G(w))|| per layer:')
+  for k, v in layers.items():
+    print(f'  {k:10s} mean {v.mean():.3f}  ' + ' '.join(f'{x:.2f}' for x in v))
+  realism = {'in-domain': midpoint_realism(model, idi.ws, targets),
+             'W+': midpoint_realism(model, wplus.ws, targets)}
+  print('interpolation midpoints:', realism)
+  defect = defect_edit(model, idi.ws) if model.channels == 4 else None
+  if defect:
+    print('defect direction:', {k: v for k, v in defect.items() if k != 'classifier'})
+
+  rows_of_grid = min(len(targets), 8)
+  cells = [c for i in range(rows_of_grid)
+           for c in (targets[i], recon_e[i], idi.reconstructions[i], wplus.reconstructions[i])]
+  images_lib.save_image(str(out / 'grid.png'), images_lib.image_grid(cells, rows=rows_of_grid,
+                                                                     mask='drop'))
+  report.plot_losses(out / 'losses.png', {f'in-domain {k}': v for k, v in idi.losses.items()}
+                     | {'W+ total': wplus.losses['total']}, names)
+  payload = {'device': common.device_description(), 'images': names, 'rows': rows,
+             'speedup_encoder_vs_wplus': speedup,
+             'mse_ratio_indomain_vs_wplus': rows[1]['mse'] / rows[2]['mse'],
+             'consistency_per_layer': {k: v.tolist() for k, v in layers.items()},
+             'interpolation_midpoints': realism, 'defect_direction': defect,
+             'encoder': {'generator_id': encoder.generator_id,
+                         'training_steps': encoder.metadata.get('training_steps'),
+                         'kimg': encoder.metadata.get('kimg')}}
+  common.write_json(str(out / 'idinvert.json'), payload)
+  return payload
+
+
+if __name__ == '__main__':
+  main()
