@@ -6,7 +6,11 @@ Public API (imported lazily, so `import inversion.images` stays light):
     invert_folder, FolderResult                                         (inversion.jobs)
     load_latents, save_latents, LatentRecord, LatentsError              (inversion.latents)
     Engine, EngineSpec, ImageTerm, LatentTerm, LatentContext, make_engine  (inversion.engine)
-    interpolate, crossover, expression_transfer, morph, render         (inversion.editing)
+    interpolate, crossover, expression_transfer, morph, render,
+    diffuse, inpaint                                                    (inversion.editing)
+    Directions, load_directions, save_directions, ganspace, interfacegan,
+    defect_direction                                                    (inversion.directions)
+    Encoder, load_encoder, save_encoder                                 (inversion.encoders)
 """
 
 import importlib
@@ -19,7 +23,11 @@ _EXPORTS = {
     'Engine': 'engine', 'EngineSpec': 'engine', 'ImageTerm': 'engine', 'LatentTerm': 'engine',
     'LatentContext': 'engine', 'make_engine': 'engine',
     'interpolate': 'editing', 'crossover': 'editing', 'expression_transfer': 'editing',
-    'morph': 'editing', 'render': 'editing',
+    'morph': 'editing', 'render': 'editing', 'diffuse': 'editing', 'inpaint': 'editing',
+    'Directions': 'directions', 'load_directions': 'directions',
+    'save_directions': 'directions', 'ganspace': 'directions', 'interfacegan': 'directions',
+    'defect_direction': 'directions',
+    'Encoder': 'encoders', 'load_encoder': 'encoders', 'save_encoder': 'encoders',
 }
 
 __all__ = sorted(_EXPORTS)
