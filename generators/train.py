@@ -604,7 +604,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
       d_metrics.pop("r1")
     done = step + 1
     bar.update(1)
-    if done % config.log_every == 0 or done == total_steps:
+    if trainer.due(done, config.log_every, total_steps):
       record = {k: float(v) for k, v in {**g_metrics, **d_metrics, "r1": last_r1}.items()}
       record.update(step=done, kimg=done * config.batch_size / 1000, lr_scale=scale,
                     r1_gamma=gamma, seconds=round(time.time() - t0, 1))
@@ -612,15 +612,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
         record["transition"] = c_scale
       records.write(record, may_be_nan=("r1",))  # NaN r1: no R1 step since (re)starting
       bar.set_postfix(g=f"{record['g_loss']:.3f}", d=f"{record['d_loss']:.3f}")
-    if done % config.sample_every == 0 or done == total_steps:
+    if trainer.due(done, config.sample_every, total_steps):
       images = networks.synthesis(g_config, state.ema, networks.mapping(
           g_config, state.ema, grid_z, grid_c, c_scale=transition(config, done)))
       trainer.grid_png(np.asarray(images), workdir / "samples" / f"step{done:06d}.png")
-    if done % config.checkpoint_every == 0 or done == total_steps:
+    if trainer.due(done, config.checkpoint_every, total_steps):
       trainer.save(manager, done, state)
-  manager.wait_until_finished()
-  bar.close()
-  records.close()
+  trainer.finish(manager, bar, records)
   return state
 
 

@@ -147,6 +147,18 @@ class Records:
     self._file.close()
 
 
+def due(done: int, every: int, total: int) -> bool:
+  """Whether a periodic action (record, grid, checkpoint) runs after step `done`."""
+  return done % every == 0 or done == total
+
+
+def finish(manager, progress_bar, records: Records) -> None:
+  """The end of a run: the last checkpoint written, the bar and the records closed."""
+  manager.wait_until_finished()
+  progress_bar.close()
+  records.close()
+
+
 def read_records(workdir: pathlib.Path) -> list[dict]:
   path = pathlib.Path(workdir) / "metrics.jsonl"
   return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []

@@ -168,28 +168,11 @@ def load_directions(path: str | os.PathLike, model=None) -> Directions:
       made for another generator (the message names both and the fix).
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise DirectionsError(f'directions file {path} does not exist (`python -m inversion '
-                          'directions {ganspace,defect} --out FILE` writes one)')
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      arrays = {k: z[k] for k in z.files}
-  except Exception as e:  # zipfile / pickle / OS errors of a corrupt file
-    raise DirectionsError(f'{path} is not a readable .npz directions file ({type(e).__name__}: '
-                          f'{e}); make the directions again') from None
-  if str(arrays.get('format', '')) != DIRECTIONS_FORMAT:
-    raise DirectionsError(f'{path} is not a {DIRECTIONS_FORMAT} file (no "format" entry); it '
-                          'must be written by `save_directions` / `python -m inversion '
-                          'directions`')
-  missing = [k for k in ('version', 'vectors', 'scales', 'meta_json') if k not in arrays]
-  if missing:
-    raise DirectionsError(f'{path} lacks the field(s) {", ".join(missing)} of a directions '
-                          'file (see inversion.directions.DIRECTIONS_LAYOUT): it was cut short '
-                          'or edited; make the directions again')
-  if int(arrays['version']) > DIRECTIONS_VERSION:
-    raise DirectionsError(f'{path} has directions format version {int(arrays["version"])}; '
-                          f'this toolkit reads up to {DIRECTIONS_VERSION}. Upgrade '
-                          'stylegan-inversion-jax.')
+  arrays = latents_lib.read_npz(path, latents_lib.NpzFormat(
+      'directions', DIRECTIONS_FORMAT, DIRECTIONS_VERSION,
+      ('version', 'vectors', 'scales', 'meta_json'), 'inversion.directions.DIRECTIONS_LAYOUT',
+      '`python -m inversion directions {ganspace,defect} --out FILE` writes one',
+      'make the directions again'), DirectionsError)
   try:
     meta = json.loads(str(arrays['meta_json']))
   except ValueError as e:

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import numpy as np
@@ -134,6 +134,41 @@ def save_latents(path: str | os.PathLike, result: 'api.InversionResult', i: int,
   return path
 
 
+class NpzFormat(NamedTuple):
+  """What one of our .npz file kinds holds, for `read_npz` and its messages."""
+  what: str               # 'latents', 'directions'
+  name: str               # the "format" entry
+  version: int            # the newest version this toolkit reads
+  required: tuple         # fields every file has
+  layout: str             # where its layout is documented
+  where_made: str         # what writes such files
+  remake: str             # the fix for a bad file
+
+
+def read_npz(path: str, fmt: NpzFormat, error: type[Exception]) -> dict[str, np.ndarray]:
+  """The arrays of a .npz file of kind `fmt` (no pickles); `error` naming the file and the fix
+  if it is missing, unreadable, of another format or version, or lacks a required field."""
+  if not os.path.isfile(path):
+    raise error(f'{fmt.what} file {path} does not exist ({fmt.where_made})')
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      d = {k: z[k] for k in z.files}
+  except Exception as e:  # zipfile / pickle / OS errors of a corrupt file
+    raise error(f'{path} is not a readable .npz {fmt.what} file ({type(e).__name__}: {e}); '
+                f'{fmt.remake}') from None
+  if str(d.get('format', '')) != fmt.name:
+    raise error(f'{path} is not a {fmt.name} file (no "format" entry); it must be a {fmt.what} '
+                f'file ({fmt.where_made})')
+  missing = [k for k in fmt.required if k not in d]
+  if missing:
+    raise error(f'{path} lacks the field(s) {", ".join(missing)} of a {fmt.what} file (see '
+                f'{fmt.layout}): it was cut short or edited; {fmt.remake}')
+  if int(d['version']) > fmt.version:
+    raise error(f'{path} has {fmt.what} format version {int(d["version"])}; this toolkit reads '
+                f'up to {fmt.version}. Upgrade stylegan-inversion-jax.')
+  return d
+
+
 def load_latents(path: str | os.PathLike, generator=None) -> LatentRecord:
   """Reads a latents file; with `generator`, checks it was made with that generator.
 
@@ -143,26 +178,10 @@ def load_latents(path: str | os.PathLike, generator=None) -> LatentRecord:
       fix).
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise LatentsError(f'latents file {path} does not exist (inversion writes them to '
-                       '<out>/latents/<name>.npz)')
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      d = {k: z[k] for k in z.files}
-  except Exception as e:  # zipfile / pickle / OS errors of a corrupt file
-    raise LatentsError(f'{path} is not a readable .npz latents file ({type(e).__name__}: {e}); '
-                       'rerun the inversion that wrote it') from None
-  if str(d.get('format', '')) != LATENTS_FORMAT:
-    raise LatentsError(f'{path} is not a {LATENTS_FORMAT} file (no "format" entry); it must be '
-                       'a latents file written by `python -m inversion invert`')
-  missing = [k for k in REQUIRED_FIELDS if k not in d]
-  if missing:
-    raise LatentsError(f'{path} lacks the field(s) {", ".join(missing)} of a latents file '
-                       '(see inversion.latents.LATENTS_LAYOUT): it was cut short or edited; '
-                       'rerun the inversion that wrote it')
-  if int(d['version']) > LATENTS_VERSION:
-    raise LatentsError(f'{path} has latents format version {int(d["version"])}; this toolkit '
-                       f'reads up to {LATENTS_VERSION}. Upgrade stylegan-inversion-jax.')
+  d = read_npz(path, NpzFormat(
+      'latents', LATENTS_FORMAT, LATENTS_VERSION, tuple(REQUIRED_FIELDS),
+      'inversion.latents.LATENTS_LAYOUT', '`python -m inversion invert` writes them to '
+      '<out>/latents/<name>.npz', 'rerun the inversion that wrote it'), LatentsError)
   for field in ['latent', 'ws'] + [k for k in d if k.startswith('noise/')]:
     if not np.isfinite(d[field]).all():
       raise LatentsError(f'{path}: field "{field}" holds NaN or infinite values, so it cannot '

@@ -260,3 +260,19 @@ def test_diffuse_and_inpaint_fit_only_their_region(model):  # noqa: F811
   assert filled.reconstructions.shape == (1, 32, 32, 3)
   with pytest.raises(ValueError, match='marks no pixel'):
     editing.inpaint(model, context, np.zeros((32, 32)), encoder=enc, overrides=overrides)
+
+
+def test_shipped_encoder_belongs_to_the_embedded_model(model):  # noqa: F811
+  """The committed encoder loads for the embedded model, reconstructs held-out crops better
+  than its start (the mean code), and refuses another generator in one line."""
+  embedded = checkpoint.load(None)
+  enc = encoders.default_encoder(embedded)
+  x = enc_train.heldout_images(embedded.resolution)[::6]  # 8 clean held-out crops
+  rgb_mse = lambda ws: float(np.mean(np.square(
+      np.asarray(embedded.synthesis(jnp.asarray(ws)))[..., :3] - x[..., :3])))
+  mean_code = np.broadcast_to(embedded.g_vars['buffers']['mapping']['w_avg'],
+                              (len(x), embedded.g_config.num_ws, embedded.g_config.w_dim))
+  print('held-out RGB MSE: E(x)', rgb_mse(enc(x)), 'mean code', rgb_mse(mean_code))
+  assert rgb_mse(enc(x)) < 0.7 * rgb_mse(mean_code)
+  with pytest.raises(encoders.EncoderError, match='belongs to the embedded model'):
+    encoders.default_encoder(model)

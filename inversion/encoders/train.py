@@ -331,7 +331,7 @@ def train_encoder(config: ml_collections.ConfigDict, model: checkpoint.Model,
       metrics = {**metrics, **d_metrics}
     done = step + 1
     bar.update(1)
-    if done % config.log_every == 0 or done == total_steps:
+    if trainer.due(done, config.log_every, total_steps):
       record = {k: float(v) for k, v in metrics.items()}
       if trains_d(config):
         record['r1'] = float(last_r1)
@@ -339,14 +339,12 @@ def train_encoder(config: ml_collections.ConfigDict, model: checkpoint.Model,
                     seconds=round(time.time() - t0, 1))
       records.write(record, may_be_nan=('r1',))
       bar.set_postfix(e=f"{record['e_loss']:.4f}")
-    if done % config.sample_every == 0 or done == total_steps:
+    if trainer.due(done, config.sample_every, total_steps):
       _sample_grid(enc_cfg, state, e_buffers, model, images.samples,
                    workdir / 'samples' / f'step{done:06d}.png')
-    if done % config.checkpoint_every == 0 or done == total_steps:
+    if trainer.due(done, config.checkpoint_every, total_steps):
       trainer.save(manager, done, state)
-  manager.wait_until_finished()
-  bar.close()
-  records.close()
+  trainer.finish(manager, bar, records)
   return state
 
 
