@@ -154,11 +154,17 @@ class DomainEncoder(nn.Module):
     return w_avg.value + delta.reshape(-1, cfg.num_ws, cfg.w_dim)
 
 
+@functools.lru_cache(maxsize=8)
+def _init_fn(config: EncoderConfig):
+  """The compiled init, once per architecture (every load builds its template with it)."""
+  return jax.jit(DomainEncoder(config).init)
+
+
 def init_encoder(config: EncoderConfig, w_avg: jax.Array, key: jax.Array) -> dict[str, Any]:
   """Fresh variables {'params', 'buffers': {'w_avg'}} with the generator's `w_avg`."""
   img = jnp.zeros((1, config.img_resolution, config.img_resolution, config.img_channels))
   with jax.threefry_partitionable(False):  # cheaper to compile; see networks._init
-    variables = jax.jit(DomainEncoder(config).init)({'params': key}, img)
+    variables = _init_fn(config)({'params': key}, img)
   return {'params': variables['params'],
           'buffers': {'w_avg': jnp.asarray(w_avg, jnp.float32).reshape(config.w_dim)}}
 
