@@ -133,8 +133,7 @@ def measure_encoder(config_name: str, repeats: int) -> dict:
   x = jax.device_put(jnp.zeros((config.batch_size, model.resolution, model.resolution,
                                 model.channels)), batch)
   key, lr = jax.random.PRNGKey(0), config.lr
-  buffers = {"w_avg": model.g_vars["buffers"]["mapping"]["w_avg"]}
-  e_args = (x, key, buffers, model.g_vars, term_params, lr)
+  e_args = (x, key, model.g_vars, term_params, lr)
   d_args = (x, x, lr, config.r1_gamma)
   steps = {"e_step": lambda s: e_step(s, *e_args), "d_step": lambda s: d_plain(s, *d_args),
            "d_r1_step": lambda s: d_r1(s, *d_args)}

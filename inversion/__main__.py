@@ -234,10 +234,10 @@ def _edit_with_encoder_or_directions(args: argparse.Namespace, overrides: list[s
                                    images.load_image(path, res, model.channels))
   if args.kind == 'diffuse':
     _need(args, '--context', '--source', '--region')
-    region = load(args.region, mask=True)
-    composite, result = editing.diffuse(model, load(args.context), load(args.source), region,
+    context, source = load(args.context), load(args.source)
+    composite, result = editing.diffuse(model, context, source, load(args.region, mask=True),
                                         overrides=extra + overrides)
-    frames = [load(args.context), load(args.source), composite, result.reconstructions[0]]
+    frames = [context, source, composite, result.reconstructions[0]]
   else:
     _need(args, '--image', '--mask')
     image, known = load(args.image), load(args.mask, mask=True)

@@ -421,19 +421,20 @@ class Inverter:
     if cfg.init != 'encoder' and not (section is not None and section.weight):
       return None
     if encoder is not None:
-      encoder.check(self.model)
+      encoder.check(self.model, generator_id=self.generator_id)
       return encoder
-    return encoders.resolve_encoder(section.path if section is not None else '', self.model)
+    return encoders.resolve_encoder(section.path if section is not None else '', self.model,
+                                    self.generator_id)
 
   def encoder_latents(self, targets: np.ndarray) -> jax.Array:
     """E(targets) in this inversion's space: W+ codes [B, num_ws, w_dim]; in W their mean over
     the layers [B, w_dim]. Z has no encoder start."""
     if self.encoder is None:
       raise ValueError("config.init='encoder' needs an encoder (config.encoder.path / --encoder)")
-    ws = jnp.asarray(self.encoder(targets))
     if self.spec.space == 'z':
       raise ValueError("config.init='encoder' gives W+ codes; Z space has no encoder start: "
                        "invert in W+ (or W) or use config.init='mean'")
+    ws = jnp.asarray(self.encoder(targets))
     return ws.mean(1) if self.spec.space == 'w' else ws
 
   @property

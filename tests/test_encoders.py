@@ -13,7 +13,7 @@ import pytest
 from configs import load_config
 from generators import checkpoint, trainer
 from inversion import __main__ as cli
-from inversion import encoders, engine as eng, jobs, latents
+from inversion import encoders, engine as eng, images, latents
 from inversion.encoders import domain, train as enc_train
 from tests.test_inversion_api import image_dir, model  # noqa: F401  (fixtures)
 
@@ -95,18 +95,17 @@ def test_one_e_step_and_one_d_step_lower_their_losses(model, objective):  # noqa
   e_step, _, d_r1 = enc_train._cached_steps(  # pylint: disable=protected-access
       enc_train._step_config(config).to_json(), model.g_config,  # pylint: disable=protected-access
       model.d_config, feature_terms, batch)
-  e_buffers, g_vars, term_params = jax.device_put(
-      ({'w_avg': model.g_vars['buffers']['mapping']['w_avg']}, model.g_vars, term_params),
-      replicated)
+  g_vars, term_params = jax.device_put((model.g_vars, term_params), replicated)
   z = jax.random.normal(jax.random.PRNGKey(7), (4, model.g_config.z_dim))
-  x = jax.device_put(model.synthesis(model.mapping(z, psi=0.7)), batch)  # 'fakes' draws its own
+  x = jax.device_put(model.synthesis(model.mapping(z, psi=0.7)), batch)
+  e_x = x if objective == 'real' else None  # 'fakes' draws its own images
   key = jax.random.PRNGKey(8)
   # fresh copies: the steps donate the state
   copy = lambda s: jax.device_put(jax.tree_util.tree_map(jnp.array, s), replicated)
   # lr 0: the loss at the initial weights (the update is scaled to nothing)
-  _, metrics0, fake = e_step(copy(state), x, key, e_buffers, g_vars, term_params, 0.0)
-  stepped, _, _ = e_step(copy(state), x, key, e_buffers, g_vars, term_params, 1e-3)
-  _, metrics2, _ = e_step(stepped, x, key, e_buffers, g_vars, term_params, 0.0)
+  _, metrics0, fake = e_step(copy(state), e_x, key, g_vars, term_params, 0.0)
+  stepped, _, _ = e_step(copy(state), e_x, key, g_vars, term_params, 1e-3)
+  _, metrics2, _ = e_step(stepped, e_x, key, g_vars, term_params, 0.0)
   print(objective, float(metrics0['e_loss']), '->', float(metrics2['e_loss']))
   assert float(metrics2['e_loss']) < float(metrics0['e_loss'])
   if objective == 'real':
@@ -212,7 +211,7 @@ def test_encoder_and_idinvert_methods_from_the_cli(model, image_dir, tmp_path,  
   common = ['--images', str(image_dir), '--config.loss.perceptual=none',
             '--config.metrics.lpips=off', '--no-progress', '--encoder', str(path)]
   assert cli.main(['invert', '--method', 'encoder', '--out', str(tmp_path / 'e')] + common) == 0
-  targets, names = jobs.images_lib.load_images(str(image_dir), 32, 3)
+  targets, names = images.load_images(str(image_dir), 32, 3)
   for name, ws in zip(names, enc(targets)):
     rec = latents.load_latents(tmp_path / 'e' / 'latents' / f'{name}.npz', model)
     # E alone: zero steps; the engine's batch of 3 vs the encoder's: convs may sum apart

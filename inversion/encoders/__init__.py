@@ -34,7 +34,7 @@ EMBEDDED_ENCODER_DIR = (pathlib.Path(__file__).resolve().parents[2] / 'generator
                         / 'encoder')
 
 
-def default_encoder(model) -> Encoder:
+def default_encoder(model, generator_id: Optional[str] = None) -> Encoder:
   """The shipped encoder of the embedded model; an EncoderError for any other generator."""
   from inversion.encoders.domain import TRAIN_HINT  # pylint: disable=import-outside-toplevel
   if not (EMBEDDED_ENCODER_DIR / 'encoder.json').is_file():
@@ -43,7 +43,7 @@ def default_encoder(model) -> Encoder:
                             'pass --encoder (config.encoder.path).')
   encoder = load_encoder(EMBEDDED_ENCODER_DIR)
   try:
-    encoder.check(model, 'the embedded encoder')
+    encoder.check(model, 'the embedded encoder', generator_id)
   except EncoderError:
     raise EncoderError('no encoder given (--encoder, config.encoder.path), and the shipped one '
                        'belongs to the embedded model, not to this generator: pass an encoder '
@@ -51,9 +51,11 @@ def default_encoder(model) -> Encoder:
   return encoder
 
 
-def resolve_encoder(path: Optional[str], model) -> Encoder:
-  """The encoder at `path` (checked against `model`), or the default one where path is ''."""
-  return load_encoder(path, model) if path else default_encoder(model)
+def resolve_encoder(path: Optional[str], model, generator_id: Optional[str] = None) -> Encoder:
+  """The encoder at `path` (checked against `model`, whose fingerprint `generator_id` is when
+  known), or the default one where path is ''."""
+  return (load_encoder(path, model, generator_id) if path
+          else default_encoder(model, generator_id))
 
 
 def _domain_distance(config: EncoderConfig, params, ctx) -> jnp.ndarray:

@@ -170,7 +170,8 @@ def init_encoder(config: EncoderConfig, w_avg: jax.Array, key: jax.Array) -> dic
 
 
 @functools.lru_cache(maxsize=8)
-def _apply_fn(config: EncoderConfig):
+def encode_fn(config: EncoderConfig):
+  """`apply` compiled once per architecture: (variables, images) -> ws."""
   return jax.jit(lambda variables, img: DomainEncoder(config).apply(variables, img))
 
 
@@ -192,15 +193,16 @@ class Encoder:
     images = np.asarray(images, np.float32)
     one = images.ndim == 3
     images = images[None] if one else images
-    fn = _apply_fn(self.config)
+    fn = encode_fn(self.config)
     out = np.concatenate([np.asarray(fn(self.variables, jnp.asarray(images[i:i + batch_size])))
                           for i in range(0, len(images), batch_size)])
     return out[0] if one else out
 
-  def check(self, model, what: str = 'the encoder') -> None:
-    """An EncoderError unless this encoder was trained for `model`'s generator."""
+  def check(self, model, what: str = 'the encoder', generator_id: str | None = None) -> None:
+    """An EncoderError unless this encoder was trained for `model`'s generator (whose
+    fingerprint `generator_id` is, when the caller has it already)."""
     from inversion import latents as latents_lib  # pylint: disable=import-outside-toplevel
-    generator_id = latents_lib.generator_fingerprint(model)
+    generator_id = generator_id or latents_lib.generator_fingerprint(model)
     if generator_id != self.generator_id:
       source = self.metadata.get('generator_source', '')
       raise EncoderError(
@@ -231,16 +233,28 @@ def save_encoder(path: str | os.PathLike, encoder: Encoder, overwrite: bool = Fa
   return path
 
 
-def load_encoder(path: str | os.PathLike, model=None) -> Encoder:
-  """Reads a native encoder folder; with `model`, checks that it belongs to that generator."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
+def load_encoder(path: str | os.PathLike, model=None, generator_id: str | None = None
+                 ) -> Encoder:
+  """Reads a native encoder folder (once per version of it: repeated inversions do not read it
+  again); with `model`, checks that it belongs to that generator (see `Encoder.check`)."""
   path = pathlib.Path(path).resolve()
   card = path / 'encoder.json'
   if not path.exists():
     raise FileNotFoundError(f'encoder {path} does not exist; {ENCODER_LAYOUT}.')
   if not card.is_file():
     raise EncoderError(f'{path} is not a native encoder (no encoder.json); {ENCODER_LAYOUT}.')
+  encoder = _read_encoder(path, card.stat().st_mtime_ns)
+  if model is not None:
+    encoder.check(model, f'encoder {path}', generator_id)
+  return encoder
+
+
+@functools.lru_cache(maxsize=4)
+def _read_encoder(path: pathlib.Path, mtime_ns: int) -> Encoder:  # pylint: disable=unused-argument
+  """The encoder folder at `path` as it was at `mtime_ns` (the cache key)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  card = path / 'encoder.json'
   try:
     meta = json.loads(card.read_text())
     config = EncoderConfig(**meta['encoder'])
@@ -259,7 +273,4 @@ def load_encoder(path: str | os.PathLike, model=None) -> Encoder:
   except Exception as e:  # orbax/tensorstore raise many kinds
     raise EncoderError(f'{path}/state: the encoder weights are missing or corrupt ({e}); copy '
                        'the whole folder again or export it anew.') from e
-  encoder = Encoder(config, jax.device_put(variables), generator_id, meta.get('metadata', {}))
-  if model is not None:
-    encoder.check(model, f'encoder {path}')
-  return encoder
+  return Encoder(config, jax.device_put(variables), generator_id, meta.get('metadata', {}))

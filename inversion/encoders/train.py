@@ -75,6 +75,11 @@ def encoder_config(config: ml_collections.ConfigDict, g_config) -> domain.Encode
                                             channel_max=e.channel_max, norm_groups=e.norm_groups)
 
 
+def encoder_variables(e_params, g_vars) -> dict:
+  """E's variables: its params and the generator's `w_avg` (the start of its head)."""
+  return {'params': e_params, 'buffers': {'w_avg': g_vars['buffers']['mapping']['w_avg']}}
+
+
 def trains_d(config) -> bool:
   return config.objective == 'real' and config.adv_weight > 0
 
@@ -108,7 +113,7 @@ def _check_model(config, model) -> None:
       raise ValueError('the idinvert objective trains D beside E, starting from the model\'s D, '
                        'which this checkpoint does not hold: pass a file with D (an NVlabs '
                        "pickle, a rosinality .pt with 'd'), or train without the adversarial "
-                       'term (--config.adv_weight=0) or on fakes (--config objective fakes).')
+                       'term (--config.adv_weight=0) or on fakes (idinvert:train_fakes).')
     if model.d_config.c_dim:
       raise ValueError('this D is conditional, and real images come without classes: train with '
                        '--config.adv_weight=0 (no D), or on fakes (idinvert:train_fakes).')
@@ -151,8 +156,8 @@ def make_steps(config, g_config, d_config, feature_terms, batch_sharding):
     updates, opt_state = opt.update(grads, opt_state, params)
     return jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates), opt_state
 
-  def e_loss_real(e_params, e_buffers, g_vars, term_params, d_params, x):
-    ws = enc.apply({'params': e_params, 'buffers': e_buffers}, x)
+  def e_loss_real(e_params, g_vars, term_params, d_params, x):
+    ws = enc.apply(encoder_variables(e_params, g_vars), x)
     rec = networks.synthesis(g_config, g_vars, ws, 'const')
     mse = jnp.mean(jnp.square(rec[..., :pixel_channels] - x[..., :pixel_channels]))
     feat, parts = eng.image_terms_loss(feature_terms, term_params, rec, x, None,
@@ -165,7 +170,7 @@ def make_steps(config, g_config, d_config, feature_terms, batch_sharding):
       metrics['e_adv'] = adv
     return loss, ({'e_loss': loss, **metrics}, rec)
 
-  def e_loss_fakes(e_params, e_buffers, g_vars, key, batch):
+  def e_loss_fakes(e_params, g_vars, key, batch):
     z_key, c_key = jax.random.split(key)
     z = shard(jax.random.normal(z_key, (batch, g_config.z_dim)))
     c = None
@@ -173,18 +178,18 @@ def make_steps(config, g_config, d_config, feature_terms, batch_sharding):
       c = jax.nn.one_hot(jax.random.randint(c_key, (batch,), 0, g_config.c_dim), g_config.c_dim)
     ws = networks.mapping(g_config, g_vars, z, c, psi=config.fakes_truncation)
     x = jax.lax.stop_gradient(networks.synthesis(g_config, g_vars, ws, 'const'))
-    pred = enc.apply({'params': e_params, 'buffers': e_buffers}, x)
+    pred = enc.apply(encoder_variables(e_params, g_vars), x)
     loss = jnp.mean(jnp.square(pred - ws))
     return loss, ({'e_loss': loss}, x)
 
-  def e_step(state, x, key, e_buffers, g_vars, term_params, lr):
+  def e_step(state, x, key, g_vars, term_params, lr):
+    """One E step on reals `x` (objective 'fakes': None, it draws its own images)."""
     if config.objective == 'real':
       grad_fn = jax.grad(e_loss_real, has_aux=True)
-      grads, (metrics, rec) = grad_fn(state.e_params, e_buffers, g_vars, term_params,
-                                      state.d_params, x)
+      grads, (metrics, rec) = grad_fn(state.e_params, g_vars, term_params, state.d_params, x)
     else:
       grads, (metrics, rec) = jax.grad(e_loss_fakes, has_aux=True)(
-          state.e_params, e_buffers, g_vars, key, x.shape[0])
+          state.e_params, g_vars, key, config.batch_size)
     e_params, e_opt = apply_update(state.e_params, state.e_opt, grads, lr)
     state = state._replace(e_params=e_params, e_opt=e_opt, step=state.step + 1)
     return state, metrics, jax.lax.stop_gradient(rec)
@@ -300,7 +305,6 @@ def train_encoder(config: ml_collections.ConfigDict, model: checkpoint.Model,
       config, model)
   e_step, d_plain, d_r1 = _cached_steps(_step_config(config).to_json(), model.g_config,
                                         model.d_config, feature_terms, batch_sharding)
-  e_buffers = {'w_avg': jnp.asarray(model.g_vars['buffers']['mapping']['w_avg'], jnp.float32)}
   enc_cfg = encoder_config(config, model.g_config)
 
   manager = trainer.checkpoint_manager(workdir, config)
@@ -308,8 +312,7 @@ def train_encoder(config: ml_collections.ConfigDict, model: checkpoint.Model,
   if manager.latest_step() is not None:
     state = trainer.restore(manager, state)
     log.info('Resumed %s at step %d.', workdir, manager.latest_step())
-  state, g_vars, term_params, e_buffers = jax.device_put(
-      (state, model.g_vars, term_params, e_buffers), replicated)
+  state, g_vars, term_params = jax.device_put((state, model.g_vars, term_params), replicated)
   total_steps = int(round(config.total_kimg * 1000 / config.batch_size))
   start = int(state.step)
   records = trainer.Records(workdir, start)
@@ -319,10 +322,11 @@ def train_encoder(config: ml_collections.ConfigDict, model: checkpoint.Model,
   last_r1 = float('nan')
   for step in range(start, total_steps):
     rng = np.random.default_rng([config.seed, step])
-    x = jax.device_put(images.batch(rng), batch_sharding)
+    x = (jax.device_put(images.batch(rng), batch_sharding) if config.objective == 'real'
+         else None)  # 'fakes' draws its own images
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     lr = lr_at(config, step, total_steps)
-    state, metrics, fake = e_step(state, x, key, e_buffers, g_vars, term_params, lr)
+    state, metrics, fake = e_step(state, x, key, g_vars, term_params, lr)
     if trains_d(config):
       with_r1 = step % config.r1_interval == 0
       state, d_metrics = (d_r1 if with_r1 else d_plain)(state, x, fake, lr, config.r1_gamma)
@@ -340,7 +344,7 @@ def train_encoder(config: ml_collections.ConfigDict, model: checkpoint.Model,
       records.write(record, may_be_nan=('r1',))
       bar.set_postfix(e=f"{record['e_loss']:.4f}")
     if trainer.due(done, config.sample_every, total_steps):
-      _sample_grid(enc_cfg, state, e_buffers, model, images.samples,
+      _sample_grid(enc_cfg, state, model, images.samples,
                    workdir / 'samples' / f'step{done:06d}.png')
     if trainer.due(done, config.checkpoint_every, total_steps):
       trainer.save(manager, done, state)
@@ -348,10 +352,10 @@ def train_encoder(config: ml_collections.ConfigDict, model: checkpoint.Model,
   return state
 
 
-def _sample_grid(enc_cfg, state, e_buffers, model, samples, path) -> None:
+def _sample_grid(enc_cfg, state, model, samples, path) -> None:
   """Two rows: the sample inputs, and G(E(x))."""
-  ws = domain.apply(enc_cfg, {'params': state.e_params, 'buffers': e_buffers},
-                    jnp.asarray(samples))
+  ws = domain.encode_fn(enc_cfg)(encoder_variables(state.e_params, model.g_vars),
+                                jnp.asarray(samples))
   rec = np.asarray(model.synthesis(ws))
   trainer.grid_png(np.concatenate([samples, rec]), path, columns=len(samples))
 
@@ -371,13 +375,12 @@ def export_encoder(workdir: str | pathlib.Path, out: str | pathlib.Path, model,
   step = max(kept) if step is None else int(step)
   trainer.require_kept(workdir, kept, [step])
   state = trainer.restore(manager, init_state(config, model), step)
-  w_avg = jnp.asarray(model.g_vars['buffers']['mapping']['w_avg'], jnp.float32)
   records = trainer.read_records(workdir)
   meta = {'training_steps': step, 'kimg': step * config.batch_size / 1000,
           'train_config': json.loads(config.to_json()),
           'generator_source': model.metadata.get('source', ''),
           'last_record': next((r for r in reversed(records) if r['step'] <= step), None)}
   encoder = domain.Encoder(encoder_config(config, model.g_config),
-                           {'params': state.e_params, 'buffers': {'w_avg': w_avg}},
+                           encoder_variables(state.e_params, model.g_vars),
                            generator_id, meta)
   return domain.save_encoder(out, encoder, overwrite=True)
