@@ -388,9 +388,14 @@ class Inverter:
     latent_terms: extra {name: engine.LatentTerm} (e.g. an encoder regulariser).
     term_params: parameters for terms, {params_key: params} (also skips weight-file lookup for
       'vgg' / 'lpips').
+    encoder: the encoder of config.init 'encoder' / config.encoder.weight.
+    image_terms: {name: engine.ImageTerm} instead of the ones config.loss describes (e.g.
+      `inversion.defects`' terms, each with its channels and mask); term_params holds their
+      parameters.
   """
 
-  def __init__(self, generator, config, *, latent_terms=None, term_params=None, encoder=None):
+  def __init__(self, generator, config, *, latent_terms=None, term_params=None, encoder=None,
+               image_terms: Optional[Mapping[str, eng.ImageTerm]] = None):
     self.model = generator
     self.config = as_config(config)
     cfg = self.config
@@ -401,11 +406,14 @@ class Inverter:
     self.generator_id = latents_lib.generator_fingerprint(generator)
     self.encoder = self._encoder(encoder)
     latent_terms, term_params = dict(latent_terms or {}), dict(term_params or {})
-    if self.encoder is not None and cfg.encoder.weight:  # in-domain inversion (idinvert)
+    if self.encoder is not None and cfg.get('encoder') and cfg.encoder.weight:  # idinvert
       latent_terms['domain'] = eng.LatentTerm(encoders.domain_term(self.encoder.config),
                                               float(cfg.encoder.weight), 'encoder')
       term_params['encoder'] = self.encoder.variables
-    image_terms, self.term_params = build_image_terms(cfg, generator, term_params)
+    if image_terms is None:
+      image_terms, self.term_params = build_image_terms(cfg, generator, term_params)
+    else:
+      self.term_params = term_params
     self.spec = spec_from_config(cfg, generator.g_config, image_terms, latent_terms,
                                  generator.class_index(cfg.get('label', '')))
     self.engine = eng.make_engine(self.spec)
@@ -585,7 +593,7 @@ class Inverter:
   def metrics(self, recon: np.ndarray, targets: np.ndarray,
               masks: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
     """MSE, PSNR (dB, range 2), SSIM on the loss channels; LPIPS where its weights exist;
-    masked_mse / masked_psnr inside the mask when a mask is given."""
+    masked_mse / masked_psnr inside the mask when one mask [B, H, W, 1] is given."""
     k = self.spec.loss_channels
     x, y = jnp.asarray(recon[..., :k]), jnp.asarray(targets[..., :k])
     out = {'mse': np.asarray(metrics_lib.mse(x, y)), 'psnr': np.asarray(metrics_lib.psnr(x, y))}
@@ -594,7 +602,7 @@ class Inverter:
     lp = self._lpips_params()
     if lp is not None:
       out['lpips'] = np.asarray(metrics_lib.lpips(lp, x, y, resize=256))
-    if masks is not None:
+    if masks is not None and masks.shape[-1] == 1:
       m = masks.astype(np.float32)
       se = np.square(recon[..., :k] - targets[..., :k]) * m
       mmse = se.sum(axis=(1, 2, 3)) / (k * m.sum(axis=(1, 2, 3)))

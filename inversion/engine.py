@@ -44,9 +44,10 @@ RGB + defect-mask generator: the mask channel is free). Terms flagged `all_chann
 need the full input, e.g. the discriminator) get all C channels, with the channels outside the
 loss copied from the target into the generated image, so they add no difference and no gradient.
 
-Masks ([H, W, 1] per image, 1 = pixel counts, 0 = ignored): passed to every image term, which
-ignores masked-out pixels exactly (see `inversion.perceptual`); pixels outside the mask have no
-influence on the result.
+Masks ([H, W, M] per image, 1 = pixel counts, 0 = ignored): each image term reads one channel
+(`ImageTerm.mask_channel`, default 0; M = 1 is the usual one mask for every term) and ignores
+masked-out pixels exactly (see `inversion.perceptual`); pixels outside the mask have no influence
+on that term. A term can also read its own channel range (`ImageTerm.channels`).
 
 The NVlabs projector pieces (stylegan2-ada-pytorch `projector.py`): the cosine ramp-down / linear
 ramp-up learning-rate schedule (`projector_schedule`), Gaussian noise added to w with std
@@ -314,11 +315,17 @@ def make_optimizer(spec: OptimizerSpec, num_steps: int) -> optax.GradientTransfo
 
 
 class ImageTerm(NamedTuple):
-  """One weighted image term. fn has the `inversion.perceptual` signature."""
+  """One weighted image term. fn has the `inversion.perceptual` signature.
+
+  Each term reads its own channels and its own mask, so one objective can fit different
+  channels in different regions (defect synthesis, `inversion.defects`: the mask channel
+  everywhere, RGB outside the defect, RGB inside it)."""
   fn: Callable[..., Array]      # (params, x [1, H, W, C'], y, mask [1, H, W, 1] | None) -> [1]
   weight: float                 # multiplier in the total
   params_key: Optional[str] = None  # key of its parameters in `Data.term_params`; None = none
-  all_channels: bool = False    # True: fn sees all C channels (outside the loss: the target's)
+  all_channels: bool = False    # True: fn sees all C channels (outside `channels`: the target's)
+  channels: Optional[tuple[int, int]] = None  # [start, stop) compared; None = [0, loss_channels)
+  mask_channel: Optional[int] = 0  # channel of the masks [.., M] it is weighted by; None = none
 
 
 class LatentContext(NamedTuple):
@@ -344,18 +351,24 @@ def image_terms_loss(image_terms: Sequence[tuple[str, ImageTerm]], term_params: 
                      loss_channels: Optional[int]) -> tuple[Array, dict[str, Array]]:
   """The weighted reconstruction terms of a batch: (total [B], {name: [B]}).
 
-  Terms see channels [:loss_channels] (None: all); `all_channels` terms see every channel, the
-  generated image's channels past loss_channels replaced by the target's (no difference, no
-  gradient there)."""
-  k = loss_channels or image.shape[-1]
-  x_loss, y_loss = image[..., :k], target[..., :k]
-  x_full = image if k == image.shape[-1] else jnp.concatenate([x_loss, target[..., k:]], -1)
+  A term sees channels `term.channels` (None: [:loss_channels], None = all) weighted by
+  channel `term.mask_channel` of `mask` [B, H, W, M] (None: every pixel counts);
+  `all_channels` terms see every channel, the generated image's channels outside the term's
+  replaced by the target's (no difference, no gradient there)."""
   parts = {}
   total = jnp.zeros(image.shape[:1], jnp.float32)
   for name, t in image_terms:
+    lo, hi = t.channels or (0, loss_channels or image.shape[-1])
+    if t.all_channels:
+      xi = jnp.concatenate([target[..., :lo], image[..., lo:hi], target[..., hi:]], -1)
+      yi = target
+    else:
+      xi, yi = image[..., lo:hi], target[..., lo:hi]
+    m = None
+    if mask is not None and t.mask_channel is not None:
+      m = mask[..., t.mask_channel:t.mask_channel + 1]
     p = None if t.params_key is None else term_params[t.params_key]
-    xi, yi = (x_full, target) if t.all_channels else (x_loss, y_loss)
-    parts[name] = t.fn(p, xi, yi, mask)
+    parts[name] = t.fn(p, xi, yi, m)
     total = total + t.weight * parts[name]
   return total, parts
 
@@ -386,7 +399,8 @@ class Data(NamedTuple):
   g_vars: PyTree                # generator variables (replicated)
   term_params: dict             # {params_key: params} of the loss networks (replicated)
   targets: Array                # [B, H, W, C] in [-1, 1]
-  masks: Optional[Array]        # [B, H, W, 1] in [0, 1] or None (all pixels count)
+  masks: Optional[Array]        # [B, H, W, M] in [0, 1] or None (all pixels count); image
+                                # terms read channel `ImageTerm.mask_channel` (M = 1: the mask)
   w_std: Array                  # [] for the projector's latent perturbation
 
 

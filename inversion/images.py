@@ -391,6 +391,12 @@ def load_weight_mask(path: str | os.PathLike, resolution: int) -> np.ndarray:
   return (grey + 1.0) / 2.0
 
 
+def read_grey(path: str | os.PathLike) -> np.ndarray:
+  """A mask-like file's values as float32 [H, W] in [0, 1] (black 0, white 1; colour files by
+  BT.601 luma), at the file's own size. ImageError if it cannot be read."""
+  return (_to_grey(_to_model(*_read(os.fspath(path))))[..., 0] + 1.0) / 2.0
+
+
 def check_images(paths: Sequence[str]) -> dict[str, str]:
   """Decodes every file; returns {path: what is wrong} for those that cannot be read (missing,
   empty, corrupt, unsupported: the ``ImageError`` message), {} when all can."""
