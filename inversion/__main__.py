@@ -14,6 +14,8 @@
     python -m inversion train-encoder --config idinvert --checkpoint G --data DIR_OR_embedded \
         --workdir runs/enc                      # resumable; then:
     python -m inversion export-encoder --workdir runs/enc --out ENCODER_DIR
+    python -m inversion defects --images NORMALS --masks MASKS|--random-masks 8 --out out/syn \
+        [--space z|w|wplus] [--defect stitch|distill|none] [--defect-source MVTEC_CATEGORY_DIR]
 
 Without --checkpoint the embedded default model is used. Methods: z, w, wplus, wplus_noise
 (configs/image2stylegan.py), projector (configs/projector.py), idinvert (in-domain inversion)
@@ -120,6 +122,29 @@ def _parser() -> argparse.ArgumentParser:
   dr.add_argument('--num-samples', type=int, default=10_000, help='sampled codes')
   dr.add_argument('--seed', type=int, default=0)
 
+  df = sub.add_parser('defects', help='put defects where masks say on normal images (RGB + mask '
+                      'generators), written as an MVTec AD folder; resumable')
+  df.add_argument('--checkpoint', default=None, help='RGB + mask generator (default: embedded)')
+  df.add_argument('--images', nargs='+', required=True, help='normal images: a folder or files')
+  df.add_argument('--masks', nargs='+', default=None,
+                  help='target masks (white = defect) for every image: a folder or PNG files, or '
+                  'an MVTec AD category folder (its ground_truth/ masks)')
+  df.add_argument('--random-masks', type=int, default=0, metavar='N',
+                  help='instead of --masks: N procedural masks per image (generators/defects.py)')
+  df.add_argument('--out', required=True, help='output folder (an MVTec AD category folder)')
+  df.add_argument('--space', choices=['z', 'w', 'wplus'], default='wplus')
+  df.add_argument('--defect', choices=['stitch', 'distill', 'none'], default='stitch',
+                  help='what the inside of the mask is fitted to (configs/defect_synthesis.py)')
+  df.add_argument('--defect-source', default=None, metavar='DIR',
+                  help='stitch: an MVTec AD category folder of real defects (default: the '
+                  "embedded data's procedural defects; --random-masks paste their own)")
+  df.add_argument('--steps', type=int, default=None)
+  df.add_argument('--seed', type=int, default=None)
+  df.add_argument('--batch-size', type=int, default=8)
+  df.add_argument('--encoder', default=None, metavar='DIR',
+                  help='domain-guided encoder of the start codes (default: the embedded one)')
+  df.add_argument('--no-progress', action='store_true')
+
   dm = sub.add_parser('demo', help='invert examples/*.png with Z, W, W+ on the embedded model')
   dm.add_argument('--out', default='out/demo')
   dm.add_argument('--steps', type=int, default=None)
@@ -172,6 +197,9 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     print(f'{len(res.inverted)} inverted, {len(res.skipped)} already done, '
           f'{len(res.failed)} failed{unreadable}; outputs in {res.out_dir}')
     return 1 if res.failed else 0
+
+  if args.command == 'defects':
+    return _defects_command(args, overrides, checkpoint.load(args.checkpoint))
 
   if args.command == 'directions':
     from inversion import directions  # pylint: disable=import-outside-toplevel
@@ -269,6 +297,27 @@ def _encoder_command(args: argparse.Namespace, overrides: list[str]) -> int:
                                   progress=not args.no_progress)
   print(f'trained to step {int(state.step)} in {args.workdir}; export it with `python -m '
         f'inversion export-encoder --workdir {args.workdir} --out DIR`')
+  return 0
+
+
+
+def _defects_command(args: argparse.Namespace, overrides: list[str], model) -> int:
+  from inversion import api, defects, encoders, report  # pylint: disable=import-outside-toplevel
+  extra = [f'--config.{k}={v}' for k, v in (('steps', args.steps), ('seed', args.seed),
+                                              ('defect.source', args.defect_source))
+           if v is not None]
+  config = api.as_config(f'defect_synthesis:{args.space},{args.defect}', extra + overrides)
+  encoder = None if args.encoder is None else encoders.resolve_encoder(args.encoder, model)
+  masks = args.masks[0] if args.masks and len(args.masks) == 1 else args.masks
+  res = defects.synthesize_folder(
+      args.images[0] if len(args.images) == 1 else args.images, model, config, args.out,
+      masks=masks, random_masks_per_image=args.random_masks, batch_size=args.batch_size,
+      encoder=encoder, progress=not args.no_progress)
+  print(report.format_table(res.rows, ['name', 'normal', 'mask', 'iou', 'psnr_outside',
+                                       'status']))
+  print(f'{len(res.done)} synthesised, {len(res.skipped)} already done; MVTec AD layout in '
+        f'{res.out_dir} (test/{config.defect.category}/, ground_truth/{config.defect.category}/'
+        '), grid.png, metrics.csv')
   return 0
 
 

@@ -487,4 +487,199 @@ def finish(inv: api.Inverter, state, curves, data, normals, masks, names) -> Def
   metrics = {'iou': iou(generated, masks),
              'psnr_outside': outside_psnr(out, normals, masks, int(config.region.dilation)),
              'defect_pixels': masks.sum((1, 2)), 'generated_pixels': generated.sum((1, 2))}
+  result.metrics.update(metrics)  # so that latents files carry them
   return DefectResult(result, normals, masks, result.targets, out, metrics)
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs.
+
+
+DIFF_GAIN = 2.0             # |result - normal| is drawn at this gain in the grid
+
+
+def grid(normals: np.ndarray, target_masks: np.ndarray, images: np.ndarray,
+         rows: Optional[int] = None) -> np.ndarray:
+  """uint8 picture, one row per pair: normal | target mask | result | generated mask |
+  |result - normal| (RGB, mean over channels, x DIFF_GAIN)."""
+  n = len(images) if rows is None else min(rows, len(images))
+  grey = lambda m: np.repeat(np.where(m, 1.0, -1.0)[..., None], 3, -1).astype(np.float32)
+  diff = np.abs(images[:n, ..., :3] - normals[:n, ..., :3]).mean(-1)
+  diff = np.repeat(np.clip(DIFF_GAIN * diff - 1, -1, 1)[..., None], 3, -1)
+  cells = [normals[:n, ..., :3], grey(target_masks[:n]), images[:n, ..., :3],
+           grey(images[:n, ..., MASK_CHANNEL] > 0), diff]
+  return images_lib.image_grid(np.stack(cells, 1).reshape(-1, *cells[0].shape[1:]), rows=n)
+
+
+def export(result: DefectResult, out_dir: str | os.PathLike, names: Sequence[str],
+           category: str = 'synthetic') -> list[pathlib.Path]:
+  """Writes the results in MVTec AD layout under out_dir (a category folder, readable with
+  `generators.mvtec.iter_mvtec(parent, name, 'test')`): test/<category>/<name>.png (RGB) and
+  ground_truth/<category>/<name>_mask.png (the generated mask, 0 / 255). Returns the images."""
+  out = pathlib.Path(out_dir)
+  written = []
+  for i, name in enumerate(names):
+    path = out / 'test' / category / f'{name}.png'
+    images_lib.save_image(str(path), result.images[i, ..., :MASK_CHANNEL])
+    images_lib.save_image(str(out / 'ground_truth' / category / f'{name}_mask.png'),
+                          np.where(result.generated_masks[i], 255, 0).astype(np.uint8))
+    written.append(path)
+  return written
+
+
+# ----------------------------------------------------------------------------------------------
+# The folder job (python -m inversion defects).
+
+
+@dataclasses.dataclass
+class Pairs:
+  """Every (normal image, target mask) pair of a job, in order: pair k is named names[k]."""
+  names: list[str]
+  normal: list[int]              # index into the job's images
+  mask_names: list[str]
+  masks: np.ndarray              # bool [P, R, R]
+  painted: Optional[np.ndarray]  # [P, R, R, 3]: random masks' own painted defects, or None
+
+
+def job_pairs(normals: np.ndarray, model, *, masks=None, random_masks_per_image: int = 0,
+              seed: int = 0) -> Pairs:
+  """The pairs of a job: every mask of `masks` (a folder or files of PNGs, an MVTec AD category
+  folder, or bool [M, R, R]) on every normal image, or `random_masks_per_image` procedural
+  masks per image (image i's drawn from seed + i, so a rerun draws the same)."""
+  if (masks is None) == (not random_masks_per_image):
+    raise DefectError('give the target masks (--masks DIR) or a number of random masks per '
+                      'image (--random-masks N), one of the two')
+  res = model.resolution
+  if random_masks_per_image:
+    drawn = [random_masks(x, random_masks_per_image, seed + i) for i, x in enumerate(normals)]
+    all_masks = np.concatenate([m for m, _ in drawn])
+    painted = np.concatenate([p for _, p in drawn])
+    normal = list(np.repeat(np.arange(len(normals)), random_masks_per_image))
+    mask_names = [f'random_{i}_{j}' for i in range(len(normals))
+                  for j in range(random_masks_per_image)]
+  else:
+    if isinstance(masks, (str, os.PathLike, list, tuple)):
+      given, given_names = load_masks(masks, res)
+    else:
+      given = check_masks(masks, res)
+      given_names = [f'mask_{j}' for j in range(len(given))]
+    all_masks = np.tile(given, (len(normals), 1, 1))
+    painted = None
+    normal = list(np.repeat(np.arange(len(normals)), len(given)))
+    mask_names = given_names * len(normals)
+  width = max(3, len(str(len(all_masks) - 1)))
+  return Pairs([f'{k:0{width}d}' for k in range(len(all_masks))], [int(i) for i in normal],
+               mask_names, all_masks, painted)
+
+
+@dataclasses.dataclass
+class JobResult:
+  """What `synthesize_folder` did."""
+  out_dir: pathlib.Path
+  names: list[str]               # every pair
+  done: list[str]                # synthesised in this call
+  skipped: list[str]             # finished before this call
+  rows: list[dict]               # metrics.csv rows
+
+
+def synthesize_folder(images, model, config, out_dir, *, masks=None, random_masks_per_image=0,
+                      batch_size: int = 8, encoder=None, progress: bool = True,
+                      checkpoint_every: Optional[int] = None, devices=None) -> JobResult:
+  """`python -m inversion defects`: every pair of `job_pairs` through `synthesize`'s engine
+  run, in batches, resumable like `inversion.jobs.invert_folder` (finished pairs are skipped,
+  the running batch is checkpointed in _work/state.npz every checkpoint_every chunks).
+
+  Writes, under out_dir (an MVTec AD category folder): test/<category>/<pair>.png and
+  ground_truth/<category>/<pair>_mask.png (`export`), latents/<pair>.npz, pairs.csv (pair,
+  normal image, mask), metrics.csv/json (IoU, PSNR outside, ... per pair) and grid.png
+  (`grid`)."""
+  from inversion import jobs  # pylint: disable=import-outside-toplevel
+  from inversion import latents as latents_lib  # pylint: disable=import-outside-toplevel
+  from inversion import report  # pylint: disable=import-outside-toplevel
+  config = api.as_config(config)
+  out = report.prepare_out_dir(out_dir)
+  _check_model(model)
+  res = model.resolution
+  paths = images_lib.list_images(images)
+  bad = images_lib.check_images(paths)
+  if bad:
+    raise images_lib.ImageError('cannot read normal image(s):\n' + '\n'.join(bad.values()))
+  image_names = images_lib._unique_names(paths)  # pylint: disable=protected-access
+  normals = np.stack([images_lib.load_image(p, res, MASK_CHANNEL + 1) for p in paths])
+  pairs = job_pairs(normals, model, masks=masks, random_masks_per_image=random_masks_per_image,
+                    seed=int(config.seed))
+  with open(out / 'pairs.csv', 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(['pair', 'normal', 'mask'])
+    w.writerows(zip(pairs.names, [image_names[i] for i in pairs.normal], pairs.mask_names))
+  inv = make_inverter(config, model, encoder)
+  lat_dir, work = out / 'latents', out / '_work' / 'state.npz'
+  skipped = [n for n in pairs.names if (lat_dir / f'{n}.npz').exists()]
+  for n in skipped:
+    latents_lib.load_latents(lat_dir / f'{n}.npz', inv.generator_id)
+  todo = [k for k, n in enumerate(pairs.names) if n not in set(skipped)]
+  batch_size = max(1, min(batch_size, len(pairs.names)))
+  meta_base = {'generator_id': inv.generator_id, 'config': inv.config.to_json(),
+               'batch_size': batch_size, 'init': None}
+  batches, resume = jobs.plan_batches(todo, pairs.names, work, meta_base, batch_size)
+  bank = None
+  if batches and config.defect.mode != 'none' and (pairs.painted is None
+                                                   or config.defect.mode == 'distill'
+                                                   or config.defect.source):
+    bank = default_bank(inv.config, model)
+  base_key = jax.random.PRNGKey(int(config.seed))
+  done = []
+  for bi, idx in enumerate(batches):
+    padded = idx + [idx[-1]] * (batch_size - len(idx))
+    x = normals[[pairs.normal[k] for k in padded]]
+    m = pairs.masks[padded]
+    sources = bank if bank is not None or pairs.painted is None else pairs.painted[padded]
+    targets = make_targets(inv.config, model, x, m, sources)
+    keys = api.image_keys(base_key, batch_size, padded)
+    state, data = inv.start(targets, regions(m, int(config.region.dilation),
+                                             int(config.region.feather)), keys)
+    names = [pairs.names[k] for k in padded]
+    state, curves, data = jobs.run_batch(
+        inv, state, data, work, {**meta_base, 'names': [pairs.names[k] for k in idx]},
+        resume if bi == 0 else None, int(checkpoint_every or config.checkpoint_every),
+        devices=devices, progress=progress, names=names,
+        desc=f'defects batch {bi + 1}/{len(batches)}')
+    result = finish(inv, state, curves, data, x, m, names)
+    export(result, out, names[:len(idx)], config.defect.category)
+    for i, name in enumerate(names[:len(idx)]):
+      latents_lib.save_latents(lat_dir / f'{name}.npz', result.inversion, i, model)
+    done += names[:len(idx)]
+    if work.exists():
+      work.unlink()
+  rows = _summarise_job(out, pairs, image_names, normals, config, inv)
+  return JobResult(out, pairs.names, done, skipped, rows)
+
+
+def _summarise_job(out: pathlib.Path, pairs: Pairs, image_names, normals, config, inv
+                   ) -> list[dict]:
+  """metrics.csv/json and grid.png over every finished pair."""
+  from inversion import latents as latents_lib  # pylint: disable=import-outside-toplevel
+  from inversion import report  # pylint: disable=import-outside-toplevel
+  rows, shown = [], []
+  for k, name in enumerate(pairs.names):
+    f = out / 'latents' / f'{name}.npz'
+    if not f.exists():
+      continue
+    rec = latents_lib.load_latents(f)
+    rows.append({'name': name, 'normal': image_names[pairs.normal[k]],
+                 'mask': pairs.mask_names[k], **rec.metrics, 'status': rec.status})
+    if len(shown) < report.MAX_GRID_ROWS:
+      shown.append(k)
+  if not rows:
+    return rows
+  report.write_metrics(out, rows, {'generator_id': inv.generator_id, 'space': inv.spec.space,
+                                   'steps': inv.spec.num_steps, 'config': inv.config.to_dict()})
+  res, cat = normals.shape[1], config.defect.category
+  images = []
+  for k in shown:
+    rgb = images_lib.load_image(str(out / 'test' / cat / f'{pairs.names[k]}.png'), res, 3)
+    mask = images_lib.read_grey(out / 'ground_truth' / cat / f'{pairs.names[k]}_mask.png')
+    images.append(np.concatenate([rgb, np.where(mask > 0.5, 1.0, -1.0)[..., None]], -1))
+  images_lib.save_image(str(out / 'grid.png'), grid(
+      normals[[pairs.normal[k] for k in shown]], pairs.masks[shown], np.stack(images)))
+  return rows

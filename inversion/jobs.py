@@ -162,24 +162,7 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
   meta_base = {'generator_id': inv.generator_id, 'config': inv.config.to_json(),
                'batch_size': batch_size,
                'init': None if init is None else str(pathlib.Path(init).resolve())}
-  resume = _load_checkpoint(work) if work.exists() else None
-  batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
-  if resume is not None:
-    meta = resume[0]
-    if any(meta.get(k) != v for k, v in meta_base.items()):
-      raise ValueError(f'{work} is the checkpoint of a job with another generator, config, '
-                       f'batch size or --init. Rerun with the same settings to resume it, or '
-                       f'delete {work} to start this batch afresh.')
-    # The batch's images by name (the folder may have changed); some may be saved already if
-    # the job was killed while writing the batch's outputs.
-    saved_names = meta['names']
-    if not set(saved_names) <= set(names):
-      log.warning('ignoring %s: its images are no longer all in this job', work)
-      resume = None
-    else:
-      first = [names.index(n) for n in saved_names]
-      rest = [i for i in todo if i not in first]
-      batches = [first] + [rest[s:s + batch_size] for s in range(0, len(rest), batch_size)]
+  batches, resume = plan_batches(todo, names, work, meta_base, batch_size)
   starts = None if init is None else _init_records(init, names, todo)  # all checked up front
   inverted, failed = [], {}
   for bi, idx in enumerate(batches):
@@ -198,25 +181,10 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     resumed = bi == 0 and resume is not None  # its start latents come from the checkpoint
     state, data = inv.start(targets, masks, keys, init=None if starts is None or resumed else
                             [starts[names[i]] for i in padded])
-    start_chunk, curves = 0, None
-    if resumed:
-      meta, arrays, curves = resume
-      state = _unflatten(state, arrays, str(work))
-      start_chunk = meta['next_chunk']
-      log.info('resuming %d images from %s at chunk %d', len(idx), work, start_chunk)
-    state, data = eng.shard(state, data, eng.batch_mesh(batch_size, devices))
-    meta = {**meta_base, 'names': [names[i] for i in idx]}
-
-    def on_chunk(info, meta=meta):  # the last chunk too: a kill while saving loses nothing
-      if (info.chunk + 1) % every == 0 or info.chunk + 1 == info.num_chunks:
-        _save_checkpoint(work, info, meta)
-      if callback is not None:
-        callback(info)
-
-    state, curves = eng.run(inv.engine, state, data, start_chunk=start_chunk, curves=curves,
-                            progress=progress, on_chunk=on_chunk,
-                            names=[names[i] for i in padded],
-                            desc=f'batch {bi + 1}/{len(batches)}')
+    state, curves, data = run_batch(
+        inv, state, data, work, {**meta_base, 'names': [names[i] for i in idx]},
+        resume if resumed else None, every, devices=devices, progress=progress,
+        callback=callback, names=[names[i] for i in padded], desc=f'batch {bi + 1}/{len(batches)}')
     result = inv.result(state, curves, data, [names[i] for i in padded])
     n = len(idx)
     result = _take(result, n)
@@ -235,6 +203,57 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
   for name, status in failed.items():
     log.warning('%s: %s', name, status)
   return FolderResult(out, names, inverted, skipped, failed, rows, unreadable)
+
+
+def plan_batches(todo: Sequence[int], names: Sequence[str], work: pathlib.Path, meta_base: dict,
+                 batch_size: int) -> tuple[list[list[int]], Optional[tuple]]:
+  """The batches of a folder job (indices into names) and the checkpoint to resume the first
+  one from (None: start afresh). A checkpoint of other settings is an error; one whose images
+  left the job is ignored, with a log line."""
+  resume = _load_checkpoint(work) if work.exists() else None
+  batches = [list(todo[s:s + batch_size]) for s in range(0, len(todo), batch_size)]
+  if resume is None:
+    return batches, None
+  meta = resume[0]
+  if any(meta.get(k) != v for k, v in meta_base.items()):
+    raise ValueError(f'{work} is the checkpoint of a job with another generator, config, '
+                     f'batch size or --init. Rerun with the same settings to resume it, or '
+                     f'delete {work} to start this batch afresh.')
+  # The batch's images by name (the folder may have changed); some may be saved already if
+  # the job was killed while writing the batch's outputs.
+  saved_names = meta['names']
+  if not set(saved_names) <= set(names):
+    log.warning('ignoring %s: its images are no longer all in this job', work)
+    return batches, None
+  first = [list(names).index(n) for n in saved_names]
+  rest = [i for i in todo if i not in first]
+  return [first] + [rest[s:s + batch_size] for s in range(0, len(rest), batch_size)], resume
+
+
+def run_batch(inv: api.Inverter, state: eng.EngineState, data: eng.Data, work: pathlib.Path,
+              meta: dict, resume: Optional[tuple], every: int, *, devices=None,
+              progress: bool = True, callback: Optional[Callable[[eng.ChunkInfo], None]] = None,
+              names: Sequence[str] = (), desc: str = 'batch'):
+  """Runs one batch of a folder job from its start state (or from `resume`, a checkpoint of
+  the same batch), writing `work` every `every` chunks and after the last; returns
+  (state, curves, data) for `Inverter.result`."""
+  start_chunk, curves = 0, None
+  if resume is not None:
+    saved, arrays, curves = resume
+    state = _unflatten(state, arrays, str(work))
+    start_chunk = saved['next_chunk']
+    log.info('resuming %d images from %s at chunk %d', len(saved['names']), work, start_chunk)
+  state, data = eng.shard(state, data, eng.batch_mesh(state.step.shape[0], devices))
+
+  def on_chunk(info):  # the last chunk too: a kill while saving loses nothing
+    if (info.chunk + 1) % every == 0 or info.chunk + 1 == info.num_chunks:
+      _save_checkpoint(work, info, meta)
+    if callback is not None:
+      callback(info)
+
+  state, curves = eng.run(inv.engine, state, data, start_chunk=start_chunk, curves=curves,
+                          progress=progress, on_chunk=on_chunk, names=list(names), desc=desc)
+  return state, curves, data
 
 
 def _unreadable(paths: Sequence[str], names: Sequence[str], todo: Sequence[int],

@@ -72,8 +72,9 @@ def write_metrics(out_dir: pathlib.Path, rows: list[dict], extra: Mapping[str, A
     for r in rows:
       w.writerow({k: (f'{r[k]:.6g}' if isinstance(r.get(k), float) else r.get(k, ''))
                   for k in keys})
-  numeric = [k for k in keys if k not in ('name', 'status')]
   ok = [r for r in rows if r.get('status', 'ok') == 'ok']
+  numeric = [k for k in keys if k not in ('name', 'status') and all(
+      isinstance(r[k], (int, float, np.number)) for r in ok if k in r)]
   means = {k: float(np.nanmean([r[k] for r in ok if k in r])) if ok else float('nan')
            for k in numeric}
   doc = {'images': rows, 'mean_over_ok_images': means, **extra}
