@@ -19,9 +19,11 @@ Per row:
   s / pair     steady engine time per pair (compile apart).
 
 Usefulness: a small per-pixel defect segmenter (`Segmenter`, 4 conv layers) trained on
-`--real` real defective crops from the training regions, then on those plus the synthetic
-pairs of the 'stitch' row (image + generated mask); pixel AUROC on the held-out real defective
-crops, mean and spread over `--seeds` seeds.
+`--real` real defective crops from the training regions; on those plus the copy-paste
+composites the 'stitch' row fitted (the real defects pasted into the normals, target masks);
+on those plus the synthetic pairs of the 'stitch' row (image + generated mask); on the
+synthetic pairs alone. Pixel AUROC on the held-out real defective crops, mean and spread over
+`--seeds` seeds.
 
 Writes <out>/defects.json, <out>/grid.png (normal | target mask | result | generated mask |
 |difference| per row of the W+ stitch run) and prints the tables.
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import pathlib
 import time
 
@@ -58,6 +59,7 @@ PATCH = 16                  # side of the defect patches compared by SWD
 SWD_KEY = 5
 IOU_GOAL = 0.8
 PSNR_GOAL = 30.0
+QUICK_STEPS = 150
 
 
 def _rows(quick: bool) -> list[tuple[str, str]]:
@@ -170,13 +172,11 @@ def pixel_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
   return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def usefulness(real_train, synthetic, test, seeds: int, recipe: SegmenterRecipe) -> dict:
-  """Pixel AUROC on `test` of segmenters trained on real crops alone and with the synthetic
-  pairs: {'real only': (mean, std, all), 'real + synthetic': ...}."""
+def usefulness(train_sets: dict, test, seeds: int, recipe: SegmenterRecipe) -> dict:
+  """Pixel AUROC on `test` of segmenters trained on each of `train_sets` {label: (RGB, masks)}:
+  {label: {'mean', 'std', 'runs', 'train_images'}}."""
   out = {}
-  for label, (x, y) in {'real only': real_train, 'real + synthetic': (
-      np.concatenate([real_train[0], synthetic[0]]),
-      np.concatenate([real_train[1], synthetic[1]]))}.items():
+  for label, (x, y) in train_sets.items():
     scores = []
     for s in range(seeds):
       predict = train_segmenter(x, y, s, recipe)
@@ -184,6 +184,10 @@ def usefulness(real_train, synthetic, test, seeds: int, recipe: SegmenterRecipe)
     out[label] = {'mean': float(np.mean(scores)), 'std': float(np.std(scores)),
                   'runs': scores, 'train_images': int(len(x))}
   return out
+
+
+def _joined(*sets):
+  return tuple(np.concatenate(parts) for parts in zip(*sets))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,7 +214,7 @@ def run(args) -> dict:
   overrides = [f'steps={args.steps}'] if args.steps else []
   runs, results = [], {}
   for label, variant in _rows(args.quick):
-    config = f'defect_synthesis:{variant}' + (',quick' if args.quick and not args.steps else '')
+    config = f'defect_synthesis:{variant}'
     start = time.perf_counter()
     result = defects.synthesize(pairs, masks, model, config, progress=False,
                                 overrides=overrides)
@@ -238,12 +242,17 @@ def run(args) -> dict:
   train_crops = data_lib.crop_bank(args.real, size=model.resolution, seed=TRAIN_REAL_SEED)
   real_train = _painted(train_crops, TRAIN_REAL_SEED)
   recipe = SegmenterRecipe(steps=args.segmenter_steps)
-  useful = usefulness(real_train, (stitch.images[..., :3], stitch.generated_masks),
-                      (real_rgb, real_masks), args.seeds, recipe)
+  synthetic = (stitch.images[..., :3], stitch.generated_masks)
+  copy_paste = (stitch.targets[..., :3], stitch.target_masks)  # the pasted real defects alone
+  useful = usefulness({'real only': real_train,
+                       'real + copy-paste': _joined(real_train, copy_paste),
+                       'real + synthetic': _joined(real_train, synthetic),
+                       'synthetic only': synthetic}, (real_rgb, real_masks), args.seeds, recipe)
+  shown = np.linspace(0, len(pairs) - 1, min(args.grid_rows, len(pairs))).round().astype(int)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   images_lib.save_image(str(out / 'grid.png'), defects.grid(
-      stitch.normals, stitch.target_masks, stitch.images, rows=args.grid_rows))
+      stitch.normals[shown], stitch.target_masks[shown], stitch.images[shown]))
   payload = {'device': common.device_description(), 'pairs': len(pairs),
              'normals': len(normals), 'per_image': args.per_image, 'runs': runs,
              'reference': reference, 'usefulness': useful,
@@ -264,6 +273,16 @@ def _report(p: dict) -> None:
   print(f"reference: D logit real defective {r['d_logit_real_defective']:.2f}, clean normals "
         f"{r['d_logit_clean_normals']:.2f}; SWD real vs real patches "
         f"{r['swd_patches_x1e3_real_vs_real']:.1f}")
+  goals = p['goals']
+  for row in p['runs']:
+    if ', none' in row['run']:
+      print(f"{'PASS' if row['iou_median'] >= goals['iou_median'] else 'FAIL'}: placement, "
+            f"{row['run']}: median IoU {row['iou_median']:.3f} (goal >= {goals['iou_median']})")
+  for row in p['runs']:
+    if row['run'].startswith('wplus + noise'):
+      ok = row['psnr_out_median'] >= goals['psnr_out_median_wplus']
+      print(f"{'PASS' if ok else 'FAIL'}: faithfulness, {row['run']}: median PSNR outside "
+            f"{row['psnr_out_median']:.2f} dB (goal >= {goals['psnr_out_median_wplus']})")
   for label, u in p['usefulness'].items():
     print(f"segmenter, {label} ({u['train_images']} crops): pixel AUROC {u['mean']:.4f} "
           f"+- {u['std']:.4f}")
@@ -271,7 +290,8 @@ def _report(p: dict) -> None:
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--checkpoint', default=None, help='RGB + mask generator (default: embedded)')
+  parser.add_argument('--checkpoint', default=None,
+                      help='RGB + mask generator (default: embedded)')
   parser.add_argument('--out', default='out/bench/defects')
   parser.add_argument('--normals', type=int, default=16, help='held-out crops used as normals')
   parser.add_argument('--per-image', type=int, default=2, help='target masks per normal')
@@ -280,11 +300,13 @@ def main(argv=None) -> dict:
   parser.add_argument('--seeds', type=int, default=3, help='segmenter trainings per set')
   parser.add_argument('--segmenter-steps', type=int, default=SegmenterRecipe.steps)
   parser.add_argument('--grid-rows', type=int, default=8)
-  parser.add_argument('--quick', action='store_true', help='W+ rows only, 4 normals, 20 steps')
+  parser.add_argument('--quick', action='store_true',
+                      help='W+ rows only, 4 normals, 150 steps, one segmenter seed')
   args = parser.parse_args(argv)
   if args.quick:
     args.normals = min(args.normals, 4)
-    args.seeds, args.segmenter_steps = 1, 100
+    args.steps = args.steps or QUICK_STEPS
+    args.seeds, args.segmenter_steps = 1, 200
   return run(args)
 
 

@@ -36,7 +36,6 @@ import pathlib
 from typing import Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -363,6 +362,7 @@ class DefectResult:
   targets: np.ndarray              # [N, H, W, 4]: RGB with the pasted defect, the target mask
   images: np.ndarray               # [N, H, W, 4] the results (blended if config.blend)
   metrics: dict                    # {'iou', 'psnr_outside', 'defect_pixels', 'generated_pixels'}
+                                   # of the raw results G drew
 
   @property
   def generated_masks(self) -> np.ndarray:
@@ -484,8 +484,9 @@ def finish(inv: api.Inverter, state, curves, data, normals, masks, names) -> Def
     out = np.concatenate([w * normals[..., :MASK_CHANNEL] + (1 - w) * out[..., :MASK_CHANNEL],
                           out[..., MASK_CHANNEL:]], -1)
   generated = out[..., MASK_CHANNEL] > 0
+  raw = result.reconstructions  # the metrics judge the generator's drawing, not the blend
   metrics = {'iou': iou(generated, masks),
-             'psnr_outside': outside_psnr(out, normals, masks, int(config.region.dilation)),
+             'psnr_outside': outside_psnr(raw, normals, masks, int(config.region.dilation)),
              'defect_pixels': masks.sum((1, 2)), 'generated_pixels': generated.sum((1, 2))}
   result.metrics.update(metrics)  # so that latents files carry them
   return DefectResult(result, normals, masks, result.targets, out, metrics)

@@ -88,13 +88,20 @@ def test_each_term_sees_only_its_pixels_and_channels(tiny):
 @pytest.mark.parametrize('space', ['z', 'w', 'wplus'])
 def test_the_three_spaces_run_and_fit_the_mask(tiny, space):
   m = np.stack([_disc(RES, 5, 5, 3), _disc(RES, 10, 9, 4)])
+  blend = space == 'wplus'
   result = defects.synthesize(_normals(2), m, tiny, f'defect_synthesis:{space},none',
-                              progress=False, overrides=['steps=30', 'chunk_size=15'])
+                              progress=False,
+                              overrides=['steps=30', 'chunk_size=15', f'blend={blend}'])
   mask_curve = result.inversion.losses['mask']
   assert result.images.shape == (2, RES, RES, 4) and np.isfinite(result.images).all()
   assert (mask_curve[:, -1] < mask_curve[:, 0]).all(), mask_curve[:, [0, -1]]
   assert result.metrics['iou'].shape == (2,) and np.isfinite(result.metrics['psnr_outside']).all()
   assert result.inversion.space == space
+  if blend:  # the normal image outside the feathered region, G's drawing inside the mask
+    far = defects.regions(m, 2, 2)[..., defects.OUTSIDE] == 1
+    np.testing.assert_allclose(result.images[..., :3][far], _normals(2)[..., :3][far])
+    raw = result.inversion.reconstructions
+    np.testing.assert_array_equal(result.images[..., :3][m], raw[..., :3][m])
 
 
 def test_bank_moves_the_best_defect_onto_the_mask():
@@ -183,3 +190,23 @@ def test_embedded_model_places_a_hole_and_a_stain_in_wplus():
   print('IoU', result.metrics['iou'], 'PSNR outside', result.metrics['psnr_outside'])
   assert (result.metrics['iou'] > 0.8).all()           # measured 0.97, 1.0
   assert (result.metrics['psnr_outside'] > 20).all()   # measured 25.5, 27.9
+
+
+def test_mvtec_ground_truth_gives_masks_and_stitch_sources(tmp_path):
+  cat = tmp_path / 'mvtec' / 'carpet'
+  rng = np.random.default_rng(3)
+  for kind, (cy, cx, r) in {'cut': (5, 5, 2), 'hole': (10, 9, 3)}.items():
+    (cat / 'test' / kind).mkdir(parents=True)
+    (cat / 'ground_truth' / kind).mkdir(parents=True)
+    photo = Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8))
+    photo.save(cat / 'test' / kind / '000.png')
+    big = np.kron(_disc(RES, cy, cx, r), np.ones((2, 2), bool))  # 32 px, as MVTec's are larger
+    Image.fromarray(np.uint8(big) * 255).save(cat / 'ground_truth' / kind / '000_mask.png')
+  (cat / 'test' / 'good').mkdir()
+  Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(cat / 'test' / 'good' / '1.png')
+  masks, names = defects.load_masks(str(cat), RES)
+  assert names == ['cut_000', 'hole_000']
+  np.testing.assert_array_equal(masks[1], _disc(RES, 10, 9, 3))
+  bank = defects.DefectBank.from_mvtec(cat, RES)
+  assert len(bank.masks) == 2 and bank.images.shape == (2, RES, RES, 3)
+  assert bank.match(_disc(RES, 3, 12, 3))[0] == 1       # the hole, moved
