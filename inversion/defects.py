@@ -388,6 +388,7 @@ def outside_psnr(images: np.ndarray, normals: np.ndarray, masks: np.ndarray,
 
 
 def synthesize(normals, masks, model, config='defect_synthesis', *,
+               space: Optional[str] = None, defect: Optional[str] = None,
                sources: DefectBank | np.ndarray | None = None, init=None,
                encoder: Optional[encoders.Encoder] = None, key=None,
                names: Optional[Sequence[str]] = None, progress: bool = True,
@@ -400,6 +401,8 @@ def synthesize(normals, masks, model, config='defect_synthesis', *,
     masks: target masks, one per pair (`check_masks`).
     model: an RGB + defect-mask generator (`generators.checkpoint.Model`).
     config: 'defect_synthesis[:variant]' or a ConfigDict (configs/defect_synthesis.py).
+    space, defect: set config.space ('z' | 'w' | 'wplus') and config.defect.mode ('stitch' |
+      'distill' | 'none') when given.
     sources: for 'stitch' / 'distill': a `DefectBank`, or the pasted RGB itself [N, H, W, 3+]
       (its pixels inside each mask are the defect); None = `default_bank(config)`.
     init: start latents as `api.invert` takes them (config.init 'given').
@@ -410,6 +413,11 @@ def synthesize(normals, masks, model, config='defect_synthesis', *,
     DefectResult: results, their IoU with the target masks, PSNR outside the dilated masks.
   """
   config = api.as_config(config, overrides)
+  if space is not None:
+    eng.latent_shape(model.g_config, space)  # a clear error for an unknown space
+    config.space = space
+  if defect is not None:
+    config.defect.mode = defect
   _check_model(model)
   res = model.resolution
   masks = check_masks(masks, res)
@@ -433,9 +441,6 @@ def synthesize(normals, masks, model, config='defect_synthesis', *,
 
 def _start(config, model, normals, masks, sources, init, encoder, key, keys=None):
   """(Inverter, engine Data, EngineState) of a batch of pairs."""
-  if config.defect.mode not in DEFECT_MODES:
-    raise DefectError(f'config.defect.mode must be one of {DEFECT_MODES}, got '
-                      f'{config.defect.mode!r}')
   inv = make_inverter(config, model, encoder)
   targets = make_targets(config, model, normals, masks, sources)
   engine_masks = regions(masks, int(config.region.dilation), int(config.region.feather))
@@ -450,6 +455,9 @@ def make_inverter(config, model, encoder=None) -> api.Inverter:
   from inversion import latents as latents_lib  # pylint: disable=import-outside-toplevel
   _check_model(model)
   config = api.as_config(config)
+  if config.defect.mode not in DEFECT_MODES:
+    raise DefectError(f'config.defect.mode must be one of {DEFECT_MODES}, got '
+                      f'{config.defect.mode!r}')
   config.init = _init_mode(config, model, latents_lib.generator_fingerprint(model), encoder)
   terms, params = defect_terms(config, model)
   return api.Inverter(model, config, image_terms=terms, term_params=params, encoder=encoder)

@@ -89,7 +89,7 @@ def test_each_term_sees_only_its_pixels_and_channels(tiny):
 def test_the_three_spaces_run_and_fit_the_mask(tiny, space):
   m = np.stack([_disc(RES, 5, 5, 3), _disc(RES, 10, 9, 4)])
   blend = space == 'wplus'
-  result = defects.synthesize(_normals(2), m, tiny, f'defect_synthesis:{space},none',
+  result = defects.synthesize(_normals(2), m, tiny, space=space, defect='none',
                               progress=False,
                               overrides=['steps=30', 'chunk_size=15', f'blend={blend}'])
   mask_curve = result.inversion.losses['mask']
@@ -175,6 +175,8 @@ def test_bad_masks_and_generators_get_clear_errors(tiny, tmp_path, caplog):
   rgb_only = checkpoint.Model(dataclasses.replace(tiny.g_config, img_channels=3), tiny.g_vars)
   with pytest.raises(defects.DefectError, match='RGB \\+ defect-mask generator'):
     defects.synthesize(_normals(1)[..., :3], _disc(RES, 8, 8, 3), rgb_only, progress=False)
+  with pytest.raises(defects.DefectError, match="defect.mode must be one of.*'paste'"):
+    defects.synthesize(_normals(1), _disc(RES, 8, 8, 3), tiny, defect='paste', progress=False)
   with pytest.raises(defects.DefectError, match='2 normal images for 3 masks'):
     defects.synthesize(_normals(2), np.stack([_disc(RES, 8, 8, 3)] * 3), tiny, progress=False)
 
