@@ -19,7 +19,7 @@ Per row:
   s / pair     steady engine time per pair (compile apart).
 
 Usefulness: a small per-pixel defect segmenter (`Segmenter`, 4 conv layers) trained on
-`--real` real defective crops from the training regions; on those plus the copy-paste
+`--real` real defective crops from the training regions (2, then 8); on those plus the copy-paste
 composites the 'stitch' row fitted (the real defects pasted into the normals, target masks);
 on those plus the synthetic pairs of the 'stitch' row (image + generated mask); on the
 synthetic pairs alone. Pixel AUROC on the held-out real defective crops, mean and spread over
@@ -239,15 +239,17 @@ def run(args) -> dict:
                    defect_patches(real_rgb[::2], real_masks[::2]),
                    defect_patches(real_rgb[1::2], real_masks[1::2]))}
   stitch = results['wplus + noise, stitch']
-  train_crops = data_lib.crop_bank(args.real, size=model.resolution, seed=TRAIN_REAL_SEED)
-  real_train = _painted(train_crops, TRAIN_REAL_SEED)
   recipe = SegmenterRecipe(steps=args.segmenter_steps)
   synthetic = (stitch.images[..., :3], stitch.generated_masks)
   copy_paste = (stitch.targets[..., :3], stitch.target_masks)  # the pasted real defects alone
-  useful = usefulness({'real only': real_train,
-                       'real + copy-paste': _joined(real_train, copy_paste),
-                       'real + synthetic': _joined(real_train, synthetic),
-                       'synthetic only': synthetic}, (real_rgb, real_masks), args.seeds, recipe)
+  train_sets = {'synthetic only': synthetic}
+  for n in args.real:
+    crops = data_lib.crop_bank(n, size=model.resolution, seed=TRAIN_REAL_SEED)
+    real_train = _painted(crops, TRAIN_REAL_SEED)
+    train_sets.update({f'{n} real': real_train,
+                       f'{n} real + copy-paste': _joined(real_train, copy_paste),
+                       f'{n} real + synthetic': _joined(real_train, synthetic)})
+  useful = usefulness(train_sets, (real_rgb, real_masks), args.seeds, recipe)
   shown = np.linspace(0, len(pairs) - 1, min(args.grid_rows, len(pairs))).round().astype(int)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -296,7 +298,8 @@ def main(argv=None) -> dict:
   parser.add_argument('--normals', type=int, default=16, help='held-out crops used as normals')
   parser.add_argument('--per-image', type=int, default=2, help='target masks per normal')
   parser.add_argument('--steps', type=int, default=0, help='optimisation steps (0: the config)')
-  parser.add_argument('--real', type=int, default=8, help="the segmenter's real training crops")
+  parser.add_argument('--real', type=int, nargs='+', default=[2, 8],
+                      help="the segmenter's real training crops (one training set per count)")
   parser.add_argument('--seeds', type=int, default=3, help='segmenter trainings per set')
   parser.add_argument('--segmenter-steps', type=int, default=SegmenterRecipe.steps)
   parser.add_argument('--grid-rows', type=int, default=8)
