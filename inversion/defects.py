@@ -593,7 +593,8 @@ class JobResult:
 
 def synthesize_folder(images, model, config, out_dir, *, masks=None, random_masks_per_image=0,
                       batch_size: int = 8, encoder=None, progress: bool = True,
-                      checkpoint_every: Optional[int] = None, devices=None) -> JobResult:
+                      checkpoint_every: Optional[int] = None, devices=None,
+                      callback=None) -> JobResult:
   """`python -m inversion defects`: every pair of `job_pairs` through `synthesize`'s engine
   run, in batches, resumable like `inversion.jobs.invert_folder` (finished pairs are skipped,
   the running batch is checkpointed in _work/state.npz every checkpoint_every chunks).
@@ -601,7 +602,7 @@ def synthesize_folder(images, model, config, out_dir, *, masks=None, random_mask
   Writes, under out_dir (an MVTec AD category folder): test/<category>/<pair>.png and
   ground_truth/<category>/<pair>_mask.png (`export`), latents/<pair>.npz, pairs.csv (pair,
   normal image, mask), metrics.csv/json (IoU, PSNR outside, ... per pair) and grid.png
-  (`grid`)."""
+  (`grid`). `callback` is called after every chunk (as `invert_folder`'s)."""
   from inversion import jobs  # pylint: disable=import-outside-toplevel
   from inversion import latents as latents_lib  # pylint: disable=import-outside-toplevel
   from inversion import report  # pylint: disable=import-outside-toplevel
@@ -651,7 +652,7 @@ def synthesize_folder(images, model, config, out_dir, *, masks=None, random_mask
     state, curves, data = jobs.run_batch(
         inv, state, data, work, {**meta_base, 'names': [pairs.names[k] for k in idx]},
         resume if bi == 0 else None, int(checkpoint_every or config.checkpoint_every),
-        devices=devices, progress=progress, names=names,
+        devices=devices, progress=progress, callback=callback, names=names,
         desc=f'defects batch {bi + 1}/{len(batches)}')
     result = finish(inv, state, curves, data, x, m, names)
     export(result, out, names[:len(idx)], config.defect.category)

@@ -128,12 +128,28 @@ def test_folder_job_exports_mvtec_layout_and_resumes(tiny, tmp_path):
   out = tmp_path / 'mvtec' / 'tiles'
   config = api.as_config('defect_synthesis:w,stitch',
                          ['steps=4', 'chunk_size=2', 'loss.perceptual=none', 'defect.bank_size=8'])
+
+  def killed(info):  # a kill after the second batch's first chunk
+    if info.num_chunks and (out / 'latents' / '000.npz').exists() and info.chunk == 0:
+      raise KeyboardInterrupt
+  with pytest.raises(KeyboardInterrupt):
+    defects.synthesize_folder(normals_dir, tiny, config, out, masks=masks_dir, batch_size=3,
+                              progress=False, callback=killed)
+  assert (out / '_work' / 'state.npz').exists() and not (out / 'latents' / '003.npz').exists()
+  res = defects.synthesize_folder(normals_dir, tiny, config, out, masks=masks_dir, batch_size=3,
+                                  progress=False)
+  assert res.skipped == ['000', '001', '002'] and res.done == ['003']
+  resumed = out
+  out = tmp_path / 'mvtec' / 'uninterrupted'
   res = defects.synthesize_folder(normals_dir, tiny, config, out, masks=masks_dir, batch_size=3,
                                   progress=False)
   assert res.names == ['000', '001', '002', '003'] and res.done == res.names
+  for name in res.names:  # the resumed job wrote what an uninterrupted one writes
+    np.testing.assert_array_equal(np.load(resumed / 'latents' / f'{name}.npz')['ws'],
+                                  np.load(out / 'latents' / f'{name}.npz')['ws'])
   assert [r['mask'] for r in res.rows] == ['round', 'small'] * 2
   assert {'iou', 'psnr_outside'} <= set(res.rows[0])
-  back = mvtec.load_mvtec(str(out.parent), out.name, 'test', RES)
+  back = mvtec.load_mvtec(str(out.parent), out.name, 'test', RES)  # read back as MVTec AD
   assert back.names == [f'synthetic/{n}' for n in res.names]
   for i, name in enumerate(res.names):
     rgb = np.asarray(Image.open(out / 'test' / 'synthetic' / f'{name}.png'))
