@@ -55,16 +55,26 @@ __all__ = [
     'DefectBank',
     'DefectError',
     'DefectResult',
+    'JobResult',
+    'Pairs',
     'check_masks',
+    'default_bank',
     'defect_terms',
     'export',
+    'finish',
+    'grid',
     'iou',
+    'job_pairs',
     'load_masks',
+    'make_inverter',
+    'make_targets',
     'mvtec_masks',
     'outside_psnr',
     'random_masks',
     'regions',
+    'start',
     'synthesize',
+    'synthesize_folder',
 ]
 
 DEFECT_MODES = ('stitch', 'distill', 'none')
@@ -431,7 +441,9 @@ def synthesize(normals, masks, model, config='defect_synthesis', *,
   if len(x) != len(masks):
     raise DefectError(f'{len(x)} normal images for {len(masks)} masks: give one mask per image '
                       '(np.repeat the images for several masks each)')
-  inv, data, state = _start(config, model, x, masks, sources, init, encoder, key)
+  inv = make_inverter(config, model, encoder)
+  keys = api.image_keys(jax.random.PRNGKey(config.seed) if key is None else key, len(masks))
+  state, data = start(inv, model, x, masks, keys, sources, init)
   names = list(names) if names is not None else [f'{i:03d}' for i in range(len(x))]
   state, data = eng.shard(state, data, eng.batch_mesh(len(x)))
   state, curves = eng.run(inv.engine, state, data, progress=progress, names=names,
@@ -439,15 +451,14 @@ def synthesize(normals, masks, model, config='defect_synthesis', *,
   return finish(inv, state, curves, data, x, masks, names)
 
 
-def _start(config, model, normals, masks, sources, init, encoder, key, keys=None):
-  """(Inverter, engine Data, EngineState) of a batch of pairs."""
-  inv = make_inverter(config, model, encoder)
+def start(inv: api.Inverter, model, normals: np.ndarray, masks: np.ndarray, keys,
+          sources: DefectBank | np.ndarray | None = None, init=None):
+  """(engine state, engine data) of a batch of pairs: their targets (`make_targets`), their
+  term masks (`regions`) and their start latents."""
+  config = inv.config
   targets = make_targets(config, model, normals, masks, sources)
   engine_masks = regions(masks, int(config.region.dilation), int(config.region.feather))
-  if keys is None:
-    keys = api.image_keys(jax.random.PRNGKey(config.seed) if key is None else key, len(masks))
-  state, data = inv.start(targets, engine_masks, keys, init)
-  return inv, data, state
+  return inv.start(targets, engine_masks, keys, init)
 
 
 def make_inverter(config, model, encoder=None) -> api.Inverter:
@@ -644,10 +655,7 @@ def synthesize_folder(images, model, config, out_dir, *, masks=None, random_mask
     x = normals[[pairs.normal[k] for k in padded]]
     m = pairs.masks[padded]
     sources = bank if bank is not None or pairs.painted is None else pairs.painted[padded]
-    targets = make_targets(inv.config, model, x, m, sources)
-    keys = api.image_keys(base_key, batch_size, padded)
-    state, data = inv.start(targets, regions(m, int(config.region.dilation),
-                                             int(config.region.feather)), keys)
+    state, data = start(inv, model, x, m, api.image_keys(base_key, batch_size, padded), sources)
     names = [pairs.names[k] for k in padded]
     state, curves, data = jobs.run_batch(
         inv, state, data, work, {**meta_base, 'names': [pairs.names[k] for k in idx]},
