@@ -612,7 +612,9 @@ def synthesize_folder(images, model, config, out_dir, *, masks=None, random_mask
 
   Writes, under out_dir (an MVTec AD category folder): test/<category>/<pair>.png and
   ground_truth/<category>/<pair>_mask.png (`export`), latents/<pair>.npz, pairs.csv (pair,
-  normal image, mask), metrics.csv/json (IoU, PSNR outside, ... per pair) and grid.png
+  normal image, mask), metrics.csv/json (per pair: iou, psnr_outside, defect_pixels,
+  generated_pixels; mse / psnr / ssim are of the RGB against the target, the normal image with
+  the pasted defect) and grid.png
   (`grid`). `callback` is called after every chunk (as `invert_folder`'s)."""
   from inversion import jobs  # pylint: disable=import-outside-toplevel
   from inversion import latents as latents_lib  # pylint: disable=import-outside-toplevel
