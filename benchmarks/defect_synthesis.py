@@ -194,13 +194,6 @@ def _joined(*sets):
 # The run.
 
 
-def _painted(crops_uint8: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Each crop with one procedural defect (kinds in turn): (RGB in [-1, 1], bool masks)."""
-  kinds = [procedural.KINDS[i % len(procedural.KINDS)] for i in range(len(crops_uint8))]
-  images, masks = procedural.add_defects(crops_uint8, kinds, seed)
-  return data_lib.to_model_range(images), masks
-
-
 def run(args) -> dict:
   model = checkpoint.load(args.checkpoint)
   held = data_lib.heldout_crops(size=model.resolution)
@@ -209,7 +202,7 @@ def run(args) -> dict:
   masks, _ = defects.random_masks(normals, args.per_image, seed=MASK_SEED)
   pairs = np.repeat(normals, args.per_image, 0)
   others = np.concatenate([held[1::3], held[2::3]])
-  real_rgb, real_masks = _painted(others, REAL_SEED)
+  real_masks, real_rgb = defects.random_masks(data_lib.to_model_range(others), 1, REAL_SEED)
   real_4ch = np.concatenate([real_rgb, procedural.mask_to_model(real_masks)[..., None]], -1)
   overrides = [f'steps={args.steps}'] if args.steps else []
   runs, results = [], {}
@@ -245,7 +238,9 @@ def run(args) -> dict:
   train_sets = {'synthetic only': synthetic}
   for n in args.real:
     crops = data_lib.crop_bank(n, size=model.resolution, seed=TRAIN_REAL_SEED)
-    real_train = _painted(crops, TRAIN_REAL_SEED)
+    real_masks_n, real_rgb_n = defects.random_masks(data_lib.to_model_range(crops), 1,
+                                                    TRAIN_REAL_SEED)
+    real_train = (real_rgb_n, real_masks_n)
     train_sets.update({f'{n} real': real_train,
                        f'{n} real + copy-paste': _joined(real_train, copy_paste),
                        f'{n} real + synthetic': _joined(real_train, synthetic)})

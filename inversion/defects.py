@@ -341,22 +341,21 @@ def _check_model(model) -> None:
                       '--config.data.mvtec_root=DIR (README, "Your own defect data").')
 
 
-def _init_mode(config, model, generator_id: str, encoder) -> str:
-  """config.init 'auto' -> 'encoder' where a domain-guided encoder exists (not in Z), else
-  'mean'."""
+def _auto_init(config, model, encoder) -> tuple[str, Optional[encoders.Encoder]]:
+  """config.init 'auto' -> ('encoder', the encoder) where a domain-guided encoder exists (not
+  in Z), else ('mean', None); other inits are kept, with `encoder`."""
   if config.init != 'auto':
-    return config.init
+    return config.init, encoder
   if config.space == 'z':
-    return 'mean'
+    return 'mean', None
   if encoder is not None:
-    return 'encoder'
+    return 'encoder', encoder
   try:
-    encoders.resolve_encoder('', model, generator_id)
-    return 'encoder'
+    return 'encoder', encoders.resolve_encoder('', model)
   except encoders.EncoderError as e:
     log.info('defect synthesis starts from w_avg: no domain-guided encoder (%s)',
              str(e).splitlines()[0])
-    return 'mean'
+    return 'mean', None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -463,13 +462,12 @@ def start(inv: api.Inverter, model, normals: np.ndarray, masks: np.ndarray, keys
 
 def make_inverter(config, model, encoder=None) -> api.Inverter:
   """The engine of a defect-synthesis config (its terms, space, init) for `model`."""
-  from inversion import latents as latents_lib  # pylint: disable=import-outside-toplevel
   _check_model(model)
   config = api.as_config(config)
   if config.defect.mode not in DEFECT_MODES:
     raise DefectError(f'config.defect.mode must be one of {DEFECT_MODES}, got '
                       f'{config.defect.mode!r}')
-  config.init = _init_mode(config, model, latents_lib.generator_fingerprint(model), encoder)
+  config.init, encoder = _auto_init(config, model, encoder)
   terms, params = defect_terms(config, model)
   return api.Inverter(model, config, image_terms=terms, term_params=params, encoder=encoder)
 
@@ -640,23 +638,23 @@ def synthesize_folder(images, model, config, out_dir, *, masks=None, random_mask
   skipped = [n for n in pairs.names if (lat_dir / f'{n}.npz').exists()]
   for n in skipped:
     latents_lib.load_latents(lat_dir / f'{n}.npz', inv.generator_id)
-  todo = [k for k, n in enumerate(pairs.names) if n not in set(skipped)]
+  finished = set(skipped)
+  todo = [k for k, n in enumerate(pairs.names) if n not in finished]
   batch_size = max(1, min(batch_size, len(pairs.names)))
   meta_base = {'generator_id': inv.generator_id, 'config': inv.config.to_json(),
                'batch_size': batch_size, 'init': None}
   batches, resume = jobs.plan_batches(todo, pairs.names, work, meta_base, batch_size)
-  bank = None
-  if batches and config.defect.mode != 'none' and (pairs.painted is None
-                                                   or config.defect.mode == 'distill'
-                                                   or config.defect.source):
-    bank = default_bank(inv.config, model)
+  # Random masks stitch their own painted defects unless a defect source is named.
+  own = (pairs.painted is not None and config.defect.mode == 'stitch'
+         and not config.defect.source)
+  bank = default_bank(inv.config, model) if batches and not own else None
   base_key = jax.random.PRNGKey(int(config.seed))
   done = []
   for bi, idx in enumerate(batches):
     padded = idx + [idx[-1]] * (batch_size - len(idx))
     x = normals[[pairs.normal[k] for k in padded]]
     m = pairs.masks[padded]
-    sources = bank if bank is not None or pairs.painted is None else pairs.painted[padded]
+    sources = pairs.painted[padded] if own else bank
     state, data = start(inv, model, x, m, api.image_keys(base_key, batch_size, padded), sources)
     names = [pairs.names[k] for k in padded]
     state, curves, data = jobs.run_batch(
