@@ -359,8 +359,9 @@ def image_terms_loss(image_terms: Sequence[tuple[str, ImageTerm]], term_params: 
   total = jnp.zeros(image.shape[:1], jnp.float32)
   for name, t in image_terms:
     lo, hi = t.channels or (0, loss_channels or image.shape[-1])
-    if t.all_channels:
-      xi = jnp.concatenate([target[..., :lo], image[..., lo:hi], target[..., hi:]], -1)
+    if t.all_channels:  # only non-empty pieces: the same program as a plain slice where it is
+      pieces = [target[..., :lo], image[..., lo:hi], target[..., hi:]]
+      xi = jnp.concatenate([x for x in pieces if x.shape[-1]], -1)
       yi = target
     else:
       xi, yi = image[..., lo:hi], target[..., lo:hi]
