@@ -43,6 +43,7 @@ RESNET_GAIN = math.sqrt(0.5)  # residual branches are summed with this gain
 NORMALIZE_EPS = 1e-8  # normalize_2nd_moment
 DEMOD_EPS = 1e-8  # demodulation rsqrt
 MBSTD_EPS = 1e-8  # minibatch-stddev sqrt
+FEATURE_RESOLUTION_DIVISOR = 16  # default feature layer: the block at resolution / 16 (SFE)
 NOISE_MODES = ("random", "const", "none")
 ARCHITECTURES = ("orig", "skip", "resnet")
 
@@ -422,8 +423,17 @@ class SynthesisBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Optional[Array], img: Optional[Array], ws: Array,  # ws [B, n, w_dim]
-               noise_mode: str = "const", noise: Optional[NoiseDict] = None):
+               noise_mode: str = "const", noise: Optional[NoiseDict] = None,
+               hook: Optional["FeatureHook"] = None):
+    """-> (x, img, feature). With a `hook` on one of this block's layers ('const', 'conv0',
+    'conv1'), `feature` is that layer's activation and the activation that goes on is blended
+    with the hook's replacement; with `hook.stop` the block returns right after the layer."""
     noise = noise or {}
+
+    def tap(layer: str, x: Array):
+      if hook is None or hook.layer != layer:
+        return x, None
+      return hook.blend(x), x
     layer = dict(w_dim=self.w_dim, resolution=self.resolution, use_noise=self.use_noise,
                  conv_clamp=self.conv_clamp, resample_taps=self.resample_taps)
     prefix = f"b{self.resolution}"
@@ -431,46 +441,123 @@ class SynthesisBlock(nn.Module):
     if self.in_channels == 0:
       const = self.param("const", _normal_init(),
                          (self.resolution, self.resolution, self.out_channels))
-      x = jnp.broadcast_to(const[None], (ws.shape[0],) + const.shape)
+      x, feature = tap("const", jnp.broadcast_to(const[None], (ws.shape[0],) + const.shape))
+      if feature is not None and hook.stop:
+        return x, img, feature
       x = SynthesisLayer(self.out_channels, self.out_channels, name="conv1", **layer)(
           x, ws[:, 0], noise_mode, noise.get(f"{prefix}.conv1"))
       w_index = 1
     else:
       conv0 = SynthesisLayer(self.in_channels, self.out_channels, up=2, name="conv0", **layer)
       conv1 = SynthesisLayer(self.out_channels, self.out_channels, name="conv1", **layer)
-      if self.architecture == "resnet":
+      resnet = self.architecture == "resnet"
+      if resnet:
         skip = Conv2dLayer(self.in_channels, self.out_channels, kernel_size=1, up=2,
                            use_bias=False, resample_taps=self.resample_taps, name="skip")
         y = skip(x, gain=RESNET_GAIN)
-        x = conv0(x, ws[:, 0], noise_mode, noise.get(f"{prefix}.conv0"))
-        x = conv1(x, ws[:, 1], noise_mode, noise.get(f"{prefix}.conv1"), gain=RESNET_GAIN)
-        x = y + x
-      else:
-        x = conv0(x, ws[:, 0], noise_mode, noise.get(f"{prefix}.conv0"))
-        x = conv1(x, ws[:, 1], noise_mode, noise.get(f"{prefix}.conv1"))
+      x, feature = tap("conv0", conv0(x, ws[:, 0], noise_mode, noise.get(f"{prefix}.conv0")))
+      if feature is not None and hook.stop:
+        return x, img, feature
+      x = conv1(x, ws[:, 1], noise_mode, noise.get(f"{prefix}.conv1"),
+                gain=RESNET_GAIN if resnet else 1.0)
+      x = y + x if resnet else x
       w_index = 2
+    out = x  # what the next block reads: conv1's activation, or the hook's blend of it
+    if hook is not None and hook.layer == "conv1":
+      out, feature = hook.blend(x), x
+      if hook.stop:
+        return out, img, feature
     if img is not None:
       img = upfirdn.upsample2d(img, upfirdn.setup_filter(self.resample_taps))
     if self.num_torgb:
       y = ToRGBLayer(self.out_channels, self.img_channels, self.w_dim,
                      conv_clamp=self.conv_clamp, name="torgb")(x, ws[:, w_index])
       img = y.astype(jnp.float32) if img is None else img + y.astype(jnp.float32)
-    return x, img
+    return out, img, feature
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureHook:
+  """Reads, and optionally replaces, the activation that leaves one synthesis layer.
+
+  SFE's `return_features` / `new_features` / `feature_scale` / `early_stop` (rosinality
+  `Generator.forward`): the activation that goes on from `layer` becomes
+  `(1 - scale) * x + scale * features`. For a block's last conv ('conv1') the replacement
+  feeds the next block only: the block's own toRGB, and so the RGB skip up to this resolution,
+  still read `x` (as rosinality's `insert_feature` before the next block). `stop` ends
+  synthesis right after the layer.
+  """
+  block: int                        # resolution of the block ('b64.conv1' -> 64)
+  layer: str                        # 'const' | 'conv0' | 'conv1'
+  features: Optional[Array] = None  # [B, h, w, C] replacement (NHWC), None = read only
+  scale: float | Array = 1.0
+  stop: bool = False
+
+  def blend(self, x: Array) -> Array:
+    if self.features is None:
+      return x
+    if self.features.shape[1:] != x.shape[1:]:
+      raise ValueError(f"features for b{self.block}.{self.layer} must be [B, "
+                       f"{', '.join(map(str, x.shape[1:]))}] (NHWC), got "
+                       f"{list(self.features.shape)}.")
+    return (1 - self.scale) * x + self.scale * self.features.astype(x.dtype)
+
+
+def feature_layers(config: GeneratorConfig) -> list[str]:
+  """Synthesis layers whose activation a `FeatureHook` reads, in order; the position in this
+  list is the index of rosinality / SFE's feature lists (`outs[i]`, `new_features[i]`):
+  0 'b4.const', 1 'b4.conv1', 2 'b8.conv0', 3 'b8.conv1', ..., 9 'b64.conv1' (SFE's layer)."""
+  names = ["b4.const", "b4.conv1"]
+  for res in config.block_resolutions[1:]:
+    names += [f"b{res}.conv0", f"b{res}.conv1"]
+  return names
+
+
+def feature_layer_index(config: GeneratorConfig, name: str) -> int:
+  """rosinality / SFE feature index of layer `name` ('b64.conv1' -> 9)."""
+  names = feature_layers(config)
+  if name not in names:
+    raise ValueError(f"{name!r} is not a feature layer of this {config.img_resolution} px "
+                     f"generator; the layers are {', '.join(names)}.")
+  return names.index(name)
+
+
+def feature_layer_name(config: GeneratorConfig, index: int) -> str:
+  """Layer name of rosinality / SFE feature index `index` (9 -> 'b64.conv1')."""
+  names = feature_layers(config)
+  if not 0 <= index < len(names):
+    raise ValueError(f"feature index {index} is out of range for a {config.img_resolution} px "
+                     f"generator (0 ... {len(names) - 1}).")
+  return names[index]
+
+
+def default_feature_layer(config: GeneratorConfig) -> str:
+  """The last conv of the block at resolution/16: SFE's 'b64.conv1' (index 9) at 1024 px."""
+  return f"b{max(4, config.img_resolution // FEATURE_RESOLUTION_DIVISOR)}.conv1"
+
+
+def feature_hook(config: GeneratorConfig, layer: str, features: Optional[Array] = None,
+                 scale: float | Array = 1.0, stop: bool = False) -> FeatureHook:
+  """A checked `FeatureHook` on layer `layer` ('b64.conv1') of `config`'s synthesis."""
+  feature_layer_index(config, layer)
+  block, name = layer.split(".")
+  return FeatureHook(int(block[1:]), name, features, scale, stop)
 
 
 class SynthesisNetwork(nn.Module):
-  """ws [B, num_ws, w_dim] -> image [B, H, W, C]."""
+  """ws [B, num_ws, w_dim] -> image [B, H, W, C] (and the hooked layer's activation)."""
 
   config: GeneratorConfig
 
   @nn.compact
   def __call__(self, ws: Array, noise_mode: str = "const",
-               noise: Optional[NoiseDict] = None) -> Array:
+               noise: Optional[NoiseDict] = None, hook: Optional[FeatureHook] = None):
+    """-> img; with a `hook`, (img, feature); with `hook.stop`, the feature alone."""
     cfg = self.config
     if ws.ndim != 3 or ws.shape[1:] != (cfg.num_ws, cfg.w_dim):
       raise ValueError(f"ws must be [B, {cfg.num_ws}, {cfg.w_dim}], got {ws.shape}.")
     ws = ws.astype(jnp.float32)
-    x = img = None
+    x = img = feature = None
     w_index = 0
     for res in cfg.block_resolutions:
       block = SynthesisBlock(
@@ -481,9 +568,14 @@ class SynthesisNetwork(nn.Module):
           name=f"b{res}")
       # A block reads its conv ws and the next one (its toRGB shares it with the next conv0).
       block_ws = ws[:, w_index:w_index + block.num_conv + block.num_torgb]
-      x, img = block(x, img, block_ws, noise_mode, noise)
+      block_hook = hook if hook is not None and hook.block == res else None
+      x, img, block_feature = block(x, img, block_ws, noise_mode, noise, block_hook)
+      if block_hook is not None:
+        feature = block_feature
+        if hook.stop:
+          return feature
       w_index += block.num_conv
-    return img
+    return img if hook is None else (img, feature)
 
 
 class Generator(nn.Module):
@@ -521,18 +613,46 @@ def mapping(config: GeneratorConfig, variables: Mapping[str, Any], z: Array,
 
 def synthesis(config: GeneratorConfig, variables: Mapping[str, Any], ws: Array,
               noise_mode: str = "const", noise: Optional[NoiseDict] = None,
-              key: Optional[Array] = None) -> Array:
+              key: Optional[Array] = None, *, feature_layer: Optional[str] = None,
+              features: Optional[Array] = None, feature_scale: float | Array = 1.0,
+              return_features: bool = False):
   """ws [B, num_ws, w_dim] -> image [B, H, W, C] in about [-1, 1].
 
   noise_mode: 'const' uses the stored noise maps, 'random' draws a distinct map per layer
   from `key`, 'none' adds none. `noise` (layer name -> [B, H, W] or [H, W] unit-variance maps,
   see `GeneratorConfig.noise_layers`) overrides the mode for the layers it names.
+
+  Feature hook (SFE): with `feature_layer` (a `feature_layers` name, e.g. 'b64.conv1') and
+  `features` [B, h, w, C] (NHWC), the activation leaving that layer becomes
+  `(1 - feature_scale) * x + feature_scale * features` (see `FeatureHook`);
+  `return_features=True` returns (image, the layer's own activation). Without a hook the
+  traced program is the plain synthesis.
   """
   if noise_mode == "random" and key is None:
     raise ValueError("noise_mode='random' needs a PRNG key.")
+  if (features is not None or return_features) and feature_layer is None:
+    raise ValueError("features / return_features need a feature_layer (e.g. "
+                     f"{default_feature_layer(config)!r}).")
+  hook = None
+  if feature_layer is not None:
+    hook = feature_hook(config, feature_layer, features, feature_scale)
+  rngs = {"noise": key} if key is not None else None
+  out = Generator(config).apply(
+      variables, ws, noise_mode, noise, hook, rngs=rngs, method=lambda g, *a: g.synthesis(*a))
+  return out if hook is None or return_features else out[0]
+
+
+def synthesis_features(config: GeneratorConfig, variables: Mapping[str, Any], ws: Array,
+                       layer: str, noise_mode: str = "const",
+                       noise: Optional[NoiseDict] = None, key: Optional[Array] = None) -> Array:
+  """The activation [B, h, w, C] leaving synthesis layer `layer`, computing nothing after it
+  (SFE's `early_stop`): what `synthesis(..., return_features=True)` returns, cheaper."""
+  if noise_mode == "random" and key is None:
+    raise ValueError("noise_mode='random' needs a PRNG key.")
+  hook = feature_hook(config, layer, stop=True)
   rngs = {"noise": key} if key is not None else None
   return Generator(config).apply(
-      variables, ws, noise_mode, noise, rngs=rngs, method=lambda g, *a: g.synthesis(*a))
+      variables, ws, noise_mode, noise, hook, rngs=rngs, method=lambda g, *a: g.synthesis(*a))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -262,3 +262,52 @@ def test_scale_channels_gradient_equals_autodiff():
   weight = jax.random.normal(kc, (3, 3, 6, 6))
   jaxpr = str(jax.make_jaxpr(networks.modulated_conv2d)(x, weight, scales))
   assert jaxpr.count("custom_vjp_call") == 2, jaxpr
+
+
+def _eqns(fn, *args) -> int:
+  return len(jax.make_jaxpr(fn)(*args).jaxpr.eqns)
+
+
+def test_feature_hook_reads_blends_and_stops_early():
+  """SFE's feature hook: reading a layer changes nothing, replacing it by itself changes
+  nothing, the blend is linear in the scale, and the early stop returns the same activation
+  from a shorter program."""
+  variables = networks.init_generator(TINY, jax.random.PRNGKey(0))
+  ws = mapping(TINY, variables, jax.random.normal(jax.random.PRNGKey(1), (2, 8)))
+  img = networks.synthesis(TINY, variables, ws)
+  plain = functools.partial(networks.synthesis, TINY)
+  for layer in ("b4.conv1", "b8.conv0", "b8.conv1"):
+    read, feature = networks.synthesis(TINY, variables, ws, feature_layer=layer,
+                                       return_features=True)
+    np.testing.assert_array_equal(read, img)
+    # A read-only hook adds no operation to the program (the hook costs nothing unused).
+    assert _eqns(lambda v, w, layer=layer: networks.synthesis(
+        TINY, v, w, feature_layer=layer, return_features=True), variables, ws) == _eqns(
+            plain, variables, ws)
+    early = networks.synthesis_features(TINY, variables, ws, layer)
+    np.testing.assert_array_equal(early, feature)
+    assert _eqns(lambda v, w, layer=layer: networks.synthesis_features(TINY, v, w, layer),
+                 variables, ws) < _eqns(plain, variables, ws) // 2
+    np.testing.assert_allclose(networks.synthesis(TINY, variables, ws, feature_layer=layer,
+                                                  features=feature), img, atol=1e-6)
+    other = feature + jax.random.normal(jax.random.PRNGKey(2), feature.shape)
+    half = networks.synthesis(TINY, variables, ws, feature_layer=layer, features=other,
+                              feature_scale=0.5)
+    assert float(jnp.abs(half - img).max()) > 1e-2
+    np.testing.assert_allclose(half, networks.synthesis(
+        TINY, variables, ws, feature_layer=layer, features=0.5 * feature + 0.5 * other),
+        atol=1e-5)
+  with pytest.raises(ValueError, match="b4.const, b4.conv1"):
+    networks.synthesis(TINY, variables, ws, feature_layer="b64.conv1", return_features=True)
+  with pytest.raises(ValueError, match=r"must be \[B, 8, 8, "):
+    networks.synthesis(TINY, variables, ws, feature_layer="b8.conv1", features=jnp.zeros(
+        (2, 4, 4, 3)))
+
+
+def test_feature_layer_names_follow_sfe_indices():
+  config_f = networks.GeneratorConfig()
+  assert networks.default_feature_layer(config_f) == "b64.conv1"
+  assert networks.feature_layer_index(config_f, "b64.conv1") == 9  # SFE's w_feats[9]
+  assert networks.feature_layer_name(config_f, 9) == "b64.conv1"
+  assert len(networks.feature_layers(config_f)) == 18  # rosinality: const + 17 convs
+  assert networks.default_feature_layer(TINY) == "b4.conv1"
