@@ -11,13 +11,42 @@ strength in sigmas of the codes (`apply`). It is tied to its generator by the fi
                   labelled codes (an L2-regularised logistic regression), toward label True.
   defect_direction  InterFaceGAN on sampled codes of an RGB + defect-mask generator, labelled
                   by whether the generated mask holds a defect pixel ('defect').
-  given           vectors the user already has (`given`).
+  given           vectors the user already has (`given`, `read_direction_file`).
+
+`read_direction_file` reads the official files as they are, with method 'given' and a scale
+that keeps the official strength: `apply(ws, d, s)` does what the official code does for degree
+s (v: the file's array; V: v in W+, broadcast over the layers or reshaped):
+
+  file  what (from)                            shape                     apply(ws, d, s)
+  .npz  ours (`save_directions`)               DIRECTIONS_LAYOUT         as saved
+  .npy  InterFaceGAN boundary (genforce)       [w_dim] or [1, w_dim]     ws + s * V
+  .npy  W+ boundary (SFE editings/bound)       [num_ws, w_dim] or        ws + s * V
+                                               [1, num_ws * w_dim]
+  .pt   tensor (SFE interfacegan_directions)   one of the .npy shapes    ws + s / 2 * V
+  .pt   GANSpace PCA (SFE ganspace_pca)        {'comp': [K, 1, w_dim],   ws + s * std_i * comp_i
+                                                'std': [K],              on every layer ('pc<i>')
+                                                'mean': [1, w_dim]}      or [start, end) (named)
+
+  - The named GANSpace edits are SFE's FFHQ ones (SFE_GANSPACE_EDITS, 'eye_openness', ...).
+    SFE sets a coordinate rather than adding: layers [start, end) get layer 0's coordinate
+    along comp_i moved to p stds from the PCA mean (power p, absolute; `editings/ganspace.py`).
+    Here s is relative (0 = no edit, the GANSpace paper's convention); `ganspace_strength(ws,
+    d, name, p)` is the s that reproduces SFE's power p on the code ws exactly.
+  - SFE halves the degree of its InterFaceGAN tensors; e4e, which ships the same files, does
+    not: for e4e's factor f pass s = 2 f.
+  - genforce's `linear_interpolate` adds s * v to W+ codes (as here), but moves a single W code
+    to distance s from the boundary: for that, pass s - w . v.
+  - Official files carry no generator fingerprint. They are made for FFHQ 1024 px config-F
+    StyleGAN2 (num_ws 18, w_dim 512); only the shape is checked, the generator is the user's
+    call (recorded in info).
 
     from inversion import directions, latents
     d = directions.ganspace(model, num_components=8)
     directions.save_directions('dirs.npz', d)
     rec = latents.load_latents('out/latents/a.npz', model)
     ws = directions.apply(rec.ws, d.direction('pc0'), [-2, 0, 2])   # [3, num_ws, w_dim]
+    age = directions.read_direction_file('age.pt', model)          # SFE's InterFaceGAN age
+    ws = directions.apply(rec.ws, age.direction('age'), 3.0)       # SFE's degree 3
 
 CLI: `python -m inversion directions {ganspace,defect} --out dirs.npz` and
 `python -m inversion edit direction --latents a.npz --directions dirs.npz --name pc0`.
@@ -35,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from generators import networks
+from generators import networks, torch_io
 from inversion import latents as latents_lib
 
 __all__ = [
@@ -44,13 +73,17 @@ __all__ = [
     'Directions',
     'DirectionsError',
     'METHODS',
+    'SFE_GANSPACE_EDITS',
     'apply',
     'defect_direction',
     'defect_pixels',
+    'direction_edit_ws',
     'ganspace',
+    'ganspace_strength',
     'given',
     'interfacegan',
     'load_directions',
+    'read_direction_file',
     'run_direction_edit',
     'run_directions_command',
     'sample_ws',
@@ -254,6 +287,201 @@ def given(vectors, names: Sequence[str], *, generator_id: str, num_ws: Optional[
     raise ValueError('a direction vector is all zero')
   scales = np.ones(len(v)) if scales is None else scales
   return Directions(v / norms, list(names), scales, 'given', generator_id, info or {})
+
+
+# ----------------------------------------------------------------------------------------------
+# Official direction files (InterFaceGAN, SFE, GANSpace).
+
+
+OFFICIAL_GENERATOR = ('FFHQ 1024 px StyleGAN2 config-F (num_ws 18, w_dim 512), not checked: '
+                      'the file carries no fingerprint')
+SFE_INTERFACEGAN_FACTOR = 0.5  # SFE get_interface_gan_edits: w + degree / 2 * direction
+# SFE editings/latent_editor.py, human_faces (for ffhq_pca.pt): name -> (component, first layer,
+# end layer, SFE's power).
+SFE_GANSPACE_EDITS = {
+    'eye_openness': (54, 7, 8, 5.0),
+    'trimmed_beard': (58, 7, 9, 7.0),
+    'lipstick': (34, 10, 11, 20.0),
+    'face_roundness': (37, 0, 5, 20.0),
+    'nose_length': (51, 4, 5, -30.0),
+    'eyebrow_thickness': (37, 8, 9, 20.0),
+    'head_angle_up': (11, 1, 4, -10.5),
+    'displeased': (36, 4, 7, 10.0),
+}
+PCA_KEYS = ('comp', 'std', 'mean')
+PCA_UNIT_TOL = 1e-5  # |norm - 1| of a GANSpace component (float32 rounding is ~1e-7)
+
+
+def read_direction_file(path: str | os.PathLike, generator, *, name: Optional[str] = None,
+                        generator_id: Optional[str] = None) -> Directions:
+  """Reads edit directions in any format of the module docstring's table, as they are.
+
+  The scales keep the official strengths (`apply(ws, d, s)` = the official edit of degree s);
+  info records the source file, its format and the strength convention. Official files carry
+  no fingerprint: they are made for FFHQ 1024 px config-F StyleGAN2, and using them with
+  another generator of the same shape is the user's responsibility (it is not refused).
+
+  Args:
+    path: .npz (ours), .npy (InterFaceGAN / SFE boundary) or .pt / .pth (SFE InterFaceGAN
+      tensor, GANSpace PCA dict).
+    generator: the generator the edits are for: a Model, or its W+ shape (num_ws, w_dim).
+    name: the direction's name for a file of one vector (default: the file's stem); files
+      that name their directions (.npz, GANSpace PCA) keep theirs.
+    generator_id: the fingerprint recorded in official files' directions (default: the
+      Model's; needed with a shape); .npz files are checked against it.
+
+  Returns:
+    Directions [K, num_ws, w_dim]: one for a vector file; 'pc0'.. and SFE's named edits for a
+    GANSpace PCA dict.
+
+  Raises:
+    DirectionsError: a missing, unreadable or unknown file, or one whose shapes do not fit the
+      generator (the message names the file, both shapes and the fix).
+  """
+  path = os.fspath(path)
+  if isinstance(generator, tuple):
+    (num_ws, w_dim), gen_id = generator, generator_id
+    if gen_id is None:
+      raise ValueError('with a W+ shape instead of a Model, pass generator_id= (the '
+                       'fingerprint to record)')
+  else:
+    num_ws, w_dim = generator.g_config.num_ws, generator.g_config.w_dim
+    gen_id = generator_id or latents_lib.generator_fingerprint(generator)
+  ext = os.path.splitext(path)[1].lower()
+  if ext == '.npz':
+    d = load_directions(path, gen_id if isinstance(generator, tuple) else generator)
+    if d.vectors.shape[1:] != (num_ws, w_dim):
+      raise DirectionsError(f'{path}: vectors {d.vectors.shape[1:]} do not fit this generator '
+                            f'[{num_ws}, {w_dim}]')
+    return d
+  if ext not in ('.npy', '.pt', '.pth'):
+    raise DirectionsError(f'{path}: unknown direction file type {ext!r}; expected .npz (ours), '
+                          '.npy (InterFaceGAN / SFE boundary) or .pt (SFE InterFaceGAN tensor, '
+                          'GANSpace PCA dict)')
+  if not os.path.isfile(path):
+    raise DirectionsError(f'direction file {path} does not exist')
+  info = {'source': path, 'generator': OFFICIAL_GENERATOR}
+  name = name or os.path.splitext(os.path.basename(path))[0]
+  if ext == '.npy':
+    v = _read_array(path, lambda: np.load(path, allow_pickle=False))
+    return _vector_directions(path, v, (num_ws, w_dim), name, gen_id,
+                              {**info, 'format': 'boundary-npy'}, factor=1.0)
+  obj = _read_array(path, lambda: torch_io.load(path))
+  if isinstance(obj, dict):
+    return _ganspace_directions(path, obj, (num_ws, w_dim), gen_id, info)
+  return _vector_directions(path, obj, (num_ws, w_dim), name, gen_id,
+                            {**info, 'format': 'sfe-interfacegan-pt'},
+                            factor=SFE_INTERFACEGAN_FACTOR)
+
+
+def _read_array(path: str, read):
+  """read() of an official file, a DirectionsError naming it if it fails."""
+  try:
+    return read()
+  except Exception as e:  # numpy / zip / pickle errors of a corrupt file
+    raise DirectionsError(f'{path} is not a readable direction file ({type(e).__name__}: '
+                          f'{e}); download it again') from None
+
+
+def _float_array(path: str, a, what: str) -> np.ndarray:
+  """`a` as float64, a DirectionsError unless it is a finite numeric array."""
+  if not (isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.number)):
+    raise DirectionsError(f'{path}: {what} must be a numeric array, got '
+                          f'{getattr(a, "dtype", type(a).__name__)}')
+  if not np.isfinite(a).all():
+    raise DirectionsError(f'{path}: {what} holds NaN or infinite values; download it again')
+  return a.astype(np.float64)
+
+
+def _misfit(path: str, what: str, shape, wplus: tuple[int, int], expected: str) -> str:
+  """The message for a file whose shapes do not fit the generator."""
+  return (f'{path}: {what} of shape {shape} does not fit this generator\'s W+ codes '
+          f'[{wplus[0]}, {wplus[1]}] (expected {expected}). Official InterFaceGAN / SFE / '
+          'GANSpace files are made for FFHQ 1024 px config-F StyleGAN2 [18, 512]: use them with '
+          'such a generator, or make directions for this one (`python -m inversion directions '
+          '...`).')
+
+
+def _vector_directions(path: str, v, wplus: tuple[int, int], name: str, generator_id: str,
+                       info: dict, *, factor: float) -> Directions:
+  """One direction from a vector file v: the official edit is ws + degree * factor * V."""
+  num_ws, w_dim = wplus
+  v = _float_array(path, v, 'the direction')
+  step = f'strength * {factor:g}' if factor != 1 else 'strength'
+  if v.size == w_dim and v.shape[-1:] == (w_dim,):
+    block = np.broadcast_to(v.reshape(1, w_dim), wplus)
+    strength = f'ws + {step} * v on every layer'
+  elif v.size == num_ws * w_dim and v.shape[-1] in (w_dim, num_ws * w_dim):
+    block = v.reshape(wplus)
+    strength = f'ws + {step} * v.reshape(num_ws, w_dim)'
+  else:
+    raise DirectionsError(_misfit(
+        path, 'the direction', list(v.shape), wplus, f'[{w_dim}] or [1, {w_dim}] (one w, broadcast '
+        f'over the layers), or [{num_ws}, {w_dim}] or [1, {num_ws * w_dim}] (a W+ direction)'))
+  norm = float(np.sqrt(np.square(block).sum()))
+  if norm == 0:
+    raise DirectionsError(f'{path}: the direction is all zero')
+  return given(block[None], [name], generator_id=generator_id, scales=[factor * norm],
+               info={**info, 'file_shape': list(v.shape), 'strength': strength})
+
+
+def _ganspace_directions(path: str, pca: dict, wplus: tuple[int, int], generator_id: str,
+                         info: dict) -> Directions:
+  """'pc<i>' on every layer and SFE's named edits from a GANSpace PCA dict (module docstring)."""
+  num_ws, w_dim = wplus
+  missing = [k for k in PCA_KEYS if k not in pca]
+  if missing:
+    raise DirectionsError(f'{path}: a .pt direction file must hold a tensor or a GANSpace PCA '
+                          f'dict {PCA_KEYS}; this dict lacks {", ".join(missing)} (it has '
+                          f'{", ".join(map(str, pca)) or "nothing"})')
+  comp, std, mean = (_float_array(path, pca[k], f'its {k!r}') for k in PCA_KEYS)
+  k, shapes = len(comp), [list(a.shape) for a in (comp, std, mean)]
+  if comp.size != k * w_dim or std.shape != (k,) or mean.size != w_dim:
+    raise DirectionsError(_misfit(
+        path, 'the PCA (comp, std, mean)', shapes, wplus,
+        f'comp [K, 1, {w_dim}], std [K], mean [1, {w_dim}]'))
+  comp, mean = comp.reshape(k, w_dim), mean.reshape(w_dim)
+  if np.abs(np.sqrt(np.square(comp).sum(1)) - 1).max() > PCA_UNIT_TOL or (std <= 0).any():
+    raise DirectionsError(f'{path}: not a GANSpace PCA: its comp rows must have unit norm and '
+                          'its std be > 0')
+  # name -> (component, layers [start, end)); SFE's edits where their component and layers exist
+  named = {n: e[:3] for n, e in SFE_GANSPACE_EDITS.items() if e[0] < k and e[2] <= num_ws}
+  edits = {**named, **{f'pc{i}': (i, 0, num_ws) for i in range(k)}}
+  vectors = np.zeros((len(edits), num_ws, w_dim))
+  for row, (i, start, end) in zip(vectors, edits.values()):
+    row[start:end] = comp[i]
+  index = np.asarray([i for i, _, _ in edits.values()])
+  info = {**info, 'format': 'ganspace-pca-pt', 'file_shape': shapes,
+          'strength': 'ws + strength * std_i * comp_i on the layers [start, end); SFE\'s power '
+                      'is absolute: ganspace_strength',
+          'ganspace': {'component': index.tolist(),
+                       'layers': [[start, end] for _, start, end in edits.values()],
+                       'mean_coordinate': (comp[index] @ mean / std[index]).tolist()},
+          'sfe_powers': {n: SFE_GANSPACE_EDITS[n][3] for n in named},
+          'sfe_edits_left_out': sorted(set(SFE_GANSPACE_EDITS) - set(named))}
+  return given(vectors, list(edits), generator_id=generator_id,
+               scales=std[index] * np.sqrt(np.square(vectors).sum((1, 2))), info=info)
+
+
+def ganspace_strength(ws, d: Directions, name: str,
+                      power: float | Sequence[float]) -> np.ndarray:
+  """The strength that makes `apply(ws, d.direction(name), strength)` SFE's GANSpace edit of
+  `power` (`editings/ganspace.py` get_delta) on the one code ws [num_ws, w_dim].
+
+  SFE moves the layers [start, end) by (power - c) * std * comp, where c = (ws[0] - mean) .
+  comp / std is layer 0's coordinate along the component (in stds from the PCA mean): the power
+  is the coordinate the edit goes to, not a step. This returns power - c ([S] for S powers).
+  """
+  g = d.info.get('ganspace')
+  if g is None:
+    raise ValueError(f'{name!r}: not a direction of a GANSpace PCA file (read_direction_file)')
+  i = d.index(name)
+  start, end = g['layers'][i]
+  direction = d.direction(name)
+  # vector[start] = comp / sqrt(n) and scale = std * sqrt(n), n = end - start (comp unit)
+  c = (end - start) * float(np.asarray(ws, np.float64)[0] @ direction.vector[start]) \
+      / direction.scale - g['mean_coordinate'][i]
+  return np.asarray(power, np.float64) - c
 
 
 # ----------------------------------------------------------------------------------------------
@@ -535,19 +763,34 @@ def run_directions_command(kind: str, model, out: str, *, num_components: int,
   return f'wrote {path}: {what}, from {num_samples} sampled codes (seed {seed})'
 
 
+def direction_edit_ws(ws, directions_path: str | os.PathLike, generator,
+                      name: Optional[str], strengths: float | Sequence[float]) -> np.ndarray:
+  """ws [num_ws, w_dim] moved along a direction of a file (any `read_direction_file` format)
+  at each strength: [S, num_ws, w_dim] (S = 1 for a float).
+
+  name: the direction to take (None: the file's only one). generator: a Model, or what
+  `read_direction_file` takes.
+  """
+  path = os.fspath(directions_path)
+  d = read_direction_file(path, generator, name=name)
+  if name is None and len(d) != 1:
+    raise DirectionsError(f'{path} holds {len(d)} directions: name one ({", ".join(d.names)})')
+  try:
+    direction = d.direction(name or d.names[0])
+  except KeyError as e:
+    raise DirectionsError(f'{path}: {e.args[0]}') from None
+  return apply(ws, direction, np.atleast_1d(np.asarray(strengths, np.float32)))
+
+
 def run_direction_edit(model, latents_path: str | os.PathLike,
-                       directions_path: str | os.PathLike, name: str,
-                       strengths: Sequence[float], out_png: str | os.PathLike) -> str:
-  """`python -m inversion edit direction`: moves a latents file's ws along direction `name`
-  at each strength (sigmas), renders them (with the file's noise maps, if any) and writes a
-  strip PNG (defect mask overlaid); returns its path."""
+                       directions_path: str | os.PathLike, name: Optional[str],
+                       strengths: float | Sequence[float], out_png: str | os.PathLike) -> str:
+  """`python -m inversion edit direction`: moves a latents file's ws along a direction of a
+  file at each strength (`direction_edit_ws`: our .npz with a name, or an official file),
+  renders them (with the file's noise maps, if any) and writes a strip PNG (defect mask
+  overlaid); returns its path."""
   from inversion import editing  # pylint: disable=import-outside-toplevel
   rec = latents_lib.load_latents(latents_path, model)
-  d = load_directions(directions_path, model)
-  try:
-    direction = d.direction(name)
-  except KeyError as e:
-    raise DirectionsError(f'{os.fspath(directions_path)}: {e.args[0]}') from None
-  ws = apply(rec.ws, direction, [float(s) for s in strengths])   # [S, num_ws, w_dim]
+  ws = direction_edit_ws(rec.ws, directions_path, model, name, strengths)  # [S, num_ws, w_dim]
   frames = editing.render(model, ws, rec.noise or None)
   return editing.write_strip(out_png, frames, mask='overlay')

@@ -2,14 +2,16 @@
 the embedded RGB + mask model, `apply` and the CLI helpers."""
 
 import dataclasses
+import pathlib
 import time
+import zipfile
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from generators import checkpoint, networks
+from generators import checkpoint, networks, torch_io
 from inversion import api
 from inversion import directions as dirs
 from inversion import latents as latents_lib
@@ -264,3 +266,164 @@ def test_direction_edit_command_writes_a_strip(tmp_path, model, model_id):
   with pytest.raises(ValueError, match='ganspace'):
     dirs.run_directions_command('pca', model, str(tmp_path / 'x.npz'), num_components=2,
                                 num_samples=10, seed=0)
+  # a single official-format file and one strength: one frame
+  np.save(tmp_path / 'attr.npy', _unit(np.random.default_rng(8), (1, model.g_config.w_dim)))
+  png = dirs.run_direction_edit(model, lat, tmp_path / 'attr.npy', None, 3.0, tmp_path / 'a.png')
+  assert np.asarray(Image.open(png)).shape == (64, 64, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Official direction files (tests/fixtures/sfe_directions: SFE's own files, see its README).
+
+SFE_FILES = pathlib.Path(__file__).parent / 'fixtures' / 'sfe_directions'
+FFHQ = (18, 512)  # the W+ shape the official files are made for
+# SFE editings/latent_editor.py, human_faces: name -> (pca_idx, start, end, strength)
+SFE_GANSPACE = {'eye_openness': (54, 7, 8, 5), 'trimmed_beard': (58, 7, 9, 7),
+                'lipstick': (34, 10, 11, 20), 'face_roundness': (37, 0, 5, 20.0),
+                'nose_length': (51, 4, 5, -30.0), 'eyebrow_thickness': (37, 8, 9, 20.0),
+                'head_angle_up': (11, 1, 4, -10.5), 'displeased': (36, 4, 7, 10.0)}
+
+
+def _ffhq_ws(seed=0):
+  """A W+ code whose layers differ (so layer-0 and per-layer conventions would show)."""
+  return np.random.default_rng(seed).standard_normal(FFHQ).astype(np.float32)
+
+
+def _read_ffhq(file_name, **kw):
+  return dirs.read_direction_file(SFE_FILES / file_name, FFHQ, generator_id='sha256:ffhq', **kw)
+
+
+@pytest.mark.parametrize('stem', ['age', 'smile', 'rotation'])
+def test_sfe_interfacegan_tensors_match_sfe(stem):
+  raw = torch_io.load(SFE_FILES / f'{stem}.pt')          # [1, 512]
+  d = _read_ffhq(f'{stem}.pt')
+  assert d.vectors.shape == (1, *FFHQ) and d.names == [stem] and d.method == 'given'
+  assert d.info['format'] == 'sfe-interfacegan-pt' and d.info['file_shape'] == [1, 512]
+  assert 'FFHQ' in d.info['generator'] and d.generator_id == 'sha256:ffhq'
+  ws = _ffhq_ws()
+  for degree in (-5.0, 3.0):
+    sfe = ws[None] + degree / 2 * raw  # get_interface_gan_edits: start_w + factor / 2 * direction
+    np.testing.assert_allclose(dirs.apply(ws, d.direction(stem), degree), sfe[0], atol=1e-5)
+
+
+@pytest.mark.parametrize('stem', ['Eyeglasses', 'Smiling', 'Heavy_Makeup'])
+def test_sfe_bound_boundaries_match_sfe(stem):
+  raw = np.load(SFE_FILES / f'{stem}_boundary.npy')        # [1, 9216]
+  d = _read_ffhq(f'{stem}_boundary.npy', name=stem.lower())
+  assert d.vectors.shape == (1, *FFHQ) and d.names == [stem.lower()]
+  assert d.info['file_shape'] == [1, 9216]
+  ws = _ffhq_ws()
+  for degree in (-8.0, 20.0):
+    sfe = (ws.reshape(1, -1) + degree * raw).reshape(1, -1, 512)  # get_fs_edits
+    np.testing.assert_allclose(dirs.apply(ws, d.direction(stem.lower()), degree), sfe[0],
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize('shape', [(512,), (1, 512), (18, 512)])
+def test_interfacegan_npy_boundaries_add_on_wplus(tmp_path, shape):
+  v = _unit(np.random.default_rng(1), shape).astype(np.float32) * 3  # not unit: scale keeps it
+  np.save(tmp_path / 'smile_w_boundary.npy', v)
+  d = dirs.read_direction_file(tmp_path / 'smile_w_boundary.npy', FFHQ, generator_id='x')
+  assert d.names == ['smile_w_boundary'] and d.info['file_shape'] == list(shape)
+  ws = _ffhq_ws()
+  # genforce linear_interpolate on a W+ code: latent + distance * boundary (per layer)
+  np.testing.assert_allclose(dirs.apply(ws, d.direction('smile_w_boundary'), 2.5),
+                             ws + 2.5 * np.broadcast_to(v, FFHQ), atol=1e-5)
+  if len(shape) < 2 or shape[0] == 1:
+    np.testing.assert_allclose(d.scales[0], np.sqrt(18) * 3, rtol=1e-6)
+
+
+def test_ganspace_pca_matches_sfe():
+  pca = torch_io.load(SFE_FILES / 'ffhq_pca.pt')  # {'comp': [80, 1, 512], 'std', 'mean'}
+  comp, std, mean = (pca[k].astype(np.float64) for k in ('comp', 'std', 'mean'))
+  d = _read_ffhq('ffhq_pca.pt')
+  assert d.vectors.shape == (88, *FFHQ) and d.method == 'given'
+  assert d.names[:8] == list(SFE_GANSPACE) and d.names[8:] == [f'pc{i}' for i in range(80)]
+  ws = _ffhq_ws(2).astype(np.float64)
+  for name, (idx, start, end, power) in SFE_GANSPACE.items():
+    # editings/ganspace.py get_delta / edit, in numpy
+    coord = np.sum((ws - mean)[0] * comp[idx].reshape(-1)) / std[idx]
+    sfe = ws.copy()
+    sfe[start:end] += (power - coord) * comp[idx] * std[idx]
+    strength = dirs.ganspace_strength(ws, d, name, power)
+    np.testing.assert_allclose(dirs.apply(ws, d.direction(name), strength), sfe, atol=1e-4)
+    # our strength is a step: s stds of the component on the edit's layers, nothing elsewhere
+    step = np.zeros(FFHQ)
+    step[start:end] = 1.5 * std[idx] * comp[idx]
+    np.testing.assert_allclose(dirs.apply(ws, d.direction(name), 1.5) - ws, step, atol=1e-5)
+  np.testing.assert_allclose(dirs.apply(ws, d.direction('pc3'), -2.0) - ws,
+                             np.broadcast_to(-2 * std[3] * comp[3], FFHQ), atol=1e-5)
+  assert dirs.ganspace_strength(ws, d, 'lipstick', [0, 20]).shape == (2,)
+  # 10 layers: SFE's lipstick (layers 10:11) does not fit, and says so
+  small = dirs.read_direction_file(SFE_FILES / 'ffhq_pca.pt', (10, 512), generator_id='x')
+  assert 'lipstick' not in small.names and small.info['sfe_edits_left_out'] == ['lipstick']
+
+
+def test_read_direction_file_round_trips_our_npz(tmp_path, model, model_id):
+  path = dirs.save_directions(tmp_path / 'd.npz', _some_directions(model_id))
+  d = dirs.read_direction_file(path, model)
+  np.testing.assert_array_equal(d.vectors, _some_directions(model_id).vectors)
+  with pytest.raises(latents_lib.LatentsError, match='made with generator'):
+    dirs.read_direction_file(path, (10, 128), generator_id='sha256:other')
+
+
+@pytest.mark.parametrize('stem, wplus, shapes', [
+    ('age.pt', (10, 128), r'\[1, 512\].*\[10, 128\].*\[1, 128\]'),
+    ('Smiling_boundary.npy', (16, 512), r'\[1, 9216\].*\[16, 512\].*\[1, 8192\]'),
+    ('ffhq_pca.pt', (10, 128), r'\[\[80, 1, 512\], \[80\], \[1, 512\]\].*\[10, 128\]'),
+])
+def test_read_direction_file_shape_mismatch_names_the_shapes(stem, wplus, shapes):
+  with pytest.raises(dirs.DirectionsError, match=shapes) as e:
+    dirs.read_direction_file(SFE_FILES / stem, wplus, generator_id='x')
+  assert str(SFE_FILES / stem) in str(e.value) and 'FFHQ 1024 px config-F' in str(e.value)
+
+
+@pytest.mark.parametrize('damage, match', [
+    ('truncated.npy', 'not a readable direction file'),
+    ('strings.npy', 'must be a numeric array'),
+    ('nan.npy', 'NaN or infinite'),
+    ('truncated.pt', 'not a readable direction file'),
+    ('garbage.pt', 'not a readable direction file'),
+    ('no_mean.pt', "lacks mean"),
+    ('missing.npy', 'does not exist'),
+    ('d.txt', 'unknown direction file type'),
+])
+def test_read_direction_file_damaged_files_say_what_is_wrong(tmp_path, damage, match):
+  path = tmp_path / damage
+  if damage == 'truncated.npy':
+    path.write_bytes((SFE_FILES / 'Smiling_boundary.npy').read_bytes()[:1000])
+  elif damage == 'strings.npy':
+    np.save(path, np.array(['a'] * 512))
+  elif damage == 'nan.npy':
+    np.save(path, np.full((1, 512), np.nan, np.float32))
+  elif damage == 'truncated.pt':
+    path.write_bytes((SFE_FILES / 'age.pt').read_bytes()[:1500])
+  elif damage == 'garbage.pt':
+    path.write_bytes(b'not a torch file' * 10)
+  elif damage == 'no_mean.pt':  # ffhq_pca.pt with its 'mean' key renamed in the pickle
+    with zipfile.ZipFile(SFE_FILES / 'ffhq_pca.pt') as src, zipfile.ZipFile(path, 'w') as dst:
+      for item in src.infolist():
+        data = src.read(item)
+        dst.writestr(item, data.replace(b'mean', b'mEAN') if item.filename.endswith('.pkl')
+                     else data)
+  elif damage == 'd.txt':
+    path.write_text('0.1 0.2')
+  with pytest.raises(dirs.DirectionsError, match=match) as e:
+    dirs.read_direction_file(path, FFHQ, generator_id='x')
+  assert str(path) in str(e.value)
+
+
+def test_direction_edit_takes_a_single_official_file(tmp_path, model, model_id):
+  gc = model.g_config
+  v = _unit(np.random.default_rng(8), (1, gc.w_dim)).astype(np.float32)
+  np.save(tmp_path / 'attr.npy', v)
+  ws = dirs.sample_ws(model, 1, seed=7)[0]
+  one = dirs.direction_edit_ws(ws, tmp_path / 'attr.npy', model, None, 2.0)
+  assert one.shape == (1, gc.num_ws, gc.w_dim)
+  np.testing.assert_allclose(one[0], ws + 2.0 * v, atol=1e-5)
+  both = dirs.direction_edit_ws(ws, tmp_path / 'attr.npy', model, 'attr', [-1.0, 2.0])
+  np.testing.assert_allclose(both[1], one[0], atol=1e-6)
+  assert dirs.read_direction_file(tmp_path / 'attr.npy', model).generator_id == model_id
+  path = dirs.save_directions(tmp_path / 'd.npz', _some_directions(model_id))
+  with pytest.raises(latents_lib.LatentsError, match='holds 3 directions: name one.*a, b, c'):
+    dirs.direction_edit_ws(ws, path, model, None, 1.0)
