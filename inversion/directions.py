@@ -763,16 +763,15 @@ def run_directions_command(kind: str, model, out: str, *, num_components: int,
   return f'wrote {path}: {what}, from {num_samples} sampled codes (seed {seed})'
 
 
-def direction_edit_ws(ws, directions_path: str | os.PathLike, generator,
-                      name: Optional[str], strengths: float | Sequence[float]) -> np.ndarray:
-  """ws [num_ws, w_dim] moved along a direction of a file (any `read_direction_file` format)
-  at each strength: [S, num_ws, w_dim] (S = 1 for a float).
+def direction_edit_ws(ws, directions_path: str | os.PathLike, model, name: Optional[str],
+                      strengths: float | Sequence[float]) -> np.ndarray:
+  """ws [num_ws, w_dim] of `model` moved along a direction of a file (any `read_direction_file`
+  format) at each strength: [S, num_ws, w_dim] (S = 1 for a float).
 
-  name: the direction to take (None: the file's only one). generator: a Model, or what
-  `read_direction_file` takes.
+  name: the direction to take (None: the file's only one).
   """
   path = os.fspath(directions_path)
-  d = read_direction_file(path, generator, name=name)
+  d = read_direction_file(path, model, name=name)
   if name is None and len(d) != 1:
     raise DirectionsError(f'{path} holds {len(d)} directions: name one ({", ".join(d.names)})')
   try:
