@@ -814,7 +814,7 @@ def _irse_stages(sd, where: str, part: str) -> tuple[tuple[int, ...], tuple[int,
   return tuple(channels), tuple(depths), channels[0] // se
 
 
-def _inverter_config(sd, where: str) -> InverterConfig:
+def _inverter_config(sd, where: str, input_size: int) -> InverterConfig:
   part = 'inverter'
   b = 'fs_backbone.'
   channels = tuple(_shape(sd, f'{b}block_{s}.0.conv1.weight', where, part)[0]
@@ -826,8 +826,7 @@ def _inverter_config(sd, where: str) -> InverterConfig:
   pooled = math.isqrt(head // sum(channels))
   feature = _shape(sd, f'{b}content_layer.1.weight', where, part)[0]
   blocks = _count(sd, r'fuser\.body\.(\d+)\.body\.1\.weight') + 1
-  return InverterConfig(InverterConfig.input_size, channels, depths, pooled, num_ws, w_dim,
-                        feature, blocks)
+  return InverterConfig(input_size, channels, depths, pooled, num_ws, w_dim, feature, blocks)
 
 
 def _editor_config(sd, where: str) -> EditorConfig:
@@ -870,8 +869,13 @@ def _describe(sd: Mapping[str, Any]) -> str:
   return f'{len(sd)} tensors under {", ".join(repr(p) for p in prefixes[:_LIST_LIMIT])}'
 
 
-def load_official(path: str | os.PathLike) -> OfficialWeights:
+def load_official(path: str | os.PathLike,
+                  inverter_input_size: int = InverterConfig.input_size) -> OfficialWeights:
   """Reads an official SFE, e4e or ArcFace file (torch-free): kind, configs, variables.
+
+  The inverter's input side cannot be read from its weights (fully convolutional, adaptive
+  pooling): it is `inverter_input_size`, the official 256 unless given; e4e's is read (from
+  the number of convs in its GradualStyleBlocks).
 
   Raises:
     FileNotFoundError: no such file.
@@ -897,12 +901,12 @@ def load_official(path: str | os.PathLike) -> OfficialWeights:
   out = OfficialWeights(kind, where)
   if kind in ('sfe-inverter', 'sfe-editor'):
     inv = _strip(sd, 'encoder.' if kind == 'sfe-inverter' else 'inverter.')
-    cfg = _inverter_config(inv, where)
+    cfg = _inverter_config(inv, where, inverter_input_size)
     nchw = {f'fs_backbone.styles.{i}': (sum(cfg.stage_channels), cfg.pooled_size,
                                         cfg.pooled_size) for i in range(cfg.num_ws)}
     out.inverter_config = cfg
     out.inverter_vars = _to_variables(inv, cfg, where, 'inverter', nchw)
-    notes.append(f'inverter input size {cfg.input_size} (official; not stored in the file)')
+    notes.append(f'inverter input size {cfg.input_size} (not stored in the file)')
   if kind == 'sfe-editor':
     ed = _strip(sd, 'encoder.')
     out.editor_config = _editor_config(ed, where)
