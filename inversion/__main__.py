@@ -9,8 +9,11 @@
         --num 8 --out morph.png [--checkpoint G.pkl]
     python -m inversion edit crossover --content A.npz --style B.npz [--cutoff 4] --out mix.png
     python -m inversion edit expression --a A.npz --b B.npz --c C.npz [--strength 1] --out e.png
+    python -m inversion edit direction --latents L.npz --direction D.npy --strength 3 --out e.png
+        [--name smile] [--encoder sfe_editor_light.pt,e4e_ffhq_encode.pt]   # SFE latents
     python -m inversion demo [--out out/demo] [--steps 600]
     python -m inversion invert --images DIR --method idinvert|encoder [--encoder ENCODER_DIR] ...
+    python -m inversion invert --images DIR --method sfe --encoder sfe_editor_light.pt,e4e.pt ...
     python -m inversion train-encoder --config idinvert --checkpoint G --data DIR_OR_embedded \
         --workdir runs/enc                      # resumable; then:
     python -m inversion export-encoder --workdir runs/enc --out ENCODER_DIR
@@ -19,7 +22,8 @@
 
 Without --checkpoint the embedded default model is used. Methods: z, w, wplus, wplus_noise
 (configs/image2stylegan.py), projector (configs/projector.py), idinvert (in-domain inversion)
-and encoder (the encoder alone; configs/idinvert.py); any config field can be set
+and encoder (the encoder alone; configs/idinvert.py), sfe (StyleFeatureEditor, one forward
+pass; inversion/sfe.py); any config field can be set
 with --config.field=value. `invert` is resumable: rerun the same command after an interruption.
 Errors in the input or settings print one `error:` line; STYLEGAN_INV_TRACEBACK=1 shows the
 traceback instead.
@@ -37,8 +41,8 @@ from generators.cli import run_cli
 
 METHODS = {'z': 'image2stylegan:z', 'w': 'image2stylegan:w', 'wplus': 'image2stylegan:wplus',
            'wplus_noise': 'image2stylegan:wplus_noise', 'projector': 'projector',
-           'idinvert': 'idinvert', 'encoder': 'idinvert:encoder'}
-ENCODER_METHODS = ('idinvert', 'encoder')  # configs/idinvert.py: they use --encoder
+           'idinvert': 'idinvert', 'encoder': 'idinvert:encoder', 'sfe': 'sfe'}
+ENCODER_METHODS = ('idinvert', 'encoder', 'sfe')  # they use --encoder
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,9 +68,10 @@ def _parser() -> argparse.ArgumentParser:
   inv.add_argument('--align', default=None, metavar='MODULE:FUNCTION',
                    help='FFHQ-align faces first, with your landmark detector: a function '
                         'image [H, W, 3] -> [68, 2] (x, y) or None (see inversion/align.py)')
-  inv.add_argument('--encoder', default=None, metavar='DIR',
+  inv.add_argument('--encoder', default=None, metavar='PATH',
                    help='methods idinvert and encoder: a native encoder folder (default: the '
-                   "embedded model's shipped encoder)")
+                   "embedded model's shipped encoder); method sfe: the SFE files, comma-"
+                   'separated (sfe_editor_light.pt,e4e_ffhq_encode.pt), or random (untrained)')
   inv.add_argument('--no-progress', action='store_true', help='no progress bar')
 
   tr = sub.add_parser('train-encoder', help='train a domain-guided encoder (idinvert), resumable')
@@ -96,11 +101,15 @@ def _parser() -> argparse.ArgumentParser:
   ed.add_argument('--style', help='latents file (crossover)')
   ed.add_argument('--num', type=int, default=8, help='interpolate: frames, ends included')
   ed.add_argument('--cutoff', type=int, default=None, help='crossover: first style layer')
-  ed.add_argument('--strength', type=float, default=1.0, help='expression: scale of c - b')
+  ed.add_argument('--strength', type=float, default=None,
+                  help='expression: scale of c - b (default 1); direction: one strength '
+                  '(instead of --strengths)')
   ed.add_argument('--latents', help='direction: the latents file to edit')
-  ed.add_argument('--directions', help='direction: a directions file (python -m inversion '
-                  'directions ...)')
-  ed.add_argument('--name', help='direction: which direction of the file (e.g. defect, pc0)')
+  ed.add_argument('--directions', '--direction', dest='directions',
+                  help='direction: a directions file (python -m inversion directions ...), or '
+                  'an official one as it is: InterFaceGAN / SFE .npy or .pt, a GANSpace PCA .pt')
+  ed.add_argument('--name', help='direction: which direction of the file (e.g. defect, pc0, '
+                  'smile); not needed for a file of one direction')
   ed.add_argument('--strengths', default='-3,-1.5,0,1.5,3',
                   help='direction: comma list of strengths, in sigmas of the codes along it')
   ed.add_argument('--context', help='diffuse: the image that receives the region')
@@ -109,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
   ed.add_argument('--image', help='inpaint: the image with missing pixels')
   ed.add_argument('--mask', help='inpaint: mask PNG, white = known pixels')
   ed.add_argument('--encoder', default=None, help='diffuse, inpaint: the encoder (default: the '
-                  "embedded model's)")
+                  "embedded model's); direction on SFE latents: the SFE files (comma-separated) "
+                  'or random')
   ed.add_argument('--steps', type=int, default=None, help='diffuse, inpaint: in-domain steps')
   ed.add_argument('--out', required=True, help='output PNG')
 
@@ -176,7 +186,11 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
       if args.method not in ENCODER_METHODS:
         raise SystemExit(f'error: --encoder is for --method {" or ".join(ENCODER_METHODS)}, not '
                          f'{args.method}')
-      extra.append(f'--config.encoder.path={args.encoder}')
+      if args.method != 'sfe':
+        extra.append(f'--config.encoder.path={args.encoder}')
+    if args.method == 'sfe' and (args.steps is not None or args.seed is not None):
+      raise SystemExit('error: --method sfe is one forward pass: --steps and --seed do not '
+                       'apply (untrained weights take --config.seed)')
     if args.steps is not None:
       extra.append(f'--config.steps={args.steps}')
     if args.seed is not None:
@@ -190,7 +204,8 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
       align = align_lib.aligner_from_spec(args.align, model.resolution)
     res = jobs.invert_folder(images, model, config, args.out, args.batch_size, mask=args.mask,
                             progress=not args.no_progress, align=align, init=args.init,
-                            skip_bad=args.skip_bad)
+                            skip_bad=args.skip_bad,
+                            encoder=args.encoder if args.method == 'sfe' else None)
     cols = [c for c in ('mse', 'psnr', 'ssim', 'lpips') if any(c in r for r in res.rows)]
     print(report.format_table(res.rows, ['name'] + cols + ['status']))
     unreadable = f', {len(res.unreadable)} unreadable (skipped)' if res.unreadable else ''
@@ -222,7 +237,8 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
       raise SystemExit(f'error: edit {args.kind} needs {flags}')
     model = checkpoint.load(args.checkpoint)
     path = editing.run_edit(args.kind, model, files, args.out, num=args.num,
-                            cutoff=args.cutoff, strength=args.strength)
+                            cutoff=args.cutoff,
+                            strength=1.0 if args.strength is None else args.strength)
     print(f'wrote {path}')
     return 0
 
@@ -247,11 +263,12 @@ def _edit_with_encoder_or_directions(args: argparse.Namespace, overrides: list[s
   """edit direction / diffuse / inpaint: write a strip PNG."""
   from inversion import editing, images  # pylint: disable=import-outside-toplevel
   if args.kind == 'direction':
-    _need(args, '--latents', '--directions', '--name')
+    _need(args, '--latents', '--directions')
     from inversion import directions  # pylint: disable=import-outside-toplevel
-    strengths = [float(v) for v in args.strengths.split(',')]
+    strengths = ([args.strength] if args.strength is not None else
+                 [float(v) for v in args.strengths.split(',')])
     path = directions.run_direction_edit(model, args.latents, args.directions, args.name,
-                                         strengths, args.out)
+                                         strengths, args.out, encoder=args.encoder)
     print(f'wrote {path} (strengths {strengths})')
     return 0
   extra = [] if args.steps is None else [f'--config.steps={args.steps}']

@@ -82,8 +82,11 @@ __all__ = [
     'check_images',
     'check_mask',
     'image_keys',
+    'image_metrics',
     'invert',
+    'is_sfe',
     'load_mask',
+    'lpips_metric_params',
     'spec_from_config',
     'w_stats',
 ]
@@ -109,6 +112,13 @@ def as_config(config: str | ml_collections.ConfigDict,
       apply_overrides(config, overrides)
     return config
   raise TypeError(f'config must be a config name or a ConfigDict, got {type(config).__name__}')
+
+
+def is_sfe(config: str | ml_collections.ConfigDict) -> bool:
+  """Whether `config` names StyleFeatureEditor ('sfe', 'sfe:official', configs/sfe.py): an
+  encoder pipeline run in one forward pass (`inversion.sfe`), not an optimisation."""
+  name = config if isinstance(config, str) else str(config.get('method', ''))
+  return name.split(':')[0] == 'sfe'
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,6 +295,10 @@ class InversionResult:
   generator_id: str = ''
   config_json: str = ''
   loss_channels: int = 0             # channels the image terms saw (0 = all)
+  features: Optional[np.ndarray] = None     # SFE: F_k [B, h, w, C] injected at feature_layer
+  feature_layer: str = ''                   # SFE: generator layer of `features` ('b64.conv1')
+  encoder_ws: Optional[np.ndarray] = None   # SFE: editing codes w_e [B, num_ws, w_dim]
+  encoder_source: str = ''                  # SFE: 'e4e' | 'domain-encoder' | 'inverter'
 
   def __len__(self):
     return len(self.names)
@@ -303,6 +317,28 @@ class InversionResult:
       row['status'] = self.status(i)
       rows.append(row)
     return rows
+
+
+def image_metrics(recon: np.ndarray, targets: np.ndarray, channels: int,
+                  lpips_params=None, masks: Optional[np.ndarray] = None
+                  ) -> dict[str, np.ndarray]:
+  """MSE, PSNR (dB, range 2), SSIM on the first `channels` channels; LPIPS with its params;
+  masked_mse / masked_psnr inside the mask when one mask [B, H, W, 1] is given."""
+  k = channels
+  x, y = jnp.asarray(recon[..., :k]), jnp.asarray(targets[..., :k])
+  out = {'mse': np.asarray(metrics_lib.mse(x, y)), 'psnr': np.asarray(metrics_lib.psnr(x, y))}
+  if min(x.shape[1:3]) >= metrics_lib.SSIM_WINDOW:
+    out['ssim'] = np.asarray(metrics_lib.ssim(x, y))
+  if lpips_params is not None:
+    out['lpips'] = np.asarray(metrics_lib.lpips(lpips_params, x, y, resize=256))
+  if masks is not None and masks.shape[-1] == 1:
+    m = masks.astype(np.float32)
+    se = np.square(recon[..., :k] - targets[..., :k]) * m
+    mmse = se.sum(axis=(1, 2, 3)) / (k * m.sum(axis=(1, 2, 3)))
+    out['masked_mse'] = mmse
+    with np.errstate(divide='ignore'):
+      out['masked_psnr'] = 10 * np.log10(4.0 / mmse)
+  return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -592,38 +628,28 @@ class Inverter:
 
   def metrics(self, recon: np.ndarray, targets: np.ndarray,
               masks: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
-    """MSE, PSNR (dB, range 2), SSIM on the loss channels; LPIPS where its weights exist;
-    masked_mse / masked_psnr inside the mask when one mask [B, H, W, 1] is given."""
-    k = self.spec.loss_channels
-    x, y = jnp.asarray(recon[..., :k]), jnp.asarray(targets[..., :k])
-    out = {'mse': np.asarray(metrics_lib.mse(x, y)), 'psnr': np.asarray(metrics_lib.psnr(x, y))}
-    if min(x.shape[1:3]) >= metrics_lib.SSIM_WINDOW:
-      out['ssim'] = np.asarray(metrics_lib.ssim(x, y))
-    lp = self._lpips_params()
-    if lp is not None:
-      out['lpips'] = np.asarray(metrics_lib.lpips(lp, x, y, resize=256))
-    if masks is not None and masks.shape[-1] == 1:
-      m = masks.astype(np.float32)
-      se = np.square(recon[..., :k] - targets[..., :k]) * m
-      mmse = se.sum(axis=(1, 2, 3)) / (k * m.sum(axis=(1, 2, 3)))
-      out['masked_mse'] = mmse
-      with np.errstate(divide='ignore'):
-        out['masked_psnr'] = 10 * np.log10(4.0 / mmse)
-    return out
+    """`image_metrics` on the loss channels, with LPIPS where its weights exist."""
+    return image_metrics(recon, targets, self.spec.loss_channels, self._lpips_params(), masks)
 
   def _lpips_params(self):
-    mode = self.config.metrics.lpips
-    if mode == 'off' or self.spec.loss_channels not in (1, 3):
-      return None
     if self._lpips is None:
-      try:
-        self._lpips = _load_weights('lpips', self.config.loss.lpips_weights)
-      except weights_lib.WeightsNotFoundError:
-        if mode == 'on':
-          raise
-        log.info('LPIPS metric skipped: LPIPS weights not found (config.metrics.lpips=auto).')
-        self._lpips = False
+      self._lpips = lpips_metric_params(self.config.metrics.lpips, self.spec.loss_channels,
+                                        self.config.loss.lpips_weights) or False
     return self._lpips or None
+
+
+def lpips_metric_params(mode: str, channels: int, path: str = ''):
+  """LPIPS parameters for the metric, or None: mode 'off', channels other than 1 or 3, or no
+  weights file under 'auto' (said in the log; 'on' raises WeightsNotFoundError)."""
+  if mode == 'off' or channels not in (1, 3):
+    return None
+  try:
+    return _load_weights('lpips', path)
+  except weights_lib.WeightsNotFoundError:
+    if mode == 'on':
+      raise
+    log.info('LPIPS metric skipped: LPIPS weights not found (config.metrics.lpips=auto).')
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -645,7 +671,9 @@ def invert(images, generator, config='image2stylegan', *, mask=None, init=None, 
     generator: a `generators.checkpoint.Model`.
     config: a preset name ('image2stylegan', 'image2stylegan:z|w|wplus|wplus_noise',
       'projector', 'idinvert' (in-domain), 'idinvert:encoder' (E alone), optionally ':quick')
-      or a ConfigDict (see configs/image2stylegan.py, configs/idinvert.py).
+      or a ConfigDict (see configs/image2stylegan.py, configs/idinvert.py); or 'sfe':
+      StyleFeatureEditor's one forward pass (`inversion.sfe.invert`; `encoder` is then an
+      `inversion.sfe.SFE`, its files, or 'random').
     mask: optional [H, W] / [H, W, 1] / [B, H, W(, 1)] weights in [0, 1]: 1 = pixel counts,
       0 = ignored by every image term (inpainting: give the known pixels 1).
     init: start latents instead of config.init: [B, *latent_shape] (W+ also takes [B, w_dim]),
@@ -659,7 +687,7 @@ def invert(images, generator, config='image2stylegan', *, mask=None, init=None, 
     callback: called after every chunk with an `engine.ChunkInfo`; raising stops the run.
     devices: devices to shard the batch over (default all; see `engine.batch_mesh`).
     encoder: the encoder of config.init 'encoder' / config.encoder.weight (configs/idinvert.py),
-      instead of config.encoder.path or the embedded model's.
+      instead of config.encoder.path or the embedded model's; for 'sfe', the SFE networks.
 
   Returns:
     InversionResult: latents, ws, noise, reconstructions, per-step loss curves per term,
@@ -671,6 +699,10 @@ def invert(images, generator, config='image2stylegan', *, mask=None, init=None, 
     >>> result = invert(x, model, 'image2stylegan:w', key=jax.random.PRNGKey(0))
     >>> result.metrics['psnr'], result.ws.shape
   """
+  if is_sfe(config):
+    from inversion import sfe  # pylint: disable=import-outside-toplevel
+    return sfe.invert(images, generator, encoder, names=names, out_dir=out_dir,
+                      devices=devices, config=as_config(config))
   if out_dir is not None:
     report.prepare_out_dir(out_dir)  # a folder that cannot be written fails before the work
   inv = Inverter(generator, config, latent_terms=latent_terms, term_params=term_params,

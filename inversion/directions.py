@@ -783,13 +783,40 @@ def direction_edit_ws(ws, directions_path: str | os.PathLike, model, name: Optio
 
 def run_direction_edit(model, latents_path: str | os.PathLike,
                        directions_path: str | os.PathLike, name: Optional[str],
-                       strengths: float | Sequence[float], out_png: str | os.PathLike) -> str:
+                       strengths: float | Sequence[float], out_png: str | os.PathLike, *,
+                       encoder=None) -> str:
   """`python -m inversion edit direction`: moves a latents file's ws along a direction of a
   file at each strength (`direction_edit_ws`: our .npz with a name, or an official file),
   renders them (with the file's noise maps, if any) and writes a strip PNG (defect mask
-  overlaid); returns its path."""
+  overlaid); returns its path.
+
+  Latents of an SFE inversion (they carry F_k) are edited the SFE way (`inversion.sfe.edit`):
+  the editing codes move too, and the feature editor turns the feature change into F_k';
+  `encoder` is then the SFE networks (`inversion.sfe.SFE`, their files, or 'random').
+  """
   from inversion import editing  # pylint: disable=import-outside-toplevel
   rec = latents_lib.load_latents(latents_path, model)
   ws = direction_edit_ws(rec.ws, directions_path, model, name, strengths)  # [S, num_ws, w_dim]
-  frames = editing.render(model, ws, rec.noise or None)
+  if rec.features is None:
+    frames = editing.render(model, ws, rec.noise or None)
+  else:
+    frames = _sfe_edit_frames(model, rec, ws, directions_path, name, strengths, encoder)
   return editing.write_strip(out_png, frames, mask='overlay')
+
+
+def _sfe_edit_frames(model, rec: latents_lib.LatentRecord, ws: np.ndarray, directions_path,
+                     name: Optional[str], strengths, encoder) -> np.ndarray:
+  """The edited images of an SFE latents file: G(edited ws, editor(F_k, delta)) per strength."""
+  from inversion import sfe  # pylint: disable=import-outside-toplevel
+  if encoder is None:
+    raise sfe.SFEError(
+        f'{rec.path}: these latents come from SFE (they carry its feature tensor F_k at '
+        f'{rec.feature_layer}): pass the SFE files they were inverted with (--encoder '
+        'sfe_editor_light.pt,e4e_ffhq_encode.pt, or random) to edit them with their features.')
+  nets = sfe.resolve(encoder, model)
+  if nets.feature_layer != rec.feature_layer:
+    raise sfe.SFEError(f'{rec.path}: F_k replaces {rec.feature_layer}, but these SFE networks '
+                       f'work at {nets.feature_layer}: pass the SFE files of the inversion.')
+  edited_e = direction_edit_ws(rec.encoder_ws, directions_path, model, name, strengths)
+  repeat = lambda x: np.repeat(x[None], len(ws), axis=0)
+  return sfe.render(nets, model, ws, repeat(rec.features), repeat(rec.encoder_ws), edited_e)

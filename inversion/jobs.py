@@ -134,9 +134,17 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   out = report.prepare_out_dir(out_dir)
-  inv = api.Inverter(generator, config, latent_terms=latent_terms, term_params=term_params,
-                     encoder=encoder)
-  every = int(checkpoint_every or inv.config.checkpoint_every)
+  one_pass = api.is_sfe(config)  # an encoder pipeline: no steps, no state
+  if one_pass and (mask is not None or init is not None):
+    raise ValueError('SFE inverts in one forward pass: --mask and --init do not apply to it '
+                     '(run an optimisation method for those)')
+  if one_pass:
+    from inversion import sfe  # pylint: disable=import-outside-toplevel
+    inv = sfe.FolderInverter(generator, encoder, api.as_config(config))
+  else:
+    inv = api.Inverter(generator, config, latent_terms=latent_terms, term_params=term_params,
+                       encoder=encoder)
+  every = 1 if one_pass else int(checkpoint_every or inv.config.checkpoint_every)
   res, ch = generator.resolution, generator.channels
   paths = images_lib.list_images(dir_or_files)
   names = images_lib._unique_names(paths)  # pylint: disable=protected-access
@@ -176,6 +184,10 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
             f'{e}\nFix or remove {paths[i]} and rerun the same command: finished images are '
             'kept and skipped.') from None
     targets = np.stack(targets)
+    if one_pass:
+      result = _take(inv.invert(targets, [names[i] for i in padded], devices), len(idx))
+      inverted += _save_batch(result, done, out, generator, failed)
+      continue
     masks = api.check_mask(mask, batch_size, res)
     keys = api.image_keys(base_key, batch_size, padded)
     resumed = bi == 0 and resume is not None  # its start latents come from the checkpoint
@@ -185,24 +197,31 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
         inv, state, data, work, {**meta_base, 'names': [names[i] for i in idx]},
         resume if resumed else None, every, devices=devices, progress=progress,
         callback=callback, names=[names[i] for i in padded], desc=f'batch {bi + 1}/{len(batches)}')
-    result = inv.result(state, curves, data, [names[i] for i in padded])
-    n = len(idx)
-    result = _take(result, n)
-    for i, name in enumerate(result.names):
-      if name in done:  # saved before a kill interrupted this batch's saving
-        continue
-      images_lib.save_image(str(out / 'reconstructions' / f'{name}.png'),
-                            np.nan_to_num(result.reconstructions[i]))
-      latents_lib.save_latents(lat_dir / f'{name}.npz', result, i, generator)
-      if result.failed[i]:
-        failed[name] = result.status(i)
-    inverted += [name for name in result.names if name not in done]
+    result = _take(inv.result(state, curves, data, [names[i] for i in padded]), len(idx))
+    inverted += _save_batch(result, done, out, generator, failed)
     if work.exists():
       work.unlink()
   rows = _summarise(out, paths, names, inv, generator, align, unreadable)
   for name, status in failed.items():
     log.warning('%s: %s', name, status)
   return FolderResult(out, names, inverted, skipped, failed, rows, unreadable)
+
+
+def _save_batch(result: api.InversionResult, done: set, out: pathlib.Path, generator,
+                failed: dict) -> list[str]:
+  """Writes a finished batch's reconstructions and latents (images saved before a kill are
+  left as they are), notes failures in `failed`; returns the names it wrote."""
+  wrote = []
+  for i, name in enumerate(result.names):
+    if name in done:  # saved before a kill interrupted this batch's saving
+      continue
+    images_lib.save_image(str(out / 'reconstructions' / f'{name}.png'),
+                          np.nan_to_num(result.reconstructions[i]))
+    latents_lib.save_latents(out / 'latents' / f'{name}.npz', result, i, generator)
+    if result.failed[i]:
+      failed[name] = result.status(i)
+    wrote.append(name)
+  return wrote
 
 
 def plan_batches(todo: Sequence[int], names: Sequence[str], work: pathlib.Path, meta_base: dict,
@@ -299,7 +318,9 @@ def _take(result: api.InversionResult, n: int) -> api.InversionResult:
       reconstructions=cut(result.reconstructions), targets=cut(result.targets),
       losses={k: cut(v) for k, v in result.losses.items()},
       metrics={k: cut(v) for k, v in result.metrics.items()}, failed=cut(result.failed),
-      failed_step=cut(result.failed_step))
+      failed_step=cut(result.failed_step),
+      features=None if result.features is None else cut(result.features),
+      encoder_ws=None if result.encoder_ws is None else cut(result.encoder_ws))
 
 
 def _summarise(out: pathlib.Path, paths, names, inv: api.Inverter, generator, align=None,

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -47,6 +47,11 @@ latents/<name>.npz (numpy .npz, no pickles), one image per file:
   config_json     str   the inversion config
   metrics_json    str   {'mse', 'psnr', 'ssim'[, 'lpips']} of the reconstruction
   status          str   'ok' or 'non-finite loss at step k (kept the last finite latent)'
+SFE inversions (`inversion.sfe`) also hold:
+  features        f32   [h, w, C] F_k, NHWC: the feature tensor injected at feature_layer
+  feature_layer   str   the generator layer it replaces ('b64.conv1' = SFE's index 9)
+  encoder_ws      f32   [num_ws, w_dim] the editing codes w_e (e4e's, or see encoder_source)
+  encoder_source  str   'e4e' | 'domain-encoder' | 'inverter'
 """
 
 REQUIRED_FIELDS = ('version', 'name', 'space', 'latent', 'ws', 'generator_id', 'generator_json',
@@ -95,6 +100,10 @@ class LatentRecord:
   metrics: dict[str, float]
   status: str
   path: str = ''
+  features: Optional[np.ndarray] = None      # SFE: F_k [h, w, C]
+  feature_layer: str = ''
+  encoder_ws: Optional[np.ndarray] = None    # SFE: w_e [num_ws, w_dim]
+  encoder_source: str = ''
 
   def check(self, generator_id: str, what: str = '') -> None:
     """Raises LatentsError unless these latents were made with `generator_id`."""
@@ -126,6 +135,11 @@ def save_latents(path: str | os.PathLike, result: 'api.InversionResult', i: int,
       'metrics_json': np.asarray(json.dumps({k: float(v[i]) for k, v in result.metrics.items()})),
       'status': np.asarray(result.status(i)),
   }
+  if result.features is not None:
+    arrays.update(features=result.features[i].astype(np.float32),
+                  feature_layer=np.asarray(result.feature_layer),
+                  encoder_ws=result.encoder_ws[i].astype(np.float32),
+                  encoder_source=np.asarray(result.encoder_source))
   arrays.update({f'noise/{k}': v[i].astype(np.float32) for k, v in result.noise.items()})
   arrays.update({f'loss/{k}': v[i].astype(np.float32) for k, v in result.losses.items()})
   tmp = path + '.tmp.npz'
@@ -182,7 +196,8 @@ def load_latents(path: str | os.PathLike, generator=None) -> LatentRecord:
       'latents', LATENTS_FORMAT, LATENTS_VERSION, tuple(REQUIRED_FIELDS),
       'inversion.latents.LATENTS_LAYOUT', '`python -m inversion invert` writes them to '
       '<out>/latents/<name>.npz', 'rerun the inversion that wrote it'), LatentsError)
-  for field in ['latent', 'ws'] + [k for k in d if k.startswith('noise/')]:
+  sfe_fields = [k for k in ('features', 'encoder_ws') if k in d]
+  for field in ['latent', 'ws'] + sfe_fields + [k for k in d if k.startswith('noise/')]:
     if not np.isfinite(d[field]).all():
       raise LatentsError(f'{path}: field "{field}" holds NaN or infinite values, so it cannot '
                          'start an inversion or an edit (inversion never writes such a field: '
@@ -193,7 +208,9 @@ def load_latents(path: str | os.PathLike, generator=None) -> LatentRecord:
       losses={k[5:]: v for k, v in d.items() if k.startswith('loss/')},
       generator_id=str(d['generator_id']), generator_json=str(d['generator_json']),
       config_json=str(d['config_json']), metrics=json.loads(str(d['metrics_json'])),
-      status=str(d['status']), path=path)
+      status=str(d['status']), path=path, features=d.get('features'),
+      feature_layer=str(d.get('feature_layer', '')), encoder_ws=d.get('encoder_ws'),
+      encoder_source=str(d.get('encoder_source', '')))
   if generator is not None:
     rec.check(generator_fingerprint(generator) if not isinstance(generator, str) else generator,
               path)

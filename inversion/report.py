@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import pathlib
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
@@ -19,6 +20,8 @@ from inversion import latents as latents_lib
 
 if TYPE_CHECKING:
   from inversion import api
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     'MAX_GRID_ROWS',
@@ -82,8 +85,12 @@ def write_metrics(out_dir: pathlib.Path, rows: list[dict], extra: Mapping[str, A
 
 
 def plot_losses(path: str | os.PathLike, curves: Mapping[str, np.ndarray],
-                labels: Optional[Sequence[str]] = None, title: str = '') -> str:
-  """Loss curves {term: [N, steps]} -> PNG, one panel per term (log y); returns the path."""
+                labels: Optional[Sequence[str]] = None, title: str = '') -> Optional[str]:
+  """Loss curves {term: [N, steps]} -> PNG, one panel per term (log y); returns the path, or
+  None (with a log line) when there are no curves: an encoder's one pass has no steps."""
+  if not curves:
+    log.info('%s: not drawn, no loss curves (a method without optimisation steps)', path)
+    return None
   # A bare Figure (Agg canvas): no pyplot state or GUI backend, and 0.3 s less to import.
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel  (slow import)
   terms = list(curves)
