@@ -98,6 +98,15 @@ def test_cli_sfe_folder_job_is_resumable(tiny, tmp_path, monkeypatch):
   assert (lat / 'im0.npz').stat().st_mtime_ns == first
   with pytest.raises(SystemExit, match='--steps'):
     main(args + ['--steps', '10'])
+  # Edit an SFE latents file with an InterFaceGAN-style boundary [1, w_dim] as it is.
+  boundary = tmp_path / 'boundary.npy'
+  np.save(boundary, np.random.default_rng(1).normal(size=(1, model.g_config.w_dim)))
+  edit = ['edit', 'direction', '--latents', str(lat / 'im0.npz'), '--direction', str(boundary),
+          '--strength', '3', '--out', str(tmp_path / 'e.png')]
+  with pytest.raises(SystemExit, match='--encoder'):
+    main(edit)                                 # F_k needs the SFE networks
+  assert main(edit + ['--encoder', 'random']) == 0
+  assert images.load_image(str(tmp_path / 'e.png'), RES, 3).shape == (RES, RES, 3)
 
 
 def test_bad_sfe_files_and_sizes_are_refused(tiny, tmp_path):
