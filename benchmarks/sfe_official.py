@@ -237,6 +237,11 @@ def official_inverter(off, n_styles: int = 18):
     return off.psp_encoders.Inverter(n_styles=n_styles, opts=Namespace(arcface_model_path=path))
 
 
+def stylegan2_generator(off, size: int = 1024, style_dim: int = 512, n_mlp: int = 8):
+  """rosinality Generator as SFE builds it (`Generator(1024, 512, 8)`)."""
+  return off.stylegan2.Generator(size, style_dim, n_mlp)
+
+
 def official_e4e(off, stylegan_size: int = 1024):
   return off.psp_encoders.Encoder4Editing(50, 'ir_se', Namespace(stylegan_size=stylegan_size))
 

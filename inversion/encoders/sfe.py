@@ -87,12 +87,18 @@ PRELU_INIT = 0.25             # nn.PReLU default slope
 GRADUAL_LRELU_SLOPE = 0.01    # nn.LeakyReLU() in GradualStyleBlock
 FEATURE_STRIDE = 4            # inverter input side / F side (stem /1, stages /2, /2, /1)
 INVERTER_STRIDES = (2, 2, 1, 2)  # iResNet stage strides with SFE's unstrided stage 3
+CONTENT_STAGE = 2             # content_layer reads stage 3's output (index 2)
 IRSE_STRIDE = 2               # every IR-SE stage halves the side (get_blocks)
 ARCFACE_INPUT = 112           # Backbone(input_size=112)
 ARCFACE_CROP_BASE = 256       # pSp's face_pool size, at which the crop below is defined
 ARCFACE_CROP = (35, 223, 32, 220)  # id_loss.extract_feats: x[:, :, 35:223, 32:220]
 NATIVE_FORMAT = 'stylegan-inversion-jax-sfe'
 NATIVE_VERSION = 1
+SMALL_STAGES = (16, 32, 64, 128)  # the 'small' presets (configs/sfe.py's)
+SMALL_DEPTHS = (1, 2, 2, 1)
+SMALL_POOL = 2
+SMALL_BLOCKS = 3
+SMALL_MAX_INPUT = 256         # small input = the generator's resolution, at most this
 _LIST_LIMIT = 12              # keys listed in a mismatch message
 # torch default init of Conv2d / Linear weights: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))
 TORCH_INIT = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
@@ -209,13 +215,6 @@ def official_editor() -> EditorConfig:
 
 def official_e4e() -> E4EConfig:
   return E4EConfig()
-
-
-SMALL_STAGES = (16, 32, 64, 128)   # configs/sfe.py's 'small' preset
-SMALL_DEPTHS = (1, 2, 2, 1)
-SMALL_POOL = 2
-SMALL_BLOCKS = 3
-SMALL_MAX_INPUT = 256
 
 
 def _small_input(g_config: networks.GeneratorConfig, input_size: Optional[int]) -> int:
@@ -461,7 +460,7 @@ class FSLikeBackbone(nn.Module):
         x = IBasicBlock(width, stride if j == 0 else 1, j == 0, name=f'block_{s + 1}.{j}')(
             x, train)
       pooled.append(adaptive_avg_pool(x, cfg.pooled_size))
-      if s == 2:  # content_layer on stage 3's output
+      if s == CONTENT_STAGE:
         c = _conv(_bn(x, 'content_layer.0', train), cfg.feature_channels, 3, 'content_layer.1')
         c = PReLU(name='content_layer.3')(_bn(c, 'content_layer.2', train))
         content = _bn(_conv(c, cfg.feature_channels, 3, 'content_layer.4'), 'content_layer.5',
@@ -751,18 +750,21 @@ def _to_ours(array: np.ndarray, path: tuple[str, ...], nchw: Optional[tuple[int,
 
 
 def _to_variables(sd: Mapping[str, np.ndarray], config, where: str, part: str,
-                  nchw: Mapping[str, tuple[int, int, int]] = None) -> dict[str, Any]:
+                  nchw: Optional[Mapping[str, tuple[int, int, int]]] = None) -> dict[str, Any]:
   """State dict `sd` (prefix stripped) -> variables of `config`'s module, every key checked."""
   template = _flat(_template(config))
   names = {_torch_name(path): path for path in template}
   given = {k for k in sd if not k.endswith(_IGNORED_SUFFIX)}
   missing, unexpected = sorted(set(names) - given), sorted(given - set(names))
-  problems = []
+  flat, problems = {}, []
   for name in sorted(set(names) & given):
-    expected = template[names[name]].shape
     array = np.asarray(sd[name], np.float32)
-    mine = _to_ours(array, names[name], (nchw or {}).get(name.rsplit('.', 1)[0]))
-    if mine.shape != tuple(expected):
+    try:
+      flat[names[name]] = _to_ours(array, names[name],
+                                   (nchw or {}).get(name.rsplit('.', 1)[0]))
+    except ValueError:  # a head weight that does not reshape to its (C, H, W) input
+      flat[names[name]] = array
+    if flat[names[name]].shape != tuple(template[names[name]].shape):
       problems.append(f'{name} {tuple(array.shape)}')
   if missing or unexpected or problems:
     def listing(keys):
@@ -774,9 +776,6 @@ def _to_variables(sd: Mapping[str, np.ndarray], config, where: str, part: str,
       if keys:
         lines.append(f'  {what} keys ({len(keys)}): {listing(keys)}')
     raise OfficialFileError('\n'.join(lines))
-  flat = {path: _to_ours(np.asarray(sd[name], np.float32), path,
-                         (nchw or {}).get(name.rsplit('.', 1)[0]))
-          for name, path in names.items()}
   return jax.device_put(_unflat(flat))
 
 
