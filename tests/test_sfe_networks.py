@@ -217,7 +217,7 @@ def test_key_errors_name_the_file_part_and_keys(ref, tmp_path):
   sd.pop('encoder.fuser.body.2.body.4.weight')
   sd['encoder.fuser.extra.weight'] = np.zeros(3, np.float32)
   sd['encoder.fs_backbone.conv.1.running_var'] = np.ones(5, np.float32)
-  sd['encoder.fs_backbone.styles.0.weight'] = np.ones((16, 100), np.float32)  # not (C, 3, 3)
+  sd['encoder.fs_backbone.styles.3.weight'] = np.ones((16, 100), np.float32)  # not (C, 3, 3)
   path = _write(tmp_path, 'broken.pt', {'state_dict': W.ordered_dict(sd.items())})
   with pytest.raises(sfe.OfficialFileError) as err:
     sfe.load_official(path, INPUT_SIZE)
@@ -226,7 +226,7 @@ def test_key_errors_name_the_file_part_and_keys(ref, tmp_path):
   for key in ('missing keys (1): fuser.body.2.body.4.weight',
               'unexpected keys (1): fuser.extra.weight',
               'misshapen keys (2): fs_backbone.conv.1.running_var (5,), '
-              'fs_backbone.styles.0.weight (16, 100)'):
+              'fs_backbone.styles.3.weight (16, 100)'):
     assert key in msg, msg
 
 
