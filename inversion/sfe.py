@@ -74,7 +74,6 @@ class SFE:
   editor_vars: Any = None
   e4e_config: Optional[nets.E4EConfig] = None
   e4e_vars: Any = None
-  e4e_latent_avg: Optional[np.ndarray] = None  # e4e's own latent_avg, [w_dim] or [num_ws, w_dim]
   sources: tuple[str, ...] = ()              # files (or 'random') the parts came from
   trained: bool = True
 
@@ -111,19 +110,19 @@ def _latent_avg(model) -> jax.Array:
 
 
 def untrained(model, config=None, key: Optional[jax.Array] = None) -> SFE:
-  """Random-weight SFE networks sized for `model` by `config` (configs/sfe.py; default its
-  small preset)."""
+  """Random-weight inverter and editor sized for `model` by `config` (configs/sfe.py; default
+  its small preset). No e4e: the editing codes come from the domain-guided encoder where the
+  generator has one, else from the inverter (`encode`)."""
   from configs import sfe as sfe_config  # pylint: disable=import-outside-toplevel
   cfg = sfe_config.get_config('small') if config is None else config
   key = jax.random.PRNGKey(cfg.seed) if key is None else key
-  k_inv, k_edit, k_e4e = jax.random.split(key, 3)
-  inv_cfg, edit_cfg, e4e_cfg, layer = sfe_config.networks_for(cfg, model.g_config)
+  k_inv, k_edit = jax.random.split(key)
+  inv_cfg, edit_cfg, _, layer = sfe_config.networks_for(cfg, model.g_config)
   log.warning('SFE: untrained networks (random weights, seed %d) sized for this %d px '
               'generator: the pipeline runs, its images mean nothing until SFE is trained.',
               cfg.seed, model.resolution)
   return SFE(inv_cfg, nets.init_inverter(inv_cfg, k_inv), layer, edit_cfg,
-             nets.init_editor(edit_cfg, k_edit), e4e_cfg, nets.init_e4e(e4e_cfg, k_e4e),
-             None, (RANDOM,), trained=False)
+             nets.init_editor(edit_cfg, k_edit), sources=(RANDOM,), trained=False)
 
 
 def load(paths: str | os.PathLike | Sequence[str | os.PathLike], model, config=None) -> SFE:
@@ -160,7 +159,7 @@ def load(paths: str | os.PathLike | Sequence[str | os.PathLike], model, config=N
             None if editor is None else editor.editor_config,
             None if editor is None else editor.editor_vars,
             None if e4e is None else e4e.e4e_config, None if e4e is None else e4e.e4e_vars,
-            None if e4e is None else e4e.latent_avg, tuple(paths))
+            tuple(paths))
   sfe.check(model)
   if editor is None:
     log.info('SFE: no feature editor among %s: edits inject F_k unchanged (phase-one SFE).',
@@ -179,9 +178,10 @@ def _rgb(images: jax.Array) -> jax.Array:
 
 @functools.lru_cache(maxsize=8)
 def _encode_fn(inv_cfg, e4e_cfg, g_config, layer: str):
-  """Jitted (g_vars, inv_vars, e4e_vars, latent_avg, e4e_avg, images) -> ws, F_k, w_e."""
+  """Jitted (g_vars, inv_vars, e4e_vars, latent_avg, images) -> ws, F_k, w_e. Both codes add
+  the generator's latent_avg (the official runner adds it to e4e's too)."""
 
-  def fn(g_vars, inv_vars, e4e_vars, latent_avg, e4e_avg, images):
+  def fn(g_vars, inv_vars, e4e_vars, latent_avg, images):
     x = nets.resize_bilinear(_rgb(images), inv_cfg.input_size)
     offset, f_pred = nets.inverter_apply(inv_cfg, inv_vars, x)
     ws = latent_avg + offset
@@ -190,7 +190,7 @@ def _encode_fn(inv_cfg, e4e_cfg, g_config, layer: str):
     w_e = None
     if e4e_cfg is not None:
       x = nets.resize_bilinear(_rgb(images), e4e_cfg.input_size)
-      w_e = e4e_avg + nets.e4e_apply(e4e_cfg, e4e_vars, x)
+      w_e = latent_avg + nets.e4e_apply(e4e_cfg, e4e_vars, x)
     return ws, f_k, w_e
 
   return jax.jit(fn)
@@ -244,9 +244,8 @@ def encode(sfe: SFE, model, images, *, batch_size: int = BATCH_SIZE,
   images = np.asarray(images, np.float32)
   fn = _encode_fn(sfe.inverter_config, sfe.e4e_config, model.g_config, sfe.feature_layer)
   latent_avg = _latent_avg(model)
-  e4e_avg = latent_avg if sfe.e4e_latent_avg is None else jnp.asarray(sfe.e4e_latent_avg)
-  outs = [fn(model.g_vars, sfe.inverter_vars, sfe.e4e_vars, latent_avg, e4e_avg,
-             _put(images[s], devices)) for s in _batches(len(images), batch_size)]
+  outs = [fn(model.g_vars, sfe.inverter_vars, sfe.e4e_vars, latent_avg, _put(images[s], devices))
+          for s in _batches(len(images), batch_size)]
   ws = np.concatenate([np.asarray(o[0]) for o in outs])
   features = np.concatenate([np.asarray(o[1]) for o in outs])
   if sfe.e4e_config is not None:

@@ -11,6 +11,7 @@ import pytest
 
 from generators import checkpoint, networks
 from inversion import api, directions, images, latents, sfe
+from inversion.encoders import sfe as sfe_nets
 from inversion.__main__ import main
 
 RES = 32
@@ -36,7 +37,7 @@ def _images(model, n, seed=0):
 def test_untrained_sfe_fits_the_generator(tiny):
   model, nets = tiny
   assert nets.feature_layer == 'b8.conv1'  # the inverter's 32 px input / 4
-  assert not nets.trained and nets.editor_config is not None and nets.e4e_config is not None
+  assert not nets.trained and nets.editor_config is not None and nets.e4e_config is None
 
 
 def test_invert_writes_features_and_reconstructs_with_them(tiny, tmp_path):
@@ -46,7 +47,9 @@ def test_invert_writes_features_and_reconstructs_with_them(tiny, tmp_path):
   g = model.g_config
   assert result.ws.shape == (3, g.num_ws, g.w_dim) and result.steps == 0
   assert result.features.shape == (3, 8, 8, g.channels(8))
-  assert result.encoder_source == 'e4e' and result.encoder_ws.shape == result.ws.shape
+  # No e4e file and no domain-guided encoder for this generator: w_e = the inverter's ws.
+  assert result.encoder_source == 'inverter'
+  np.testing.assert_array_equal(result.encoder_ws, result.ws)
   # The reconstruction is G(ws) with editor(F_k, 0) injected: not G(ws) alone.
   plain = np.asarray(model.synthesis(result.ws))
   assert np.abs(result.reconstructions - plain).max() > 1e-3
@@ -58,13 +61,21 @@ def test_invert_writes_features_and_reconstructs_with_them(tiny, tmp_path):
   rec = latents.load_latents(tmp_path / 'out' / 'latents' / 'image_001.npz', model)
   np.testing.assert_array_equal(rec.features, result.features[1])
   np.testing.assert_array_equal(rec.encoder_ws, result.encoder_ws[1])
-  assert rec.feature_layer == 'b8.conv1' and rec.encoder_source == 'e4e'
+  assert rec.feature_layer == 'b8.conv1' and rec.encoder_source == 'inverter'
   assert set(result.metrics) >= {'mse', 'psnr', 'ssim'}
 
 
 def test_edit_moves_codes_and_features(tiny):
   model, nets = tiny
-  enc = sfe.encode(nets, model, _images(model, 2, seed=3))
+  e4e_config = sfe_nets.small_e4e(model.g_config)
+  nets = dataclasses.replace(nets, e4e_config=e4e_config,
+                             e4e_vars=sfe_nets.init_e4e(e4e_config, jax.random.PRNGKey(4)))
+  x = _images(model, 2, seed=3)
+  enc = sfe.encode(nets, model, x)
+  assert enc.encoder_source == 'e4e'  # w_e = latent_avg + e4e(x), as the official runner
+  w_avg = model.g_vars['buffers']['mapping']['w_avg']
+  np.testing.assert_allclose(enc.encoder_ws, w_avg + sfe_nets.e4e_apply(
+      e4e_config, nets.e4e_vars, jnp.asarray(x)), atol=1e-5)
   rest = sfe.render(nets, model, enc.ws, enc.features)
   same = sfe.edit(nets, model, enc.ws, enc.features, enc.encoder_ws, lambda w: w)
   np.testing.assert_allclose(same, rest, atol=1e-5)  # delta 0, same codes: the reconstruction
