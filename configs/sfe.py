@@ -6,13 +6,14 @@
     python -m inversion invert --method sfe --encoder random --images DIR --out out/sfe  # untrained
 
 `get_config(arg)`:
-  'official'  the official networks (AIRI-Institute/StyleFeatureEditor `psp_encoders.py`):
-              inverter = iResNet-50 trunk on a 256 px input (stages 64/128/256/512 wide,
-              3/4/14/3 deep, stage 3 unstrided) + W+ head (3x3-pooled stages -> one linear per
-              code) + content head + a 6-block fuser; feature editor = the same 6-block
-              ContentLayerDeepFast; e4e = IR-SE-50 with an FPN of GradualStyleBlocks. The
-              feature layer is 'b64.conv1' of a 1024 px generator (SFE's index 9). Sizes are
-              what the official files hold; `load` reads them from the files themselves.
+  'official'  the official networks (AIRI-Institute/StyleFeatureEditor `psp_encoders.py`; the
+              defaults of the `inversion.encoders.sfe` configs): inverter = iResNet-50
+              trunk on a 256 px input (stages 64/128/256/512 wide, 3/4/14/3 deep, stage 3
+              unstrided) + W+ head (3x3-pooled stages -> one linear per code) + content head
+              + a 6-block fuser; feature editor = the same 6-block ContentLayerDeepFast;
+              e4e = IR-SE-50 with an FPN of GradualStyleBlocks. The feature layer is
+              'b64.conv1' of a 1024 px generator (SFE's index 9). Sizes are what the official
+              files hold; `load` reads them from the files themselves.
   'small'     the same architecture narrowed for a small generator (the embedded 64 px model):
               input = the generator's resolution (at most 256), stages 16/32/64/128 wide and
               1/2/2/1 deep, 2x2 pooling in the W+ head, 3-block fuser and editor. The feature
@@ -25,40 +26,35 @@ the block whose side is input / 4); `feature_layer` overrides it (any
 
 import ml_collections
 
-# Official sizes (psp_encoders.Inverter / FSLikeBackbone / ContentLayerDeepFast /
-# Encoder4Editing(50, 'ir_se')).
-OFFICIAL_INPUT = 256
-OFFICIAL_STAGES = (64, 128, 256, 512)
-OFFICIAL_DEPTHS = (3, 4, 14, 3)          # iResNet-50 and IR-SE-50 alike
-OFFICIAL_POOL = 3                        # AdaptiveAvgPool2d((3, 3)) in the W+ head
-OFFICIAL_BLOCKS = 6                      # ContentLayerDeepFast(6, 1024, 512)
-SMALL_MAX_INPUT = 256
+SMALL_MAX_INPUT = 256                    # small input = the generator's side, at most this
 SMALL_STAGES = (16, 32, 64, 128)
 SMALL_DEPTHS = (1, 2, 2, 1)
 SMALL_POOL = 2
 SMALL_BLOCKS = 3
-SE_REDUCTION = 16                        # IR-SE SEModule(depth, 16)
 PRESETS = ('official', 'small')
 
 
 def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
+  from inversion.encoders import sfe as nets  # pylint: disable=import-outside-toplevel
   preset = arg or 'small'
   if preset not in PRESETS:
     raise ValueError(f'unknown SFE preset {preset!r}; choose from {PRESETS}')
+  official = preset == 'official'
+  inverter, editor, e4e = nets.InverterConfig(), nets.EditorConfig(), nets.E4EConfig()
   config = ml_collections.ConfigDict()
   config.method = 'sfe'
   config.preset = preset
   config.seed = 0                        # untrained weights ('random')
   config.feature_layer = ''              # '' = from the inverter's input size
-  official = preset == 'official'
-  config.input_size = OFFICIAL_INPUT if official else 0  # 0 = the generator's, at most 256
-  config.stage_channels = OFFICIAL_STAGES if official else SMALL_STAGES
-  config.stage_depths = OFFICIAL_DEPTHS if official else SMALL_DEPTHS
-  config.pooled_size = OFFICIAL_POOL if official else SMALL_POOL
-  config.fuser_blocks = OFFICIAL_BLOCKS if official else SMALL_BLOCKS
-  config.editor_blocks = OFFICIAL_BLOCKS if official else SMALL_BLOCKS
-  config.e4e_stage_channels = OFFICIAL_STAGES if official else SMALL_STAGES
-  config.e4e_stage_depths = OFFICIAL_DEPTHS if official else SMALL_DEPTHS
+  config.input_size = inverter.input_size if official else 0  # 0: the generator's, <= 256
+  config.stage_channels = inverter.stage_channels if official else SMALL_STAGES
+  config.stage_depths = inverter.stage_depths if official else SMALL_DEPTHS
+  config.pooled_size = inverter.pooled_size if official else SMALL_POOL
+  config.fuser_blocks = inverter.fuser_blocks if official else SMALL_BLOCKS
+  config.editor_blocks = editor.blocks if official else SMALL_BLOCKS
+  config.e4e_stage_channels = e4e.stage_channels if official else SMALL_STAGES
+  config.e4e_stage_depths = e4e.stage_depths if official else SMALL_DEPTHS
+  config.se_reduction = e4e.se_reduction
   return config
 
 
@@ -78,5 +74,5 @@ def networks_for(config: ml_collections.ConfigDict, g_config):
   editor = nets.EditorConfig(channels=channels, blocks=config.editor_blocks)
   e4e = nets.E4EConfig(input_size=size, stage_channels=tuple(config.e4e_stage_channels),
                        stage_depths=tuple(config.e4e_stage_depths), num_ws=g_config.num_ws,
-                       w_dim=g_config.w_dim, se_reduction=SE_REDUCTION)
+                       w_dim=g_config.w_dim, se_reduction=config.se_reduction)
   return inverter, editor, e4e, layer

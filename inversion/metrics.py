@@ -33,6 +33,7 @@ channel first if you do not want it measured). Per-image metrics return [B].
 from __future__ import annotations
 
 import functools
+import importlib
 import pathlib
 from typing import Callable, Sequence
 
@@ -376,6 +377,8 @@ def sliced_wasserstein(a: jax.Array, b: jax.Array, key: jax.Array, *,
 
 FeaturesFn = Callable[[jax.Array], jax.Array]  # [B, H, W, 3] in [-1, 1] -> [B, D]
 _FEATURE_LOADERS: dict[str, Callable[[pathlib.Path], FeaturesFn]] = {}
+# Networks this toolkit implements: their module registers the loader when imported.
+_BUILTIN_LOADER_MODULES = {'arcface': 'inversion.encoders.sfe'}  # IR-SE-50 (model_ir_se50.pth)
 
 
 class FeatureNetworkUnavailableError(RuntimeError):
@@ -402,6 +405,8 @@ def feature_network(name: str, path: str | pathlib.Path | None = None) -> Featur
     FeatureNetworkUnavailableError: the file exists but no loader is registered.
   """
   p = weights_lib.resolve_weights(name, path)
+  if name not in _FEATURE_LOADERS and name in _BUILTIN_LOADER_MODULES:
+    importlib.import_module(_BUILTIN_LOADER_MODULES[name])  # registers its loader
   if name not in _FEATURE_LOADERS:
     raise FeatureNetworkUnavailableError(
         f'Found {p} for {name!r}, but this toolkit ships no JAX implementation of that '

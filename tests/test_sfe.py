@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import sfe as sfe_config
 from generators import checkpoint, networks
 from inversion import api, directions, images, latents, sfe
 from inversion.encoders import sfe as sfe_nets
@@ -67,7 +68,7 @@ def test_invert_writes_features_and_reconstructs_with_them(tiny, tmp_path):
 
 def test_edit_moves_codes_and_features(tiny):
   model, nets = tiny
-  e4e_config = sfe_nets.small_e4e(model.g_config)
+  e4e_config = sfe_config.networks_for(sfe_config.get_config('small'), model.g_config)[2]
   nets = dataclasses.replace(nets, e4e_config=e4e_config,
                              e4e_vars=sfe_nets.init_e4e(e4e_config, jax.random.PRNGKey(4)))
   x = _images(model, 2, seed=3)

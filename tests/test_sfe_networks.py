@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import sfe as sfe_config
 from generators import checkpoint, networks
 from inversion import metrics
 from inversion.encoders import sfe
@@ -107,7 +108,7 @@ def test_kinds_configs_and_notes(loaded):
   assert any('discriminator' in n for n in edit.notes)
   assert any('decoder' in n for n in e4e.notes)
   default = sfe.load_official(loaded['sfe_inverter_light.pt'].path)
-  assert default.inverter_config.input_size == sfe.official_inverter().input_size == 256
+  assert default.inverter_config.input_size == sfe.InverterConfig().input_size == 256
 
 
 def test_resize_bilinear(ref):
@@ -197,7 +198,7 @@ def test_native_save_load(tmp_path, loaded):
   config, variables = sfe.load(path)
   assert config == w.inverter_config
   jax.tree_util.tree_map(np.testing.assert_array_equal, variables, w.inverter_vars)
-  small = sfe.small_editor(8)
+  small = sfe.EditorConfig(channels=8, blocks=3)
   sfe.save(tmp_path / 'editor.npz', small, sfe.init_editor(small, jax.random.PRNGKey(0)))
   assert sfe.load(tmp_path / 'editor.npz')[0] == small
 
@@ -250,7 +251,7 @@ def test_unknown_file_lists_the_known_ones(ref, tmp_path):
 def test_untrained_presets_run():
   g = dataclasses.replace(networks.GeneratorConfig(), z_dim=32, w_dim=32, img_resolution=32,
                           channel_base=512, channel_max=32)
-  inv = sfe.small_inverter(g)
+  inv = sfe_config.networks_for(sfe_config.get_config('small'), g)[0]  # configs/sfe.py
   assert (inv.input_size, inv.feature_size, inv.feature_channels, inv.num_ws) == (32, 8, 32, 8)
   variables = sfe.init_inverter(inv, jax.random.PRNGKey(0))
   offset, f_pred = sfe.inverter_apply(inv, variables, jnp.zeros((1, 32, 32, 3)))

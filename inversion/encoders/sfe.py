@@ -94,11 +94,6 @@ ARCFACE_CROP_BASE = 256       # pSp's face_pool size, at which the crop below is
 ARCFACE_CROP = (35, 223, 32, 220)  # id_loss.extract_feats: x[:, :, 35:223, 32:220]
 NATIVE_FORMAT = 'stylegan-inversion-jax-sfe'
 NATIVE_VERSION = 1
-SMALL_STAGES = (16, 32, 64, 128)  # the 'small' presets (configs/sfe.py's)
-SMALL_DEPTHS = (1, 2, 2, 1)
-SMALL_POOL = 2
-SMALL_BLOCKS = 3
-SMALL_MAX_INPUT = 256         # small input = the generator's resolution, at most this
 _LIST_LIMIT = 12              # keys listed in a mismatch message
 # torch default init of Conv2d / Linear weights: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))
 TORCH_INIT = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
@@ -112,8 +107,7 @@ __all__ = [
     'ArcFaceConfig', 'E4EConfig', 'EditorConfig', 'InverterConfig', 'OfficialFileError',
     'OfficialWeights', 'adaptive_avg_pool', 'arcface_apply', 'arcface_features', 'e4e_apply',
     'editor_apply', 'fuse', 'init_e4e', 'init_editor', 'init_inverter', 'inverter_apply',
-    'load', 'load_official', 'official_e4e', 'official_editor', 'official_inverter',
-    'resize_bilinear', 'save', 'small_e4e', 'small_editor', 'small_inverter',
+    'load', 'load_official', 'resize_bilinear', 'save',
 ]
 
 
@@ -203,41 +197,6 @@ class ArcFaceConfig:
 
   def __post_init__(self):
     _check_stages('ArcFaceConfig', self.stage_channels, self.stage_depths)
-
-
-def official_inverter() -> InverterConfig:
-  return InverterConfig()
-
-
-def official_editor() -> EditorConfig:
-  return EditorConfig()
-
-
-def official_e4e() -> E4EConfig:
-  return E4EConfig()
-
-
-def _small_input(g_config: networks.GeneratorConfig, input_size: Optional[int]) -> int:
-  return input_size or min(g_config.img_resolution, SMALL_MAX_INPUT)
-
-
-def small_inverter(g_config: networks.GeneratorConfig, feature_channels: Optional[int] = None,
-                   input_size: Optional[int] = None) -> InverterConfig:
-  """A narrow inverter for `g_config` (a few MB at 64 px): F replaces layer
-  b{input/4}.conv1, whose width `feature_channels` defaults to the generator's there."""
-  size = _small_input(g_config, input_size)
-  channels = feature_channels or g_config.channels(size // FEATURE_STRIDE)
-  return InverterConfig(size, SMALL_STAGES, SMALL_DEPTHS, SMALL_POOL, g_config.num_ws,
-                        g_config.w_dim, channels, SMALL_BLOCKS)
-
-
-def small_editor(channels: int) -> EditorConfig:
-  return EditorConfig(channels, SMALL_BLOCKS)
-
-
-def small_e4e(g_config: networks.GeneratorConfig, input_size: Optional[int] = None) -> E4EConfig:
-  return E4EConfig(_small_input(g_config, input_size), SMALL_STAGES, SMALL_DEPTHS,
-                   g_config.num_ws, g_config.w_dim)
 
 
 # ----------------------------------------------------------------------------------------------
