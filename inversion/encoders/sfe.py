@@ -69,6 +69,7 @@ import re
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -489,17 +490,17 @@ class Encoder4Editing(nn.Module):
       spatial = sides[0] if i < cfg.coarse else sides[1] if i < cfg.middle else sides[2]
       return GradualStyleBlock(cfg.w_dim, spatial, name=f'styles.{i}')(features)
 
+    def upsample_add(features, lateral, name):  # helpers._upsample_add(x, latlayer(y))
+      return (resize_bilinear(features, lateral.shape[1:3], True)
+              + _conv(lateral, width, 1, name, bias=True))
+
     w0 = style(0, c3)
     codes, features = [w0], c3
     for i in range(1, cfg.num_ws):
-      if i == cfg.coarse:  # FPN's middle features
-        p2 = resize_bilinear(features, c2.shape[1:3], True) + _conv(c2, width, 1, 'latlayer1',
-                                                                     bias=True)
-        features = p2
-      elif i == cfg.middle:  # FPN's fine features
-        p1 = resize_bilinear(features, c1.shape[1:3], True) + _conv(c1, width, 1, 'latlayer2',
-                                                                     bias=True)
-        features = p1
+      if i == cfg.coarse:  # FPN's middle features p2
+        features = upsample_add(features, c2, 'latlayer1')
+      elif i == cfg.middle:  # FPN's fine features p1
+        features = upsample_add(features, c1, 'latlayer2')
       codes.append(w0 + style(i, features))
     if cfg.num_ws <= cfg.coarse:  # the lateral layers exist (unused) in the official module
       _conv(c2, width, 1, 'latlayer1', bias=True)
@@ -671,24 +672,12 @@ _LEAVES = {('params', 'kernel'): 'weight', ('params', 'bias'): 'bias',
 _IGNORED_SUFFIX = '.num_batches_tracked'
 
 
-def _flat(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flat(value, prefix + (key,)))
-    else:
-      out[prefix + (key,)] = value
-  return out
+def _flat(tree: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
+  return traverse_util.flatten_dict(dict(tree))
 
 
 def _unflat(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return tree
+  return traverse_util.unflatten_dict(dict(flat))
 
 
 def _torch_name(path: tuple[str, ...]) -> str:
