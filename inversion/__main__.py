@@ -17,6 +17,11 @@
     python -m inversion train-encoder --config idinvert --checkpoint G --data DIR_OR_embedded \
         --workdir runs/enc                      # resumable; then:
     python -m inversion export-encoder --workdir runs/enc --out ENCODER_DIR
+    python -m inversion train-sfe --stage inverter --config sfe:small,train_inverter,embedded \
+        --data embedded --workdir runs/sfe1      # resumable; then stage 2 and the export:
+    python -m inversion train-sfe --stage editor --config sfe:small,train_editor,embedded \
+        --data embedded --workdir runs/sfe2 --inverter-workdir runs/sfe1
+    python -m inversion export-sfe --workdir runs/sfe2 --out SFE_DIR
     python -m inversion defects --images NORMALS --masks MASKS|--random-masks 8 --out out/syn \
         [--space z|w|wplus] [--defect stitch|distill|none] [--defect-source MVTEC_CATEGORY_DIR]
 
@@ -71,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
   inv.add_argument('--encoder', default=None, metavar='PATH',
                    help='methods idinvert and encoder: a native encoder folder (default: the '
                    "embedded model's shipped encoder); method sfe: the SFE files, comma-"
-                   'separated (sfe_editor_light.pt,e4e_ffhq_encode.pt), or random (untrained)')
+                   'separated (sfe_editor_light.pt,e4e_ffhq_encode.pt), a native SFE folder '
+                   "(export-sfe; default: the embedded model's shipped one), or random")
   inv.add_argument('--no-progress', action='store_true', help='no progress bar')
 
   tr = sub.add_parser('train-encoder', help='train a domain-guided encoder (idinvert), resumable')
@@ -89,6 +95,27 @@ def _parser() -> argparse.ArgumentParser:
   ex.add_argument('--out', required=True)
   ex.add_argument('--checkpoint', default=None, help='the generator it was trained for')
   ex.add_argument('--step', type=int, default=None, help='a kept checkpoint (default: latest)')
+
+  ts = sub.add_parser('train-sfe', help='train SFE (inverter, then feature editor), resumable')
+  ts.add_argument('--stage', choices=['inverter', 'editor'], required=True)
+  ts.add_argument('--config', default=None,
+                  help='sfe:small,train_inverter (default for --stage inverter), '
+                  'sfe:small,train_editor, +,embedded (sized for the embedded model on 2 CPU '
+                  'cores), official for the paper\'s sizes')
+  ts.add_argument('--checkpoint', default=None, help='the frozen generator (default: embedded)')
+  ts.add_argument('--data', required=True,
+                  help="a folder of real images, or 'embedded' (the embedded model's crops)")
+  ts.add_argument('--workdir', required=True, help='run folder; rerun the command to resume')
+  ts.add_argument('--inverter-workdir', default=None,
+                  help='--stage editor: the stage-1 workdir (or an exported SFE folder)')
+  ts.add_argument('--no-progress', action='store_true')
+
+  xs = sub.add_parser('export-sfe', help="write an SFE training run's networks as a native "
+                      'folder (--encoder of --method sfe)')
+  xs.add_argument('--workdir', required=True)
+  xs.add_argument('--out', required=True)
+  xs.add_argument('--checkpoint', default=None, help='the generator it was trained for')
+  xs.add_argument('--step', type=int, default=None, help='a kept checkpoint (default: latest)')
 
   ed = sub.add_parser('edit', help='edit inverted latents, write an image strip')
   ed.add_argument('kind', choices=['interpolate', 'crossover', 'expression', 'direction',
@@ -179,6 +206,8 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
 
   if args.command in ('train-encoder', 'export-encoder'):
     return _encoder_command(args, overrides)
+  if args.command in ('train-sfe', 'export-sfe'):
+    return _sfe_command(args, overrides)
 
   if args.command == 'invert':
     extra = []
@@ -316,6 +345,33 @@ def _encoder_command(args: argparse.Namespace, overrides: list[str]) -> int:
         f'inversion export-encoder --workdir {args.workdir} --out DIR`')
   return 0
 
+
+def _sfe_command(args: argparse.Namespace, overrides: list[str]) -> int:
+  """train-sfe / export-sfe."""
+  from generators import checkpoint  # pylint: disable=import-outside-toplevel
+  from inversion.encoders import sfe_train  # pylint: disable=import-outside-toplevel
+
+  model = checkpoint.load(args.checkpoint)
+  if args.command == 'export-sfe':
+    if overrides:
+      raise SystemExit('error: --config.* options do not apply to export-sfe')
+    print(f'wrote {sfe_train.export_sfe(args.workdir, args.out, model, args.step)}')
+    return 0
+  import configs  # pylint: disable=import-outside-toplevel
+  name = args.config or f'sfe:small,train_{args.stage}'
+  if args.inverter_workdir is not None:
+    if args.stage != 'editor':
+      raise SystemExit('error: --inverter-workdir is for --stage editor')
+    overrides = [f'--config.editor.inverter={args.inverter_workdir}'] + overrides
+  config = configs.load_config(name, overrides)
+  if config.get('method') != 'sfe_train' or config.stage != args.stage:
+    raise SystemExit(f'error: --config {name} is not a stage-{args.stage} SFE training config; '
+                     f'use sfe:small,train_{args.stage}[,embedded]')
+  state = sfe_train.train_sfe(config, model, args.data, args.workdir,
+                              progress=not args.no_progress)
+  print(f'trained stage {args.stage} to step {int(state.step)} in {args.workdir}; export it '
+        f'with `python -m inversion export-sfe --workdir {args.workdir} --out DIR`')
+  return 0
 
 
 def _defects_command(args: argparse.Namespace, overrides: list[str], model) -> int:

@@ -24,6 +24,12 @@ holds the inverter too) and e4e's `e4e_ffhq_encode.pt`, in any order, read witho
 'random' for untrained weights sized for the generator (`configs/sfe.py` small preset: the
 commands run end to end; the results mean nothing until the networks are trained).
 
+Native files (`save_native` / `load_native`; `python -m inversion export-sfe` writes them): a
+folder with sfe.json (the generator's fingerprint, the feature layer, the training record),
+inverter.npz and, after stage 2, editor.npz (`inversion.encoders.sfe.save`). They are refused for
+another generator. The embedded model ships one (generators/embedded/sfe, SFE_CARD.md), the
+default when no files are given for that model.
+
 Official FFHQ files expect rosinality's `stylegan2-ffhq-config-f.pt` (`generators.load` reads
 it; its `latent_avg` is the generator's w_avg here), feature layer 'b64.conv1' (SFE's index 9).
 """
@@ -35,6 +41,7 @@ import functools
 import json
 import logging
 import os
+import pathlib
 import types
 from typing import Any, Optional, Sequence
 
@@ -48,8 +55,9 @@ from inversion.encoders import sfe as nets
 
 log = logging.getLogger(__name__)
 
-__all__ = ['FolderInverter', 'RANDOM', 'SFE', 'SFEError', 'edit', 'encode', 'invert', 'load',
-           'render', 'resolve', 'untrained']
+__all__ = ['EMBEDDED_SFE_DIR', 'FolderInverter', 'RANDOM', 'SFE', 'SFEError', 'default_sfe',
+           'edit', 'encode', 'invert', 'load', 'load_native', 'render', 'resolve', 'save_native',
+           'untrained']
 
 RANDOM = 'random'  # `load` name of untrained, generator-sized networks
 OFFICIAL_FILES = ('sfe_editor_light.pt (inverter + feature editor) or sfe_inverter_light.pt '
@@ -58,6 +66,12 @@ OFFICIAL_FILES = ('sfe_editor_light.pt (inverter + feature editor) or sfe_invert
 FEATURE_SCALE = 1.0  # inference blend: the official min(1, 1e-4 * n_iter) at n_iter = 1e5
 BATCH_SIZE = 16      # images per compiled call
 FEATURE_STRIDE = 4   # inverter input side / F side: stem /1, stages /2, /2, /1 (SFE's change)
+NATIVE_FILE = 'sfe.json'
+NATIVE_FORMAT = 'stylegan-inversion-jax-sfe-folder'
+NATIVE_VERSION = 1
+EMBEDDED_SFE_DIR = pathlib.Path(__file__).resolve().parents[1] / 'generators' / 'embedded' / 'sfe'
+TRAIN_HINT = ('train SFE for it (`python -m inversion train-sfe --stage inverter|editor`, '
+              'inversion/encoders/sfe_train.py)')
 
 
 class SFEError(ValueError):
@@ -125,8 +139,75 @@ def untrained(model, config=None, key: Optional[jax.Array] = None) -> SFE:
              nets.init_editor(edit_cfg, k_edit), sources=(RANDOM,), trained=False)
 
 
+def save_native(out: str | os.PathLike, sfe: SFE, model, meta: Optional[dict] = None
+                ) -> pathlib.Path:
+  """Writes `sfe` (trained for `model`) as a native folder: sfe.json, inverter.npz[,
+  editor.npz]; an existing native folder at `out` is replaced."""
+  from inversion import latents as latents_lib  # pylint: disable=import-outside-toplevel
+  sfe.check(model)
+  out = pathlib.Path(out)
+  if out.exists() and any(out.iterdir()) and not (out / NATIVE_FILE).is_file():
+    raise FileExistsError(f'{out} exists and is not an SFE folder; pass a new --out')
+  out.mkdir(parents=True, exist_ok=True)
+  nets.save(out / 'inverter.npz', sfe.inverter_config, sfe.inverter_vars)
+  if sfe.editor_config is not None:
+    nets.save(out / 'editor.npz', sfe.editor_config, sfe.editor_vars)
+  elif (out / 'editor.npz').exists():
+    (out / 'editor.npz').unlink()
+  info = {'format': NATIVE_FORMAT, 'version': NATIVE_VERSION,
+          'generator_id': latents_lib.generator_fingerprint(model),
+          'generator_source': model.metadata.get('source', ''),
+          'feature_layer': sfe.feature_layer, 'meta': meta or {}}
+  (out / NATIVE_FILE).write_text(json.dumps(info, indent=2))
+  return out
+
+
+def load_native(path: str | os.PathLike, model, what: str = 'these SFE networks') -> SFE:
+  """The SFE of a native folder (`save_native`); an SFEError for another generator's."""
+  from inversion import latents as latents_lib  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(path)
+  if not (path / NATIVE_FILE).is_file():
+    raise FileNotFoundError(f'{path} is not a native SFE folder (no {NATIVE_FILE}); '
+                            '`python -m inversion export-sfe` writes one.')
+  info = json.loads((path / NATIVE_FILE).read_text())
+  if info.get('format') != NATIVE_FORMAT or info.get('version', 0) > NATIVE_VERSION:
+    raise SFEError(f'{path}: format {info.get("format")!r} version {info.get("version")} is '
+                   'not one this version reads.')
+  generator_id = latents_lib.generator_fingerprint(model)
+  if info['generator_id'] != generator_id:
+    source = info.get('generator_source') or 'no source recorded'
+    raise SFEError(f'{what} ({path}) were trained for generator {info["generator_id"]} '
+                   f'({source}), but the checkpoint given is {generator_id} '
+                   f'({model.metadata.get("source") or "no source recorded"}); SFE only '
+                   f'inverts into the generator it was trained with: pass that checkpoint, or '
+                   f'{TRAIN_HINT}.')
+  inv_cfg, inv_vars = nets.load(path / 'inverter.npz')
+  edit_cfg, edit_vars = (nets.load(path / 'editor.npz') if (path / 'editor.npz').is_file()
+                         else (None, None))
+  sfe = SFE(inv_cfg, inv_vars, info['feature_layer'], edit_cfg, edit_vars,
+            sources=(str(path),))
+  sfe.check(model)
+  return sfe
+
+
+def default_sfe(model) -> SFE:
+  """The embedded model's shipped SFE (generators/embedded/sfe); an SFEError for any other
+  generator, or where the folder is missing."""
+  need = (f'SFE needs its networks: pass encoder= / --encoder with the files ({OFFICIAL_FILES}), '
+          f'a native SFE folder, or {RANDOM!r} for untrained networks')
+  if not (EMBEDDED_SFE_DIR / NATIVE_FILE).is_file():
+    raise SFEError(f'{need} (the embedded model\'s SFE, {EMBEDDED_SFE_DIR}, is missing: '
+                   '`git checkout -- generators/embedded/sfe` restores it in a clone).')
+  try:
+    return load_native(EMBEDDED_SFE_DIR, model, 'the shipped SFE')
+  except SFEError:
+    raise SFEError(f'{need} (the shipped SFE belongs to the embedded model, not to this '
+                   'generator).') from None
+
+
 def load(paths: str | os.PathLike | Sequence[str | os.PathLike], model, config=None) -> SFE:
-  """SFE from official files (any order, torch-free) or 'random'; checked against `model`.
+  """SFE from official files (any order, torch-free), a native folder (`save_native`) or
+  'random'; checked against `model`.
 
   Raises:
     FileNotFoundError: a file is missing (the message lists the official files and where).
@@ -135,6 +216,8 @@ def load(paths: str | os.PathLike | Sequence[str | os.PathLike], model, config=N
   if isinstance(paths, (str, os.PathLike)):
     paths = [p for p in os.fspath(paths).split(',') if p]
   paths = [os.fspath(p) for p in paths]
+  if len(paths) == 1 and os.path.isdir(paths[0]):
+    return load_native(paths[0], model)
   if paths == [RANDOM]:
     sfe = untrained(model, config)
     sfe.check(model)
@@ -287,14 +370,14 @@ def edit(sfe: SFE, model, ws, features, encoder_ws, edit_fn, **kwargs) -> np.nda
 
 
 def resolve(encoder, model, config=None) -> SFE:
-  """An `SFE` from what `invert` was given: an SFE, its file(s), or 'random' (sized by
-  `config`, configs/sfe.py; default its small preset)."""
+  """An `SFE` from what `invert` was given: an SFE, its file(s) or native folder, 'random'
+  (sized by `config`, configs/sfe.py; default its small preset), or nothing (the embedded
+  model's shipped SFE, `default_sfe`)."""
   if isinstance(encoder, SFE):
     encoder.check(model)
     return encoder
   if encoder is None or encoder == '':
-    raise SFEError(f'SFE needs its networks: pass encoder= / --encoder with the files '
-                   f'({OFFICIAL_FILES}), or {RANDOM!r} for untrained networks.')
+    return default_sfe(model)
   return load(encoder, model, config)
 
 

@@ -135,6 +135,20 @@ def r1_penalty(d_fn, x):
   return logits, jnp.mean(jnp.sum(jnp.square(grad), axis=(1, 2, 3))), grad
 
 
+def discriminator_loss(d_fn, x, fake, r1_gamma, r1_interval: int, with_r1: bool):
+  """(D's loss, metrics): softplus(D(fake)) + softplus(-D(x)), + gamma / 2 R1 on the reals
+  scaled by the lazy interval when `with_r1` (NVlabs' lazy regularisation)."""
+  fake_logits = d_fn(fake)
+  if with_r1:
+    real_logits, r1, _ = r1_penalty(d_fn, x)
+  else:
+    real_logits, r1 = d_fn(x), jnp.zeros(())
+  main = jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
+  total = main + (r1_gamma / 2) * r1 * r1_interval
+  return total, {'d_loss': main, 'r1': r1, 'real_score': jnp.mean(real_logits),
+                 'fake_score': jnp.mean(fake_logits)}
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_steps(config_json: str, g_config, d_config, feature_terms, batch_sharding):
   """make_steps, memoised so that resuming in the same process does not recompile."""
@@ -196,16 +210,8 @@ def make_steps(config, g_config, d_config, feature_terms, batch_sharding):
 
   def d_step(state, x, fake, lr, r1_gamma, *, with_r1):
     def loss_fn(d_params):
-      d = lambda img: disc.apply({'params': d_params}, img)
-      fake_logits = d(fake)
-      if with_r1:
-        real_logits, r1, _ = r1_penalty(d, x)
-      else:
-        real_logits, r1 = d(x), jnp.zeros(())
-      main = jnp.mean(jax.nn.softplus(fake_logits)) + jnp.mean(jax.nn.softplus(-real_logits))
-      total = main + (r1_gamma / 2) * r1 * config.r1_interval
-      return total, {'d_loss': main, 'r1': r1, 'real_score': jnp.mean(real_logits),
-                     'fake_score': jnp.mean(fake_logits)}
+      return discriminator_loss(lambda img: disc.apply({'params': d_params}, img), x, fake,
+                                r1_gamma, config.r1_interval, with_r1)
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.d_params)
     d_params, d_opt = apply_update(state.d_params, state.d_opt, grads, lr)
@@ -266,8 +272,9 @@ def _step_config(config) -> ml_collections.ConfigDict:
   return out
 
 
-def _resumes(saved: dict, config) -> bool:
-  keep = lambda tree: {k: v for k, v in tree.items() if k not in RESUME_MAY_CHANGE}
+def _resumes(saved: dict, config, may_change=RESUME_MAY_CHANGE) -> bool:
+  """Whether a run saved with config `saved` resumes under `config` (only `may_change` differ)."""
+  keep = lambda tree: {k: v for k, v in tree.items() if k not in may_change}
   return keep(saved) == keep(json.loads(config.to_json()))
 
 

@@ -1,0 +1,263 @@
+"""SFE against its own W+ head and W+ optimisation, and its edits against W+-only edits: the
+numbers and grid of generators/embedded/SFE_CARD.md, measured in one run.
+
+    python -m benchmarks.sfe_card --out out/bench/sfe                 # the shipped SFE
+    python -m benchmarks.sfe_card --card --inverter-workdir runs/sfe1 --editor-workdir runs/sfe2
+    python -m benchmarks.sfe_card --quick --out /tmp/sfe              # smoke: 4 crops, 60 steps
+    python -m benchmarks.sfe_card --encoder SFE_DIR --checkpoint G --images DIR --out out/mine
+
+On the held-out crops (default: every third of the embedded data's 48, 16 in all, clean):
+  1. reconstruction: the W+ head alone G(ws), SFE G(ws, F_k) (one forward pass of the
+     inverter, the editor at delta 0, G), and W+ optimisation (Image2StyleGAN, 600 steps from
+     w_avg): MSE, PSNR, SSIM on RGB and seconds per image, all in this process (SFE at batch
+     1; optimisation the steady rate after the first chunk, compile time apart);
+  2. editing: the same edit of the inverter's codes rendered by W+ alone, G(edit(ws)), and by
+     SFE (the editor turns the feature change of the editing codes into F_k'); each against
+     its own unedited reconstruction, RGB PSNR outside the edited region: for the defect
+     direction (RGB + mask generators) outside the generated mask, at strengths that add
+     defects to real crops; for GANSpace pc0 over the whole image (the edit is global);
+  3. a grid: input | W+ head only | SFE | defect edit by W+ only | the same edit by SFE.
+Writes <out>/sfe.json and <out>/grid.png, prints the tables; `--card` also writes SFE_CARD.md,
+sfe_grid.png and sfe_training_curves.png beside the SFE folder, from these numbers and the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import time
+
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+from benchmarks.idinvert import W_PLUS_STEPS, _invert
+from generators import checkpoint, trainer
+from inversion import api, directions, images as images_lib, sfe
+from inversion.encoders import train as encoder_train
+
+DEFECT_STRENGTHS = (4.5, 6.0)   # sigmas: real clean crops need long moves (ENCODER_CARD.md)
+PC_STRENGTH = 3.0               # GANSpace pc0, sigmas
+GRID_ROWS = 8
+PEAK_SQUARED = 4.0              # images in [-1, 1]
+
+
+def _psnr(a, b, weight=None) -> np.ndarray:
+  """RGB PSNR per image over the pixels where weight [N, H, W, 1] is 1 (default: all)."""
+  se = np.square(a[..., :3] - b[..., :3])
+  weight = np.ones(se.shape[:3] + (1,), np.float32) if weight is None else weight
+  mse = (se * weight).sum((1, 2, 3)) / (3 * np.maximum(weight.sum((1, 2, 3)), 1))
+  return 10 * np.log10(PEAK_SQUARED / np.maximum(mse, 1e-10))
+
+
+def _sfe_seconds(nets, model, targets, domain) -> float:
+  """SFE inversion (codes, F_k, the image) per image at batch 1, compiled first."""
+  def one(x):
+    enc = sfe.encode(nets, model, x[None], domain_encoder=domain)
+    return sfe.render(nets, model, enc.ws, enc.features)
+  one(targets[0])
+  start = time.perf_counter()
+  for x in targets:
+    one(x)
+  return (time.perf_counter() - start) / len(targets)
+
+
+def edits(nets, model, enc, strengths_defect=DEFECT_STRENGTHS) -> dict:
+  """The defect (if any) and pc0 edits by W+ alone and by SFE, each against its unedited
+  reconstruction; returns rows and the edited images of the first defect strength."""
+  found = [directions.ganspace(model, 1)]
+  if model.channels == 4:
+    found.append(directions.defect_direction(model))
+  plain = np.asarray(model.synthesis(jnp.asarray(enc.ws)))
+  rec = sfe.render(nets, model, enc.ws, enc.features)
+  rows, shown = [], None  # the grid's edit
+  for d in found:
+    direction = d.direction(d.names[0])
+    strengths = strengths_defect if d.names[0] == 'defect' else (PC_STRENGTH,)
+    for strength in strengths:
+      move = lambda w, s=strength: directions.apply(w, direction, s)
+      by_w = np.asarray(model.synthesis(jnp.asarray(move(enc.ws))))
+      by_sfe = sfe.edit(nets, model, enc.ws, enc.features, enc.encoder_ws, move)
+      row = {'edit': d.names[0], 'strength_sigmas': strength}
+      for label, after, before in (('w', by_w, plain), ('sfe', by_sfe, rec)):
+        weight = None
+        if d.names[0] == 'defect':
+          weight = (after[..., 3:] <= 0).astype(np.float32)
+          gained = (after[..., 3] > 0).sum((1, 2)) > (before[..., 3] > 0).sum((1, 2))
+          row[f'{label}_share_gaining_defect'] = float(gained.mean())
+        row[f'{label}_psnr_outside_db'] = float(np.mean(_psnr(after, before, weight)))
+      rows.append(row)
+      if d is found[-1] and (shown is None or shown[2] != d.names[0]):  # defect's first, else pc0
+        shown = (by_w, by_sfe, d.names[0], strength)
+  by_w, by_sfe, name, strength = shown
+  return {'rows': rows, 'shown': (by_w, by_sfe, f'{name} {strength:+g} sigmas')}
+
+
+def _targets(args, model):
+  if args.images:
+    targets, names = images_lib.load_images(args.images, model.resolution, model.channels)
+  else:
+    held = encoder_train.heldout_images(model.resolution)[::3]
+    targets, names = held, [f'heldout_{3 * i:02d}' for i in range(len(held))]
+  if args.quick:
+    targets, names = targets[::4], names[::4]
+  return targets, names
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--checkpoint', default=None, help='generator (default: embedded)')
+  parser.add_argument('--encoder', default='', help='SFE folder (default: the embedded one)')
+  parser.add_argument('--images', default=None, help='targets (default: held-out crops)')
+  parser.add_argument('--out', default='out/bench/sfe')
+  parser.add_argument('--quick', action='store_true', help='4 crops, 60 W+ steps')
+  parser.add_argument('--card', action='store_true', help='write SFE_CARD.md beside the folder')
+  parser.add_argument('--inverter-workdir', default=None, help='stage 1 run (its curves)')
+  parser.add_argument('--editor-workdir', default=None, help='stage 2 run (its curves)')
+  args = parser.parse_args(argv)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  model = checkpoint.load(args.checkpoint)
+  nets = sfe.resolve(args.encoder or None, model)
+  targets, names = _targets(args, model)
+  metric = api.Inverter(model, 'image2stylegan:wplus').metrics
+  domain = sfe._domain_encoder(model)  # pylint: disable=protected-access
+
+  enc = sfe.encode(nets, model, targets, domain_encoder=domain)
+  head = np.asarray(model.synthesis(jnp.asarray(enc.ws)))
+  rec = sfe.render(nets, model, enc.ws, enc.features)
+  sfe_seconds = _sfe_seconds(nets, model, targets, domain)
+  head_seconds = _head_seconds(nets, model, targets)
+  wplus, wplus_time = _invert(model, targets, api.as_config(
+      'image2stylegan:wplus', [f'--config.steps={60 if args.quick else W_PLUS_STEPS}']), None)
+  rows = []
+  for label, images, timing in (
+      ('W+ head alone G(ws), one forward pass', head, {'seconds_per_image': head_seconds}),
+      ('SFE G(ws, F_k), one forward pass', rec, {'seconds_per_image': sfe_seconds}),
+      (f'W+ optimisation, {wplus.steps} steps', wplus.reconstructions, wplus_time)):
+    m = metric(images, targets)
+    rows.append({'method': label, **{k: float(np.mean(v)) for k, v in m.items()},
+                 'steps': timing.get('steps', 0), 'seconds_per_image': timing['seconds_per_image']})
+  speedup = wplus_time['seconds_per_image'] / sfe_seconds
+  common.print_table(rows, ['method', 'mse', 'psnr', 'ssim', 'seconds_per_image', 'steps'])
+  print(f'SFE: {rows[1]["psnr"] - rows[0]["psnr"]:+.2f} dB PSNR over its W+ head, '
+        f'{speedup:.0f}x faster per image than W+ {wplus.steps} steps')
+  edit = edits(nets, model, enc)
+  common.print_table(edit['rows'], list(edit['rows'][0]))
+
+  by_w, by_sfe, edit_label = edit['shown']
+  shown = np.unique(np.linspace(0, len(targets) - 1, GRID_ROWS).astype(int))
+  cells = [c for i in shown for c in (targets[i], head[i], rec[i], by_w[i], by_sfe[i])]
+  images_lib.save_image(str(out / 'grid.png'), images_lib.image_grid(cells, rows=len(shown),
+                                                                     mask='drop'))
+  info = json.loads((pathlib.Path(nets.sources[0]) / sfe.NATIVE_FILE).read_text()) if (
+      pathlib.Path(nets.sources[0]) / sfe.NATIVE_FILE).is_file() else {}
+  payload = {'device': common.device_description(), 'images': names, 'rows': rows,
+             'psnr_gain_db': rows[1]['psnr'] - rows[0]['psnr'],
+             'ssim_gain': rows[1]['ssim'] - rows[0]['ssim'],
+             'speedup_sfe_vs_wplus': speedup, 'edits': edit['rows'], 'grid_edit': edit_label,
+             'editing_codes': enc.encoder_source, 'feature_layer': nets.feature_layer,
+             'sfe': info.get('meta', {})}
+  common.write_json(str(out / 'sfe.json'), payload)
+  if args.card:
+    write_card(payload, pathlib.Path(nets.sources[0]), out, args.inverter_workdir,
+               args.editor_workdir)
+  return payload
+
+
+def _head_seconds(nets, model, targets) -> float:
+  """The W+ head alone, G(ws), per image at batch 1 (the inverter runs whole: F_k unused)."""
+  def one(x):
+    enc = sfe.encode(nets, model, x[None])
+    return np.asarray(model.synthesis(jnp.asarray(enc.ws)))
+  one(targets[0])
+  start = time.perf_counter()
+  for x in targets:
+    one(x)
+  return (time.perf_counter() - start) / len(targets)
+
+
+def _table(rows) -> str:
+  lines = ['| method | MSE | PSNR (dB) | SSIM | s / image | steps |', '|---|---|---|---|---|---|']
+  lines += [f"| {r['method']} | {r['mse']:.4f} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+            f"{r['seconds_per_image']:.4g} | {r['steps']} |" for r in rows]
+  return '\n'.join(lines)
+
+
+def _edit_table(rows) -> str:
+  lines = ['| edit | strength | PSNR outside, W+ only (dB) | PSNR outside, SFE (dB) | '
+           'gaining defect, W+ / SFE |', '|---|---|---|---|---|']
+  for r in rows:
+    gained = (f"{100 * r['w_share_gaining_defect']:.0f}% / "
+              f"{100 * r['sfe_share_gaining_defect']:.0f}%" if 'w_share_gaining_defect' in r
+              else 'n/a (whole image)')
+    lines.append(f"| {r['edit']} | {r['strength_sigmas']:+g} | {r['w_psnr_outside_db']:.2f} | "
+                 f"{r['sfe_psnr_outside_db']:.2f} | {gained} |")
+  return '\n'.join(lines)
+
+
+def _curves(workdir, path, keys) -> str:
+  records = trainer.read_records(workdir)
+  keys = [k for k in keys if any(k in r for r in records)]
+  trainer.plot_records(workdir, path, keys, x='step', log_y=True)
+  last = records[-1]
+  return f"{path.name} ({len(records)} records, to step {last['step']}, {last['seconds']:.0f} s)"
+
+
+def write_card(payload: dict, sfe_dir: pathlib.Path, out: pathlib.Path, inverter_workdir,
+               editor_workdir) -> pathlib.Path:
+  """SFE_CARD.md, sfe_grid.png and the training curves beside `sfe_dir`."""
+  card_dir = sfe_dir.parent
+  shutil.copy(out / 'grid.png', card_dir / 'sfe_grid.png')
+  curves = []
+  for stage, workdir, keys in (
+      ('inverter', inverter_workdir, ('mse', 'f_discriminator', 'feature_reg', 'adv', 'd_loss')),
+      ('editor', editor_workdir, ('mse_inversion', 'mse_edit', 'f_discriminator', 'adv',
+                                  'd_loss'))):
+    if workdir:
+      path = card_dir / f'sfe_{stage}_curves.png'
+      curves.append(f'![stage {stage} losses]({path.name})\n\n'
+                    f'{_curves(pathlib.Path(workdir), path, keys)}')
+  meta = payload['sfe']
+  cfg = meta.get('train_config', {})
+  rows = payload['rows']
+  text = f"""# Embedded SFE card
+
+StyleFeatureEditor (`inversion/sfe.py`, networks `inversion/encoders/sfe.py`) trained for the
+embedded model by `inversion/encoders/sfe_train.py` with `configs/sfe.py`, both stages, on the
+embedded data's training crops (as ENCODER_CARD.md's). `--method sfe` uses it when no
+`--encoder` is given for the embedded model. Numbers: `python -m benchmarks.sfe_card --card`
+on {payload['device']}; feature layer {payload['feature_layer']}; editing codes w_e from the
+{payload['editing_codes']}.
+
+## Recipe
+{json.dumps({k: cfg.get(k) for k in ('batch_size', 'steps', 'optimizer', 'lr',
+                                      'feature_ramp_slope', 'd_start_step', 'r1_interval')})}
+(stage 2; stage 1 in its sfe.json). See SFE_CARD's text below for the choices.
+
+{chr(10).join(curves)}
+
+## Reconstruction (held-out crops, RGB; all rows measured in one run)
+
+{_table(rows)}
+
+SFE is **{payload['psnr_gain_db']:+.2f} dB** PSNR and **{payload['ssim_gain']:+.3f}** SSIM over
+its own W+ head, **{payload['speedup_sfe_vs_wplus']:.0f}x** faster per image than W+
+optimisation.
+
+![input, W+ head only, SFE, {payload['grid_edit']} by W+ only, by SFE](sfe_grid.png)
+
+## Editing: detail kept outside the edit
+
+{_edit_table(payload['edits'])}
+"""
+  path = card_dir / 'SFE_CARD.md'
+  path.write_text(text)
+  print(f'wrote {path}')
+  return path
+
+
+if __name__ == '__main__':
+  main()
