@@ -56,6 +56,11 @@ class ChunkTimer:
     self.times.append(time.perf_counter())
     self.steps.append(info.steps_done)
 
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` just spent between chunks (e.g. rendering a checkpoint) out of the
+    method's time."""
+    self.times = [t + seconds for t in self.times]
+
   def per_step(self) -> float:
     if len(self.times) < 3:  # one chunk: compile and steps together
       return (self.times[-1] - self.times[0]) / max(self.steps[-1], 1)
