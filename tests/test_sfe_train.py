@@ -138,7 +138,7 @@ def test_stage_two_leaves_the_inverter_unchanged(model, runs, tmp_path):  # pyli
   init = sfe_train.init_state(runs['editor_config'], model).params['fast']
   assert any(not np.array_equal(a, b) for a, b in zip(
       jax.tree_util.tree_leaves(init), jax.tree_util.tree_leaves(nets.editor_vars['params'])))
-  z = jax.random.normal(jax.random.PRNGKey(5), (2, model.g_config.z_dim))
+  z = jax.random.normal(jax.random.PRNGKey(5), (4, model.g_config.z_dim))  # the grids' batch
   result = sfe.invert(np.asarray(model.synthesis(model.mapping(z))), model, nets)
   assert np.isfinite(result.reconstructions).all()
   with pytest.raises(sfe.SFEError, match='trained for generator'):

@@ -589,4 +589,11 @@ def export_sfe(workdir: str | pathlib.Path, out: str | pathlib.Path, model,
                               None)}
   if config.stage == 'editor':
     meta['inverter_run'] = config.editor.inverter
+    inverter = pathlib.Path(config.editor.inverter)
+    if (inverter / sfe.NATIVE_FILE).is_file():
+      meta['inverter'] = json.loads((inverter / sfe.NATIVE_FILE).read_text())['meta']
+    else:
+      inv_config, inv_state = _restored(inverter, model)
+      meta['inverter'] = {'stage': 'inverter', 'training_steps': int(inv_state.step),
+                          'train_config': json.loads(inv_config.to_json())}
   return sfe.save_native(out, nets_out, model, meta)
