@@ -72,7 +72,7 @@ def _steps(config, model):  # pylint: disable=redefined-outer-name
   _, replicated, batch = trainer.data_mesh(config.batch_size)
   return sfe_train._cached_steps(  # pylint: disable=protected-access
       sfe_train._step_config(config), model.g_config, model.d_config, inv_cfg,  # pylint: disable=protected-access
-      edit_cfg, layer, terms, None, 'inverter', None, batch), term_params, replicated, batch
+      edit_cfg, layer, terms, None, 'inverter', None), term_params, replicated, batch
 
 
 @pytest.mark.parametrize('stage', ['inverter', 'editor'])

@@ -56,7 +56,7 @@ from generators import checkpoint, networks, trainer
 from inversion import engine as eng
 from inversion.encoders import domain, sfe as nets
 from inversion.encoders import train as enc_train
-from inversion.encoders.train import TrainingImages, r1_penalty  # noqa: F401  (re-exported)
+from inversion.encoders.train import TrainingImages
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class Frozen(NamedTuple):
 
 
 def make_steps(config, g_config, d_config, inv_cfg, edit_cfg, layer: str, feature_terms,
-               identity_fn, codes: str, codes_cfg, batch_sharding):
+               identity_fn, codes: str, codes_cfg):
   """(train step(with_adv), D step(with_r1)) for the stage of `config`, jitted, state donated.
 
   train step: (state, x, key, g_vars, term_params, latent_avg, frozen) -> (state, metrics,
@@ -351,7 +351,6 @@ def make_steps(config, g_config, d_config, inv_cfg, edit_cfg, layer: str, featur
     d_params, d_opt = _update(opt, state.d_params, state.d_opt, grads)
     return state._replace(d_params=d_params, d_opt=d_opt), metrics
 
-  del batch_sharding  # the batch arrives sharded; XLA propagates it
   jit = lambda f, **kw: jax.jit(functools.partial(f, **kw), donate_argnums=0)
   return ({flag: jit(train_step, with_adv=flag) for flag in (False, True)},
           {flag: jit(d_step, with_r1=flag) for flag in (False, True)})
@@ -462,8 +461,7 @@ def train_sfe(config: ml_collections.ConfigDict, model: checkpoint.Model, data_s
   frozen, kind, codes_cfg = (_frozen(config, model, workdir, inv_cfg)
                              if config.stage == 'editor' else (None, 'inverter', None))
   steps, d_steps = _cached_steps(_step_config(config), model.g_config, model.d_config, inv_cfg,
-                                 edit_cfg, layer, feature_terms, identity_fn, kind, codes_cfg,
-                                 batch_sharding)
+                                 edit_cfg, layer, feature_terms, identity_fn, kind, codes_cfg)
 
   manager = trainer.checkpoint_manager(workdir, config)
   state = init_state(config, model)
