@@ -405,9 +405,10 @@ def _write(out, runs, rows, checks, robust, targets, names) -> None:
     writer = csv.DictWriter(f, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(table)
-  (out / 'compare.md').write_text(
-      report.format_table(table, list(COLUMNS)) + '\n\n' + '\n'.join(checks) + '\n')
   done = [r for r in runs if r.recon is not None]
+  (out / 'compare.md').write_text(
+      report.format_table(table, list(COLUMNS)) + '\n\n' + '\n'.join(checks) + '\n\n'
+      + 'grid.png columns: target, ' + ', '.join(r.method for r in done) + '\n')
   shown = min(len(targets), 8)
   cells = [c for i in range(shown) for c in [targets[i]] + [r.recon[i] for r in done]]
   images_lib.save_image(str(out / 'grid.png'), images_lib.image_grid(cells, rows=shown,
