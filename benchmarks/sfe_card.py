@@ -236,6 +236,18 @@ def _recipe(stage: str, meta: dict) -> str:
           f"{cfg['feature_ramp_slope']:g}")
 
 
+def _edits_recipe(meta: dict) -> str:
+  e = meta.get('train_config', {}).get('editor', {})
+  if not e:
+    return '(no training record)'
+  low, high = e['defect_strength']
+  share = (f"{100 * e['defect_share']:.0f}% of the edits along the defect direction"
+           if e.get('defect_share') else 'every direction alike')
+  return (f"GANSpace pc0-pc{e['ganspace_components'] - 1} at |strength| <= {e['strength']:g} "
+          f"sigmas and the defect direction at {low:g}..{high:g} sigmas (real clean crops need "
+          f">= 4.5 to gain a defect, ENCODER_CARD.md), {share}")
+
+
 def write_card(payload: dict, sfe_dir: pathlib.Path, out: pathlib.Path, inverter_workdir,
                editor_workdir) -> pathlib.Path:
   """SFE_CARD.md, sfe_grid.png and the training curves beside `sfe_dir`."""
@@ -282,9 +294,12 @@ No LPIPS or ArcFace weights ship, so the perceptual term is the model D's featur
 identity term is off (both said in the training log). Ranger as official (RAdam + Lookahead
 k 6, alpha 0.5 + gradient centralisation); lr 10x the official for a run 2-3 orders of
 magnitude shorter; D from the model's D, started late in each stage (a D step costs more than
-the rest of a step). Stage 2 edits: GANSpace pc0-pc7 at |strength| <= 3 sigmas and the defect
-direction at <= 6 (real crops need long moves, ENCODER_CARD.md); the editor starts as F_k' =
-F_k (`editor.identity_init`, not official: the short run starts from stage 1's inversion).
+the rest of a step). Stage 2 edits: {_edits_recipe(meta)}; the editor starts as F_k' = F_k
+(`editor.identity_init`, not official: the short run starts from stage 1's inversion).
+A first stage-2 run with the official draw (every direction alike: 1 edit in 9 along the
+defect, at -3..6 sigmas) inverted as well, but its editor never carried a defect into F_k'
+(at 6 sigmas 0 of 4 crops gained defect pixels, against 2 of 4 by W+ alone, at step 1200):
+real clean crops need >= 4.5 sigmas to gain one, so too few of its edits showed any.
 
 Feature layer, measured before fixing it (two 120-step stage-1 runs, identical but for the
 inverter's input: 64 px -> F at 16x16, 128 px -> 32x32; F_k fully in from step 50):

@@ -231,7 +231,9 @@ class Frozen(NamedTuple):
   inverter: Any        # the trained inverter's variables
   codes: Any           # the editing encoder's variables (domain / e4e), or None ('inverter')
   moves: jax.Array     # [K, num_ws, w_dim] direction vectors times their scales
-  max_strength: jax.Array  # [K] |strength| drawn uniformly below this
+  low: jax.Array       # [K] strengths (sigmas) drawn uniformly in [low, high)
+  high: jax.Array      # [K]
+  logits: jax.Array    # [K] log-probabilities of drawing each direction
 
 
 def make_steps(config, g_config, d_config, inv_cfg, edit_cfg, layer: str, feature_terms,
@@ -313,8 +315,9 @@ def make_steps(config, g_config, d_config, inv_cfg, edit_cfg, layer: str, featur
     ws_x, _, f_x = sg(invert(frozen.inverter, g_vars, latent_avg, x, train=False)[0])
     # 2. an edit per image: X_E = G(w_e), X'_E = G(edit(w_e)), delta = F(w_e) - F(edit(w_e))
     k_dir, k_str = jax.random.split(key)
-    which = jax.random.randint(k_dir, (b,), 0, frozen.moves.shape[0])
-    strength = jax.random.uniform(k_str, (b,), minval=-1.0) * frozen.max_strength[which]
+    which = jax.random.categorical(k_dir, frozen.logits, shape=(b,))
+    strength = jax.random.uniform(k_str, (b,), minval=frozen.low[which],
+                                  maxval=frozen.high[which])
     move = strength[:, None, None] * frozen.moves[which]
     w_e = sg(editing_codes(frozen, x, ws_x, latent_avg))
     x_e, f_e = networks.synthesis(g_config, g_vars, w_e, 'const', feature_layer=layer,
@@ -431,11 +434,17 @@ def _frozen(config, model, workdir, inv_cfg):
       'e4e': 'e4e encoder', 'domain': 'domain-guided encoder',
       'inverter': "inverter's own W+ head"}[kind])
   d = edit_directions(config, model, workdir)
-  max_strength = np.array([config.editor.defect_strength if n == 'defect' else
-                           config.editor.strength for n in d.names], np.float32)
+  defect = np.array([n == 'defect' for n in d.names])
+  low, high = np.where(defect[:, None], config.editor.defect_strength,
+                       (-config.editor.strength, config.editor.strength)).astype(np.float32).T
+  share = np.full(len(d), 1.0 / len(d))  # official: every direction alike
+  if defect.any() and config.editor.defect_share:
+    share = np.where(defect, config.editor.defect_share,
+                     (1 - config.editor.defect_share) / max(len(d) - 1, 1))
   moves = d.vectors * d.scales[:, None, None]
   return Frozen(nets_in.inverter_vars, codes_vars, jnp.asarray(moves),
-                jnp.asarray(max_strength)), kind, codes_cfg
+                jnp.asarray(low), jnp.asarray(high), jnp.log(jnp.asarray(share, jnp.float32))
+                ), kind, codes_cfg
 
 
 # ----------------------------------------------------------------------------------------------
