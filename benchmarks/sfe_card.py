@@ -227,13 +227,29 @@ def _recipe(stage: str, meta: dict) -> str:
   if not cfg:
     return f'- stage {stage}: (no training record)'
   reg = f", feature regulariser {loss['feature_reg']:g}" if loss.get('feature_reg') else ''
+  blend = (f"; blend slope {cfg['feature_ramp_slope']:g}" if cfg.get('stage') == 'inverter'
+           else '; blend 1 (the inverter is trained)')
   return (f"- stage {stage}: {meta.get('training_steps')} steps of batch {cfg['batch_size']}, "
           f"{cfg['optimizer']} lr {cfg['lr']:g}; MSE {loss['mse']:g} (all channels), "
           f"perceptual {loss['perceptual_weight']:g} ({loss['perceptual']}, else D features at "
           f"{loss['fallback_weight']:g}), identity {loss['id_weight']:g} (ArcFace; off without "
           f"its file), adversarial {loss['adv_weight']:g} from step {cfg['d_start_step']} "
-          f"(R1 {cfg['r1_gamma']:g} every {cfg['r1_interval']} D steps){reg}; blend slope "
-          f"{cfg['feature_ramp_slope']:g}")
+          f"(R1 {cfg['r1_gamma']:g} every {cfg['r1_interval']} D steps){reg}{blend}")
+
+
+def _edit_findings(rows) -> str:
+  """What the editing table says, row by row."""
+  lines = []
+  for r in rows:
+    gain = r['sfe_psnr_outside_db'] - r['w_psnr_outside_db']
+    done = ''
+    if 'w_share_gaining_defect' in r:
+      done = (f" while adding a defect to {100 * r['sfe_share_gaining_defect']:.0f}% of the "
+              f"crops against {100 * r['w_share_gaining_defect']:.0f}%")
+    lines.append(f"- {r['edit']} {r['strength_sigmas']:+g}: SFE keeps "
+                 f"{'more' if gain > 0 else 'less'} of the image outside the edit "
+                 f"({gain:+.2f} dB){done}.")
+  return '\n'.join(lines)
 
 
 def _edits_recipe(meta: dict) -> str:
@@ -335,6 +351,18 @@ reconstruction); RGB PSNR outside the generated defect mask for the defect direc
 whole image for GANSpace pc0 (a global edit: lower means the edit changed more).
 
 {_edit_table(payload['edits'])}
+
+{_edit_findings(payload['edits'])}
+
+## What is left
+The paper's editing claim (features keep the detail through an edit) shows here for the global
+GANSpace edit; for the defect edit the editor carries the defect into F_k' (more often than W+
+alone at the same strength) but also darkens the texture around it (the grid's last column),
+so less of the image outside the mask survives. Its run is 1,400 steps against the official
+500k; LPIPS weights (the perceptual term here is D's features), a longer stage 2 and a
+reconstruction term outside the edited region are the next things to try. Budget: each stage
+resumable and under 75 min on these 2 cores, both together (with the discarded first stage-2
+run) under 120 min; the run times are under the curves above.
 
 ## Retrain
     python -m inversion train-sfe --stage inverter --config sfe:small,train_inverter,embedded \\
