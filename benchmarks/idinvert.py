@@ -70,7 +70,7 @@ class ChunkTimer:
     return max(0.0, self.times[1] - self.times[0] - self.per_step() * self.steps[1])
 
 
-def _invert(model, targets, config, encoder):
+def invert_timed(model, targets, config, encoder):
   timer = ChunkTimer()
   result = api.invert(targets, model, config, encoder=encoder, callback=timer, progress=False)
   steps = result.steps
@@ -136,7 +136,8 @@ def defect_edit(model, ws, strengths=DEFECT_STRENGTHS, num_samples: int = 4000) 
           'projection_of_sampled_codes': projection(directions.sample_ws(model, 1000, seed=1))}
 
 
-def _targets(args, model):
+def targets_from_args(args, model):
+  """--images, or the embedded data's held-out crops (every third); --quick keeps a quarter."""
   if args.images:
     targets, names = images_lib.load_images(args.images, model.resolution, model.channels)
   else:
@@ -162,15 +163,15 @@ def main(argv=None) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   model = checkpoint.load(args.checkpoint)
   encoder = encoders.resolve_encoder(args.encoder, model)
-  targets, names = _targets(args, model)
+  targets, names = targets_from_args(args, model)
   idi_steps, wplus_steps = (20, 60) if args.quick else (None, W_PLUS_STEPS)
   metric = api.Inverter(model, 'image2stylegan:wplus').metrics
 
   recon_e, ws_e, e_seconds = _encoder_alone(model, encoder, targets)
   idi_config = api.as_config('idinvert', [] if idi_steps is None else
                              [f'--config.steps={idi_steps}'])
-  idi, idi_time = _invert(model, targets, idi_config, encoder)
-  wplus, wplus_time = _invert(model, targets, api.as_config(
+  idi, idi_time = invert_timed(model, targets, idi_config, encoder)
+  wplus, wplus_time = invert_timed(model, targets, api.as_config(
       'image2stylegan:wplus', [f'--config.steps={wplus_steps}']), None)
   rows = []
   for label, recon, timing in (('E(x), one forward pass', recon_e,

@@ -34,10 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from benchmarks.idinvert import W_PLUS_STEPS, _invert
+from benchmarks.idinvert import W_PLUS_STEPS, invert_timed, targets_from_args
 from generators import checkpoint, networks, trainer
 from inversion import api, directions, images as images_lib, sfe
-from inversion.encoders import train as encoder_train
 
 DEFECT_STRENGTHS = (4.5, 6.0)   # sigmas: real clean crops need long moves (ENCODER_CARD.md)
 PC_STRENGTH = 3.0               # GANSpace pc0, sigmas
@@ -96,17 +95,6 @@ def edits(nets, model, enc, strengths_defect=DEFECT_STRENGTHS) -> dict:
   return {'rows': rows, 'shown': (by_w, by_sfe, f'{name} {strength:+g} sigmas')}
 
 
-def _targets(args, model):
-  if args.images:
-    targets, names = images_lib.load_images(args.images, model.resolution, model.channels)
-  else:
-    held = encoder_train.heldout_images(model.resolution)[::3]
-    targets, names = held, [f'heldout_{3 * i:02d}' for i in range(len(held))]
-  if args.quick:
-    targets, names = targets[::4], names[::4]
-  return targets, names
-
-
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--checkpoint', default=None, help='generator (default: embedded)')
@@ -122,7 +110,7 @@ def main(argv=None) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   model = checkpoint.load(args.checkpoint)
   nets = sfe.resolve(args.encoder or None, model)
-  targets, names = _targets(args, model)
+  targets, names = targets_from_args(args, model)
   metric = api.Inverter(model, 'image2stylegan:wplus').metrics
   domain = sfe._domain_encoder(model)  # pylint: disable=protected-access
 
@@ -131,7 +119,7 @@ def main(argv=None) -> dict:
   rec = sfe.render(nets, model, enc.ws, enc.features)
   sfe_seconds = _sfe_seconds(nets, model, targets, domain)
   head_seconds = _head_seconds(nets, model, targets)
-  wplus, wplus_time = _invert(model, targets, api.as_config(
+  wplus, wplus_time = invert_timed(model, targets, api.as_config(
       'image2stylegan:wplus', [f'--config.steps={60 if args.quick else W_PLUS_STEPS}']), None)
   rows = []
   for label, images, timing in (
