@@ -503,12 +503,8 @@ def train_sfe(config: ml_collections.ConfigDict, model: checkpoint.Model, data_s
     done = step + 1
     bar.update(1)
     if trainer.due(done, config.log_every, total):
-      record = {k: float(v) for k, v in metrics.items()}
-      if trains_d(config):
-        record['r1'] = float(last_r1)
-      record.update(step=done, kimg=done * config.batch_size / 1000,
-                    seconds=round(time.time() - t0, 1))
-      records.write(record, may_be_nan=('r1',))
+      record = enc_train.write_record(records, metrics, last_r1 if trains_d(config) else None,
+                                      done, config.batch_size, t0)
       bar.set_postfix(loss=f"{record['loss']:.4f}")
     if trainer.due(done, config.sample_every, total):
       sample_grid(config, state, model, images.samples, frozen,

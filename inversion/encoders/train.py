@@ -343,12 +343,8 @@ def train_encoder(config: ml_collections.ConfigDict, model: checkpoint.Model,
     done = step + 1
     bar.update(1)
     if trainer.due(done, config.log_every, total_steps):
-      record = {k: float(v) for k, v in metrics.items()}
-      if trains_d(config):
-        record['r1'] = float(last_r1)
-      record.update(step=done, kimg=done * config.batch_size / 1000, lr=lr,
-                    seconds=round(time.time() - t0, 1))
-      records.write(record, may_be_nan=('r1',))
+      record = write_record(records, metrics, last_r1 if trains_d(config) else None, done,
+                            config.batch_size, t0, lr=lr)
       bar.set_postfix(e=f"{record['e_loss']:.4f}")
     if trainer.due(done, config.sample_every, total_steps):
       _sample_grid(enc_cfg, state, model, images.samples,
@@ -357,6 +353,19 @@ def train_encoder(config: ml_collections.ConfigDict, model: checkpoint.Model,
       trainer.save(manager, done, state)
   trainer.finish(manager, bar, records)
   return state
+
+
+def write_record(records, metrics, r1, done: int, batch_size: int, t0: float,
+                 **extra) -> dict:
+  """One metrics.jsonl record of an encoder training step: the step's metrics, the last R1
+  (None: no D), the step, kimg, wall seconds and `extra`; returns it."""
+  record = {k: float(v) for k, v in metrics.items()}
+  if r1 is not None:
+    record['r1'] = float(r1)
+  record.update(step=done, kimg=done * batch_size / 1000, **extra,
+                seconds=round(time.time() - t0, 1))
+  records.write(record, may_be_nan=('r1',))
+  return record
 
 
 def _sample_grid(enc_cfg, state, model, samples, path) -> None:
