@@ -147,7 +147,7 @@ class Scorer:
     return out
 
 
-def optimise(model, targets: np.ndarray, config, encoder, settings: Settings,
+def optimise(label: str, model, targets: np.ndarray, config, encoder, settings: Settings,
              scorer: Scorer) -> Run:
   """One optimisation method at the batch size, with its quality at the curve's step counts
   (rendered between chunks; render time excluded from the timing), and its batch-1 rate."""
@@ -169,7 +169,7 @@ def optimise(model, targets: np.ndarray, config, encoder, settings: Settings,
   result = _run_engine(inv, targets, on_chunk)
   per_step_b = timer.per_step()
   per_step_1 = _batch1_per_step(model, targets[:1], config, overrides, encoder, chunk)
-  run = Run(f'{config}', 'optimisation', result.reconstructions, result.ws, steps,
+  run = Run(label, 'optimisation', result.reconstructions, result.ws, steps,
             per_step_1 * steps, len(targets) / (per_step_b * steps), timer.compile_seconds(),
             losses=result.losses)
   run.curve = [(s, per_step_1 * s, m) for s, m in points]
@@ -338,13 +338,11 @@ def run(model, targets: np.ndarray, names: list[str], out: pathlib.Path, setting
   nets, sfe_why = _sfe_networks(sfe_paths, model)
   runs: list[Run] = []
   for label, config in OPTIMISATION:
-    runs.append(dataclasses.replace(optimise(model, targets, config, None, settings, scorer),
-                                    method=label))
+    runs.append(optimise(label, model, targets, config, None, settings, scorer))
   synth = jax.jit(lambda ws: networks.synthesis(model.g_config, model.g_vars, ws))
   render_ws = lambda ws: np.asarray(synth(jnp.asarray(ws)))
   if encoder is not None:
-    runs.append(dataclasses.replace(optimise(model, targets, 'idinvert', encoder, settings,
-                                             scorer), method='in-domain'))
+    runs.append(optimise('in-domain', model, targets, 'idinvert', encoder, settings, scorer))
     runs.append(encoder_run('domain encoder', encoder, render_ws, targets, settings.batch_size))
   else:
     runs += [Run('in-domain', 'skipped', status=encoder_why),

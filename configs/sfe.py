@@ -198,10 +198,9 @@ def get_config(arg: str = 'small') -> ml_collections.ConfigDict:
 
 def networks_for(config: ml_collections.ConfigDict, g_config):
   """(InverterConfig, EditorConfig, E4EConfig, feature layer) for generator `g_config`."""
-  from inversion import sfe  # pylint: disable=import-outside-toplevel
   from inversion.encoders import sfe as nets  # pylint: disable=import-outside-toplevel
   size = config.input_size or min(g_config.img_resolution, SMALL_MAX_INPUT)
-  side = size // sfe.FEATURE_STRIDE
+  side = size // nets.FEATURE_STRIDE
   layer = config.feature_layer or f'b{side}.conv1'
   channels = g_config.channels(int(layer.split('.')[0][1:]))
   inverter = nets.InverterConfig(

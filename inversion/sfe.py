@@ -65,7 +65,6 @@ OFFICIAL_FILES = ('sfe_editor_light.pt (inverter + feature editor) or sfe_invert
                   'https://huggingface.co/AIRI-Institute/StyleFeatureEditor (pretrained_models/)')
 FEATURE_SCALE = 1.0  # inference blend: the official min(1, 1e-4 * n_iter) at n_iter = 1e5
 BATCH_SIZE = 16      # images per compiled call
-FEATURE_STRIDE = 4   # inverter input side / F side: stem /1, stages /2, /2, /1 (SFE's change)
 NATIVE_FILE = 'sfe.json'
 NATIVE_FORMAT = 'stylegan-inversion-jax-sfe-folder'
 NATIVE_VERSION = 1
@@ -101,7 +100,7 @@ class SFE:
       raise SFEError(f'SFE ({", ".join(self.sources)}): {e}') from None
     side = int(self.feature_layer.split('.')[0][1:])
     want = (gc.num_ws, gc.w_dim, gc.channels(side), side)
-    got = (ic.num_ws, ic.w_dim, ic.feature_channels, ic.input_size // FEATURE_STRIDE)
+    got = (ic.num_ws, ic.w_dim, ic.feature_channels, ic.feature_size)
     if got != want:
       raise SFEError(
           f'SFE ({", ".join(self.sources)}) predicts {got[0]} x {got[1]} codes and '
@@ -115,7 +114,7 @@ class SFE:
 def feature_layer_of(inverter_config: nets.InverterConfig) -> str:
   """The generator layer whose activation F replaces: the last conv of the block as large as
   the inverter's feature map (SFE: 256 px input -> 64x64 -> 'b64.conv1', index 9)."""
-  return f'b{inverter_config.input_size // FEATURE_STRIDE}.conv1'
+  return f'b{inverter_config.feature_size}.conv1'
 
 
 def _latent_avg(model) -> jax.Array:
