@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 
+from generators import distributed
 from generators.cli import run_cli
 
 SEEDS_FORMS = "a range '0-7' (both ends included), a list '1,5,9', or both ('0-3,8')"
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="start --workdir as a branch of the run in RUN at --branch-step: "
                      "continue it from that checkpoint under this config (same networks)")
   train.add_argument("--branch-step", type=int, default=None)
+  distributed.add_arguments(train)
   export = sub.add_parser("export", help="export a training run's G_ema + D as a native model")
   export.add_argument("--workdir", required=True)
   export.add_argument("--out", required=True)
@@ -99,6 +101,7 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     import configs
     from generators import train as train_lib
 
+    distributed.from_args(args)  # before any other JAX work
     config = configs.load_config(args.config, overrides)
     if args.branch_from is not None:
       train_lib.branch(args.branch_from, args.branch_step, args.workdir, config)

@@ -557,9 +557,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
     state = init_state_from(config, g_config, d_config, start_model)
     # What export records about the starting model, kept here in case that model moves.
     start = start_model.metadata
-    (workdir / INIT_FROM_FILE).write_text(json.dumps({"path": str(config.init_from), **{
-        k: start[k] for k in ("training_steps", "kimg", "total_kimg_trained", "train_config")
-        if k in start}}))
+    if trainer.is_main():
+      trainer.write_text_atomic(workdir / INIT_FROM_FILE, json.dumps({
+          "path": str(config.init_from), **{k: start[k] for k in (
+              "training_steps", "kimg", "total_kimg_trained", "train_config") if k in start}}))
   else:
     state = init_state(config, g_config, d_config)  # a fresh start, or the restore template
   if manager.latest_step() is not None:
@@ -580,16 +581,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
         np.arange(GRID_SEEDS) * g_config.c_dim // GRID_SEEDS]
   start = int(state.step)
   bar = tqdm(total=total_steps, initial=start, unit="step", dynamic_ncols=True,
-             desc=f"train {workdir.name}")
+             desc=f"train {workdir.name}", disable=not trainer.is_main())
   records = trainer.Records(workdir, start)
   t0 = time.time()
   last_r1 = jnp.full((), jnp.nan)  # the latest R1 penalty (it runs every r1_interval steps)
   for step in range(start, total_steps):
     rng = np.random.default_rng([config.seed, step])
     real, *classes = real_batch(config, bank, bank_labels, conditional, resolution, rng)
-    real = jax.device_put(data.to_model_range(real), batch_sharding)
-    real_c, g_gen_c, d_gen_c = (c if c is None else jax.device_put(c, batch_sharding)
-                                for c in classes)
+    real, real_c, g_gen_c, d_gen_c = trainer.place_batch(
+        (data.to_model_range(real), *classes), batch_sharding)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     g_key, d_key = jax.random.split(key)
     scale = lr_scale(config, step, total_steps)
@@ -612,9 +612,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Tra
         record["transition"] = c_scale
       records.write(record, may_be_nan=("r1",))  # NaN r1: no R1 step since (re)starting
       bar.set_postfix(g=f"{record['g_loss']:.3f}", d=f"{record['d_loss']:.3f}")
-    if trainer.due(done, config.sample_every, total_steps):
-      images = networks.synthesis(g_config, state.ema, networks.mapping(
-          g_config, state.ema, grid_z, grid_c, c_scale=transition(config, done)))
+    if trainer.grid_due(done, config.sample_every, total_steps):
+      ema = jax.device_get(state.ema)
+      images = networks.synthesis(g_config, ema, networks.mapping(
+          g_config, ema, grid_z, grid_c, c_scale=transition(config, done)))
       trainer.grid_png(np.asarray(images), workdir / "samples" / f"step{done:06d}.png")
     if trainer.due(done, config.checkpoint_every, total_steps):
       trainer.save(manager, done, state)

@@ -11,6 +11,11 @@ A training run lives in one workdir:
 
 What a trainer adds is its state, its compiled steps and its data; the loop around them (mesh,
 restore, records, progress, grids, checkpoints) is these functions.
+
+Across processes (`generators.distributed`) every process runs the same loop on the global mesh:
+it draws the same global batch and places only its own rows (`place_batch`); orbax writes the
+one checkpoint jointly; the main process alone writes config.json, records and grids
+(`is_main`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,19 @@ from generators import data
 log = logging.getLogger(__name__)
 
 
+def is_main() -> bool:
+  """Whether this process writes what a run has one of (records, grids, config.json)."""
+  return jax.process_index() == 0
+
+
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes `path` so that a reader (another process, a rerun after a kill) sees the old file or
+  the new one, never half of one."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
 def prepare_workdir(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
                     resumes: Callable[[dict], bool], may_change: Sequence[str]) -> pathlib.Path:
   """Creates `workdir` (and samples/) and writes config.json; a ValueError if it holds a run
@@ -44,18 +62,33 @@ def prepare_workdir(workdir: str | pathlib.Path, config: ml_collections.ConfigDi
     raise ValueError(f"{workdir} holds a run with a different config ({config_path}); use a new "
                      "--workdir or the same config to resume (only "
                      f"{', '.join(may_change)} may change).")
-  config_path.write_text(config.to_json(indent=2))
+  if is_main():
+    write_text_atomic(config_path, config.to_json(indent=2))
   return workdir
 
 
 def data_mesh(batch_size: int) -> tuple[Mesh, NamedSharding, NamedSharding]:
-  """(1-D mesh over all devices, replicated sharding, batch-split sharding); the batch must
-  divide over the devices."""
+  """(1-D mesh over all devices of every process, replicated sharding, batch-split sharding); the
+  batch must divide over the devices."""
   devices = jax.devices()
   if batch_size % len(devices):
     raise ValueError(f"batch_size {batch_size} must divide over {len(devices)} devices.")
   mesh = Mesh(np.array(devices), ("data",))
   return mesh, NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+
+def place_batch(batch, sharding: NamedSharding):
+  """A host batch (an array, or a tuple of them / None), the same on every process, as global
+  arrays split by `sharding`: each process puts only the rows its own devices hold."""
+  if batch is None:
+    return None
+  if isinstance(batch, tuple):
+    return tuple(place_batch(b, sharding) for b in batch)
+  batch = np.asarray(batch)
+  rows = sorted({(i[0].start or 0, i[0].stop or len(batch))
+                 for i in sharding.addressable_devices_indices_map(batch.shape).values()})
+  mine = slice(rows[0][0], rows[-1][1])  # a process's devices hold neighbouring rows
+  return jax.make_array_from_process_local_data(sharding, batch[mine], batch.shape)
 
 
 def checkpoint_manager(workdir: pathlib.Path, config: ml_collections.ConfigDict):
@@ -73,15 +106,19 @@ def restore(manager, template: Any, step: int | None = None) -> Any:
   import orbax.checkpoint as ocp
 
   step = manager.latest_step() if step is None else step
+  if jax.process_count() > 1:  # every process restores the whole (replicated) state
+    template = jax.device_get(template)
   restored = manager.restore(step, args=ocp.args.StandardRestore(template))
   return type(template)(*restored) if isinstance(template, tuple) and not isinstance(
       restored, type(template)) else restored
 
 
 def save(manager, step: int, state: Any) -> None:
+  """Saves `state` at `step`; across processes, orbax writes the global arrays jointly."""
   import orbax.checkpoint as ocp
 
-  manager.save(step, args=ocp.args.StandardSave(jax.device_get(state)))
+  host = jax.process_count() == 1
+  manager.save(step, args=ocp.args.StandardSave(jax.device_get(state) if host else state))
 
 
 def require_kept(workdir: pathlib.Path, kept: Sequence[int], steps: Sequence[int]) -> None:
@@ -117,19 +154,20 @@ def drop_records_after(path: pathlib.Path, step: int) -> None:
     except (ValueError, KeyError, TypeError):
       log.warning("%s: dropping an unreadable line %r", path, line[:80])
   if len(kept) < len(lines):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(l + "\n" for l in kept))
-    os.replace(tmp, path)  # a kill now leaves the old file or the new one, never half of one
+    write_text_atomic(path, "".join(l + "\n" for l in kept))
 
 
 class Records:
   """metrics.jsonl of a run restored at step `start`: later records (logged before a kill, and
-  redone now) are dropped, then `write` appends one record per logged step."""
+  redone now) are dropped, then `write` appends one record per logged step (the main process
+  writes; every process checks the values)."""
 
   def __init__(self, workdir: pathlib.Path, start: int):
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
-    drop_records_after(self.path, start)
-    self._file = open(self.path, "a")
+    self._file = None
+    if is_main():
+      drop_records_after(self.path, start)
+      self._file = open(self.path, "a")
 
   def write(self, record: Mapping[str, Any], may_be_nan: Sequence[str] = ()) -> None:
     """Appends `record` (it has 'step'); a FloatingPointError if a value is not finite (NaN
@@ -140,16 +178,23 @@ class Records:
       raise FloatingPointError(f"Non-finite loss at step {record['step']}: {bad} (record: "
                                f"{dict(record)}). Resume from the last checkpoint with a lower "
                                "learning rate or a stronger regulariser.")
-    self._file.write(json.dumps(dict(record)) + "\n")
-    self._file.flush()
+    if self._file is not None:
+      self._file.write(json.dumps(dict(record)) + "\n")
+      self._file.flush()
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
 
 
 def due(done: int, every: int, total: int) -> bool:
   """Whether a periodic action (record, grid, checkpoint) runs after step `done`."""
   return done % every == 0 or done == total
+
+
+def grid_due(done: int, every: int, total: int) -> bool:
+  """Whether this process draws the sample grid after step `done` (the main process does)."""
+  return due(done, every, total) and is_main()
 
 
 def finish(manager, progress_bar, records: Records) -> None:

@@ -5,6 +5,7 @@
         [--init out/encoder/latents]             # start from given latents (files per image)
         [--align my_module:detect_landmarks]     # FFHQ face alignment (inversion/align.py)
         [--skip-bad]                             # go on without unreadable images
+        [--coordinator H:P --num-processes N --process-id I | --distributed]   # several hosts
     python -m inversion edit interpolate --a out/run/latents/a.npz --b out/run/latents/b.npz \
         --num 8 --out morph.png [--checkpoint G.pkl]
     python -m inversion edit crossover --content A.npz --style B.npz [--cutoff 4] --out mix.png
@@ -42,6 +43,7 @@ import sys
 
 import numpy as np
 
+from generators import distributed
 from generators.cli import run_cli
 
 METHODS = {'z': 'image2stylegan:z', 'w': 'image2stylegan:w', 'wplus': 'image2stylegan:wplus',
@@ -79,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
                    'separated (sfe_editor_light.pt,e4e_ffhq_encode.pt), a native SFE folder '
                    "(export-sfe; default: the embedded model's shipped one), or random")
   inv.add_argument('--no-progress', action='store_true', help='no progress bar')
+  distributed.add_arguments(inv)
 
   tr = sub.add_parser('train-encoder', help='train a domain-guided encoder (idinvert), resumable')
   tr.add_argument('--config', default='idinvert',
@@ -89,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                        'crops, training region only)')
   tr.add_argument('--workdir', required=True, help='run folder; rerun the command to resume')
   tr.add_argument('--no-progress', action='store_true')
+  distributed.add_arguments(tr)
 
   ex = sub.add_parser('export-encoder', help="write a training run's encoder as a native folder")
   ex.add_argument('--workdir', required=True)
@@ -109,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
   ts.add_argument('--inverter-workdir', default=None,
                   help='--stage editor: the stage-1 workdir (or an exported SFE folder)')
   ts.add_argument('--no-progress', action='store_true')
+  distributed.add_arguments(ts)
 
   xs = sub.add_parser('export-sfe', help="write an SFE training run's networks as a native "
                       'folder (--encoder of --method sfe)')
@@ -204,6 +209,8 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
   from generators import checkpoint  # pylint: disable=import-outside-toplevel
   from inversion import api, demo, editing, jobs, report  # pylint: disable=import-outside-toplevel
 
+  if args.command in ('invert', 'train-encoder', 'train-sfe'):  # before any other JAX work
+    distributed.from_args(args, runtime_needed=args.command != 'invert')
   if args.command in ('train-encoder', 'export-encoder'):
     return _encoder_command(args, overrides)
   if args.command in ('train-sfe', 'export-sfe'):
@@ -236,10 +243,13 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
                             skip_bad=args.skip_bad,
                             encoder=args.encoder if args.method == 'sfe' else None)
     cols = [c for c in ('mse', 'psnr', 'ssim', 'lpips') if any(c in r for r in res.rows)]
-    print(report.format_table(res.rows, ['name'] + cols + ['status']))
+    if res.merged:
+      print(report.format_table(res.rows, ['name'] + cols + ['status']))
     unreadable = f', {len(res.unreadable)} unreadable (skipped)' if res.unreadable else ''
-    print(f'{len(res.inverted)} inverted, {len(res.skipped)} already done, '
-          f'{len(res.failed)} failed{unreadable}; outputs in {res.out_dir}')
+    who = f'{res.process.describe()}: ' if res.process.count > 1 else ''
+    wait = '' if res.merged else ' (metrics.csv and grid.png wait for the other processes)'
+    print(f'{who}{len(res.inverted)} inverted, {len(res.skipped)} already done, '
+          f'{len(res.failed)} failed{unreadable}; outputs in {res.out_dir}{wait}')
     return 1 if res.failed else 0
 
   if args.command == 'defects':

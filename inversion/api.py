@@ -685,7 +685,7 @@ def invert(images, generator, config='image2stylegan', *, mask=None, init=None, 
     latent_terms, term_params: see `Inverter`.
     progress: tqdm progress bar.
     callback: called after every chunk with an `engine.ChunkInfo`; raising stops the run.
-    devices: devices to shard the batch over (default all; see `engine.batch_mesh`).
+    devices: devices to shard the batch over (default this process's; `engine.batch_mesh`).
     encoder: the encoder of config.init 'encoder' / config.encoder.weight (configs/idinvert.py),
       instead of config.encoder.path or the embedded model's; for 'sfe', the SFE networks.
 

@@ -881,9 +881,10 @@ def make_engine(spec: EngineSpec) -> Engine:
 
 
 def batch_mesh(batch_size: int, devices: Optional[Sequence[Any]] = None) -> jax.sharding.Mesh:
-  """A 1-D mesh ('batch',) over the largest number of `devices` (default: all) that divides
-  batch_size, so no padding is needed."""
-  devices = list(jax.devices() if devices is None else devices)
+  """A 1-D mesh ('batch',) over the largest number of `devices` (default: this process's) that
+  divides batch_size, so no padding is needed. Inversion never spans processes: each process
+  inverts its own images (`generators.distributed`)."""
+  devices = list(jax.local_devices() if devices is None else devices)
   n = max(k for k in range(1, len(devices) + 1) if batch_size % k == 0)
   return jax.sharding.Mesh(np.asarray(devices[:n]), ('batch',))
 

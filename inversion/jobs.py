@@ -6,6 +6,14 @@
 The job's outputs are those of `api.invert` (layout in `inversion.api`'s docstring), one latents
 file per image, plus `_work/state.npz`: the running batch's engine state, saved every
 `config.checkpoint_every` chunks, from which rerunning the same command resumes.
+
+Across processes (`generators.distributed`): process I of N inverts image k of the sorted job
+where k mod N = I, on its own local devices; its running batch's state is
+`_work/state.p<I>of<N>.npz` and the unreadable images of its share are listed in
+`_work/unreadable.p<I>of<N>.json`. With JAX's runtime up, the processes meet when their shares
+are done and process 0 writes metrics.csv / grid.png / losses.png; without it (a process rerun
+alone), the process that finds every image of the job finished writes them. Rerunning the
+command when all are done rewrites them (the same files from the same latents).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from generators import distributed
 from inversion import api
 from inversion import engine as eng
 from inversion import images as images_lib
@@ -43,6 +52,9 @@ class FolderResult:
   rows: list[dict]                 # metrics rows of every finished image, then of the unreadable
   unreadable: dict[str, str] = dataclasses.field(default_factory=dict)  # name -> why, left
                                    # out with skip_bad=True
+  merged: bool = True              # metrics.csv / grid.png written (across processes: only
+                                   # once every process's share is finished)
+  process: distributed.Process = distributed.Process()
 
 
 def _flatten(tree) -> dict[str, np.ndarray]:
@@ -96,7 +108,8 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
                   latent_terms=None, term_params=None, devices=None,
                   align: Optional[Callable[[np.ndarray, str], np.ndarray]] = None,
                   init: Optional[str | os.PathLike] = None,
-                  skip_bad: bool = False, encoder=None) -> FolderResult:
+                  skip_bad: bool = False, encoder=None,
+                  process: Optional[distributed.Process] = None) -> FolderResult:
   """Inverts every image of a folder (or a list of files) in batches; resumable.
 
   - Images whose latents file exists in out_dir/latents are skipped (it must belong to this
@@ -130,6 +143,8 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     skip_bad: go on without the images that cannot be read (see above).
     encoder: the encoder of configs/idinvert.py methods (default: config.encoder.path, else the
       embedded model's; `inversion.encoders`).
+    process: this process's place in a job run by several (default:
+      `generators.distributed.current()`): it inverts its share only (module docstring).
   """
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
@@ -151,19 +166,26 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
   if isinstance(mask, (str, os.PathLike)):
     mask = api.load_mask(mask, res)
   base_key = jax.random.PRNGKey(inv.config.seed) if key is None else key
-  lat_dir, work = out / 'latents', out / '_work' / 'state.npz'
+  process = distributed.current() if process is None else process
+  mine = process.share(range(len(names)))
+  lat_dir, work = out / 'latents', out / '_work' / f'state{process.suffix}.npz'
   skipped = []
-  for n in names:
-    f = lat_dir / f'{n}.npz'
+  for i in mine:
+    f = lat_dir / f'{names[i]}.npz'
     if f.exists():
       latents_lib.load_latents(f, inv.generator_id)
-      skipped.append(n)
+      skipped.append(names[i])
   done = set(skipped)
-  todo = [i for i, n in enumerate(names) if n not in done]
+  todo = [i for i in mine if names[i] not in done]
   unreadable = _unreadable(paths, names, todo, skip_bad)
+  if process.count > 1:
+    _write_unreadable(out / '_work' / f'unreadable{process.suffix}.json', unreadable)
   todo = [i for i in todo if names[i] not in unreadable]
-  batch_size = max(1, min(batch_size, len(names) - len(unreadable)))  # one image: a batch of
-                                                                      # one, not of padding
+  batch_size = max(1, min(batch_size, len(mine) - len(unreadable)))  # one image: a batch of
+                                                                     # one, not of padding
+  if process.count > 1:
+    log.info('%s: %d of the job\'s %d images are this process\'s, %d of them to invert.',
+             process.describe(), len(mine), len(names), len(todo))
   if init is not None and not pathlib.Path(init).is_dir():
     raise FileNotFoundError(f'--init {init}: not a folder. It takes a folder of latents files '
                             "named like the images (e.g. another job's <out>/latents).")
@@ -201,10 +223,40 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
     inverted += _save_batch(result, done, out, generator, failed)
     if work.exists():
       work.unlink()
-  rows = _summarise(out, paths, names, inv, generator, align, unreadable)
   for name, status in failed.items():
     log.warning('%s: %s', name, status)
-  return FolderResult(out, names, inverted, skipped, failed, rows, unreadable)
+  distributed.barrier('inversion.jobs: every share finished')  # with the runtime: main merges
+  job_unreadable = _job_unreadable(out, names, unreadable) if process.count > 1 else unreadable
+  pending = [n for n in names if n not in job_unreadable and not (lat_dir / f'{n}.npz').exists()]
+  if pending or (process.runtime and not process.main):
+    log.info('%s finished its share; %s', process.describe(),
+             'process 0 writes metrics.csv and grid.png' if not pending else
+             f'{len(pending)} image(s) of other processes are not finished yet, so metrics.csv '
+             'and grid.png wait: the last process to finish writes them (or rerun this command '
+             'once all are done)')
+    return FolderResult(out, names, inverted, skipped, failed, [], unreadable, False, process)
+  rows = _summarise(out, paths, names, inv, generator, align, job_unreadable)
+  return FolderResult(out, names, inverted, skipped, failed, rows, unreadable, True, process)
+
+
+def _write_unreadable(path: pathlib.Path, unreadable: Mapping[str, str]) -> None:
+  """Lists the unreadable images of this process's share for the merge (atomically)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(json.dumps(dict(unreadable)))
+  os.replace(tmp, path)
+
+
+def _job_unreadable(out: pathlib.Path, names: Sequence[str],
+                    mine: Mapping[str, str]) -> dict[str, str]:
+  """The unreadable images of every process's share (their `_work/unreadable.*.json`), this
+  process's own as just found."""
+  found = {}
+  for f in sorted((out / '_work').glob('unreadable.p*.json')):
+    found.update(json.loads(f.read_text()))
+  found.update(mine)
+  job = set(names)
+  return {n: why for n, why in found.items() if n in job}
 
 
 def _save_batch(result: api.InversionResult, done: set, out: pathlib.Path, generator,

@@ -394,7 +394,8 @@ def edit_directions(config, model, workdir: pathlib.Path):
                             sum((p.names for p in parts), []),
                             np.concatenate([p.scales for p in parts]), 'given',
                             found.generator_id, {'sources': [p.method for p in parts]})
-  directions.save_directions(kept, d)
+  if trainer.is_main():
+    directions.save_directions(kept, d)
   log.info('SFE stage 2: edits along %s (%s)', ', '.join(d.names), kept)
   return d
 
@@ -483,12 +484,13 @@ def train_sfe(config: ml_collections.ConfigDict, model: checkpoint.Model, data_s
   start, total = int(state.step), int(config.steps)
   records = trainer.Records(workdir, start)
   bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True,
-             desc=f'train-sfe {config.stage} {workdir.name}', disable=not progress)
+             desc=f'train-sfe {config.stage} {workdir.name}',
+             disable=not progress or not trainer.is_main())
   t0 = time.time()
   last_r1 = float('nan')
   for step in range(start, total):
     rng = np.random.default_rng([config.seed, step])
-    x = jax.device_put(images.batch(rng), batch_sharding)
+    x = trainer.place_batch(images.batch(rng), batch_sharding)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     adv = d_active(config, step)
     if adv and step == config.d_start_step:
@@ -506,7 +508,7 @@ def train_sfe(config: ml_collections.ConfigDict, model: checkpoint.Model, data_s
       record = enc_train.write_record(records, metrics, last_r1 if trains_d(config) else None,
                                       done, config.batch_size, t0)
       bar.set_postfix(loss=f"{record['loss']:.4f}")
-    if trainer.due(done, config.sample_every, total):
+    if trainer.grid_due(done, config.sample_every, total):
       sample_grid(config, state, model, images.samples, frozen,
                   workdir / 'samples' / f'step{done:06d}.png')
     if trainer.due(done, config.checkpoint_every, total):

@@ -290,9 +290,9 @@ def _check_generator(workdir: pathlib.Path, model) -> str:
           f'{workdir} trains an encoder for generator {began["generator_id"]} '
           f'({began.get("source") or "no source"}), not for the checkpoint given '
           f'({generator_id}); pass that checkpoint to resume, or a new --workdir.')
-  else:
-    path.write_text(json.dumps({'generator_id': generator_id,
-                                'source': model.metadata.get('source', '')}))
+  elif trainer.is_main():
+    trainer.write_text_atomic(path, json.dumps({'generator_id': generator_id,
+                                                'source': model.metadata.get('source', '')}))
   return generator_id
 
 
@@ -324,12 +324,12 @@ def train_encoder(config: ml_collections.ConfigDict, model: checkpoint.Model,
   start = int(state.step)
   records = trainer.Records(workdir, start)
   bar = tqdm(total=total_steps, initial=start, unit='step', dynamic_ncols=True,
-             desc=f'train-encoder {workdir.name}', disable=not progress)
+             desc=f'train-encoder {workdir.name}', disable=not progress or not trainer.is_main())
   t0 = time.time()
   last_r1 = float('nan')
   for step in range(start, total_steps):
     rng = np.random.default_rng([config.seed, step])
-    x = (jax.device_put(images.batch(rng), batch_sharding) if config.objective == 'real'
+    x = (trainer.place_batch(images.batch(rng), batch_sharding) if config.objective == 'real'
          else None)  # 'fakes' draws its own images
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     lr = lr_at(config, step, total_steps)
@@ -346,7 +346,7 @@ def train_encoder(config: ml_collections.ConfigDict, model: checkpoint.Model,
       record = write_record(records, metrics, last_r1 if trains_d(config) else None, done,
                             config.batch_size, t0, lr=lr)
       bar.set_postfix(e=f"{record['e_loss']:.4f}")
-    if trainer.due(done, config.sample_every, total_steps):
+    if trainer.grid_due(done, config.sample_every, total_steps):
       _sample_grid(enc_cfg, state, model, images.samples,
                    workdir / 'samples' / f'step{done:06d}.png')
     if trainer.due(done, config.checkpoint_every, total_steps):
@@ -370,7 +370,7 @@ def write_record(records, metrics, r1, done: int, batch_size: int, t0: float,
 
 def _sample_grid(enc_cfg, state, model, samples, path) -> None:
   """Two rows: the sample inputs, and G(E(x))."""
-  ws = domain.encode_fn(enc_cfg)(encoder_variables(state.e_params, model.g_vars),
+  ws = domain.encode_fn(enc_cfg)(encoder_variables(jax.device_get(state.e_params), model.g_vars),
                                 jnp.asarray(samples))
   rec = np.asarray(model.synthesis(ws))
   trainer.grid_png(np.concatenate([samples, rec]), path, columns=len(samples))
