@@ -24,7 +24,7 @@ Three measurements on this machine, then a model for machines we do not have.
    one at a time by default, `Engine.group_size`: part 1 times that.)
 3. Two processes: two local processes, each after `jax.distributed.initialize` (CPU, one forced
    device each), invert their half of the global batch on their own `jax.local_devices()`, with no
-   collectives (inversion is embarrassingly parallel). A file barrier starts their timed chunks
+   collectives (inversion is embarrassingly parallel). A barrier starts their timed chunks
    together. Their summed rate is compared with one process running the whole batch on 2 local
    devices (row N = 2 of part 2): process_overhead_pct = (rate_1proc / rate_2proc - 1) * 100;
    each process vectorises its share whole, as in part 2.
@@ -56,19 +56,17 @@ import sys
 import tempfile
 import time
 from typing import NamedTuple, Optional, Sequence
-from unittest import mock
 
 import jax
 
 from benchmarks import common, inversion_speed
-from generators import cache
+from generators import cache, distributed
 from inversion import engine, vgg
 
 SHARD_RESOLUTION = 64              # px of the sharding and process runs
 SHARD_BATCH = 8                    # global batch: divides over 1, 2, 4, 8 devices and 2 processes
 NUM_PROCESSES = 2
 WORKER_TIMEOUT_S = 1200            # a worker (or both processes) past this is killed
-BARRIER_TIMEOUT_S = 600            # a process waiting this long for the other one gives up
 FORCE_DEVICES_FLAG = '--xla_force_host_platform_device_count'
 SECONDS_PER_HOUR = 3600
 
@@ -131,46 +129,25 @@ def device_worker(resolution: int, batch: int, chunk: int, iters: int, peak: flo
   return {**row, 'processes': 1, 'devices': engine.batch_mesh(batch).size}
 
 
-def process_worker(index: int, port: int, barrier: str, resolution: int, batch: int, chunk: int,
-                   iters: int, peak: float) -> dict:
-  """Part 3, process `index` of `NUM_PROCESSES`: its own `batch` images on its local devices.
-
-  `inversion_speed.time_engine` shards over `engine.batch_mesh(batch)`, whose default device
-  list is `jax.devices()`: after `jax.distributed.initialize` that is every process's devices.
-  The worker binds it to `jax.local_devices()`, as a job run per process would. The first
-  `bench` compiles; the second, after the barrier, runs the same compiled program and is the
-  one reported, so both processes time their chunks side by side.
-  """
+def process_worker(index: int, port: int, resolution: int, batch: int, chunk: int, iters: int,
+                   peak: float) -> dict:
+  """Part 3, process `index` of `NUM_PROCESSES`: its own `batch` images on its local devices
+  (`engine.batch_mesh`'s default, as a folder job run per process does). The first `bench`
+  compiles; the second, after a barrier, runs the same compiled program and is the one
+  reported, so both processes time their chunks side by side."""
   t0 = time.perf_counter()
-  jax.distributed.initialize(coordinator_address=f'localhost:{port}',
-                             num_processes=NUM_PROCESSES, process_id=index)
+  distributed.initialize(f'localhost:{port}', NUM_PROCESSES, index)
   initialize_s = time.perf_counter() - t0
-  local = jax.local_devices()
-  vgg_params = vgg.init_random_params(0)
-  time_it = functools.partial(inversion_speed.bench, resolution, batch, chunk, iters, vgg_params,
-                              peak, micro_batch=batch)
-  with mock.patch.object(engine, 'batch_mesh', functools.partial(engine.batch_mesh,
-                                                                 devices=local)):
-    compiled = time_it()
-    wait_for_all(barrier, index)
-    start = time.time()
-    row = time_it()
-    end = time.time()
-  result = {**row, 'process': index, 'local_devices': len(local),
-            'global_devices': len(jax.devices()), 'initialize_s': initialize_s,
-            'compile_chunk_s': compiled['first_chunk_s'], 'window': [start, end]}
-  jax.distributed.shutdown()
-  return result
-
-
-def wait_for_all(folder: str, index: int) -> None:
-  """A file barrier: marks this process ready, then waits for all `NUM_PROCESSES`."""
-  pathlib.Path(folder, f'ready.{index}').touch()
-  deadline = time.monotonic() + BARRIER_TIMEOUT_S
-  while len(list(pathlib.Path(folder).glob('ready.*'))) < NUM_PROCESSES:
-    if time.monotonic() > deadline:
-      raise TimeoutError(f'process {index}: the other processes never reached the barrier')
-    time.sleep(0.01)
+  time_it = functools.partial(inversion_speed.bench, resolution, batch, chunk, iters,
+                              vgg.init_random_params(0), peak, micro_batch=batch)
+  compiled = time_it()
+  distributed.barrier('benchmarks.throughput: compiled')
+  start = time.time()
+  row = time_it()
+  end = time.time()
+  return {**row, 'process': index, 'local_devices': jax.local_device_count(),
+          'global_devices': jax.device_count(), 'initialize_s': initialize_s,
+          'compile_chunk_s': compiled['first_chunk_s'], 'window': [start, end]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,7 +218,7 @@ def process_rows(plan: Plan, peak: float) -> list[dict]:
   """Part 3: `NUM_PROCESSES` processes at once, each with its share of the global batch."""
   port = free_port()
   with tempfile.TemporaryDirectory() as folder:
-    commands = [worker_command('--worker-process', i, '--port', port, '--barrier', folder,
+    commands = [worker_command('--worker-process', i, '--port', port,
                                '--chunk', plan.chunk, '--iters', plan.iters, '--peak', peak)
                 for i in range(NUM_PROCESSES)]
     return run_workers(commands, worker_env(1), folder)
@@ -459,7 +436,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
   ap.add_argument('--worker-devices', type=int, default=0, help=argparse.SUPPRESS)
   ap.add_argument('--worker-process', type=int, default=-1, help=argparse.SUPPRESS)
   ap.add_argument('--port', type=int, default=0, help=argparse.SUPPRESS)
-  ap.add_argument('--barrier', default='', help=argparse.SUPPRESS)
   ap.add_argument('--chunk', type=int, default=0, help=argparse.SUPPRESS)
   ap.add_argument('--iters', type=int, default=0, help=argparse.SUPPRESS)
   ap.add_argument('--peak', type=float, default=0.0, help=argparse.SUPPRESS)
@@ -470,9 +446,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
                                    args.peak)))
     return None
   if args.worker_process >= 0:
-    print(json.dumps(process_worker(args.worker_process, args.port, args.barrier,
-                                    SHARD_RESOLUTION, SHARD_BATCH // NUM_PROCESSES, args.chunk,
-                                    args.iters, args.peak)))
+    print(json.dumps(process_worker(args.worker_process, args.port, SHARD_RESOLUTION,
+                                    SHARD_BATCH // NUM_PROCESSES, args.chunk, args.iters,
+                                    args.peak)))
     return None
 
   plan = PLANS['quick' if args.quick else 'full']
