@@ -13,13 +13,19 @@ from generators import checkpoint, networks
 RES = 16
 
 
-def test_quick_comparison_writes_everything_and_skips_what_is_missing(tmp_path):
+def tiny_model() -> checkpoint.Model:
+  """A random 16 px G with its D: small enough that compiling is most of a test's time."""
   g = networks.GeneratorConfig(z_dim=8, w_dim=8, img_resolution=RES, channel_base=64,
                                channel_max=16, mapping_layers=2)
   d = networks.DiscriminatorConfig(img_resolution=RES, channel_base=64, channel_max=16)
-  model = checkpoint.Model(g, networks.init_generator(g, jax.random.PRNGKey(0)), d,
-                           networks.init_discriminator(d, jax.random.PRNGKey(1)),
-                           {'source': 'tiny test generator'})
+  return checkpoint.Model(g, networks.init_generator(g, jax.random.PRNGKey(0)), d,
+                          networks.init_discriminator(d, jax.random.PRNGKey(1)),
+                          {'source': 'tiny test generator'})
+
+
+def test_quick_comparison_writes_everything_and_skips_what_is_missing(tmp_path):
+  model = tiny_model()
+  g = model.g_config
   z = jax.random.normal(jax.random.PRNGKey(2), (3, g.z_dim))
   targets = np.clip(np.asarray(model.synthesis(model.mapping(z))), -1, 1)
   settings = compare.Settings(steps=4, curve_steps=(2, 4), indomain_steps=2, batch_size=3,

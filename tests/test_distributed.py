@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 
 from configs import load_config
-from generators import checkpoint, distributed, networks, trainer
+from generators import checkpoint, distributed, trainer
 from inversion import images, jobs, latents
 from inversion.encoders import train as enc_train
+from tests.test_compare import tiny_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RES = 16
 NUM_IMAGES = 6
 PROCESS_TIMEOUT_S = 300
 INVERT = ['--method', 'wplus', '--steps', '8', '--batch-size', '2', '--no-progress',
@@ -37,14 +37,9 @@ TRAIN = ['--config.loss.perceptual=discriminator', '--config.lr=1e-3',
 def job(tmp_path_factory):
   """A tiny random G (with D) saved as a checkpoint, and a folder of images it drew."""
   base = tmp_path_factory.mktemp('distributed')
-  g = networks.GeneratorConfig(z_dim=8, w_dim=8, img_resolution=RES, channel_base=64,
-                               channel_max=16, mapping_layers=2)
-  d = networks.DiscriminatorConfig(img_resolution=RES, channel_base=64, channel_max=16)
-  model = checkpoint.Model(g, networks.init_generator(g, jax.random.PRNGKey(0)), d,
-                           networks.init_discriminator(d, jax.random.PRNGKey(1)),
-                           {'source': 'tiny test generator'})
+  model = tiny_model()
   ckpt = checkpoint.save(base / 'g', model)
-  z = jax.random.normal(jax.random.PRNGKey(2), (NUM_IMAGES, g.z_dim))
+  z = jax.random.normal(jax.random.PRNGKey(2), (NUM_IMAGES, model.g_config.z_dim))
   (base / 'images').mkdir()
   for i, im in enumerate(np.clip(np.asarray(model.synthesis(model.mapping(z))), -1, 1)):
     images.save_image(str(base / 'images' / f'im{i}.png'), im)
