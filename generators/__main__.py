@@ -104,7 +104,9 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
     distributed.from_args(args)  # before any other JAX work
     config = configs.load_config(args.config, overrides)
     if args.branch_from is not None:
-      train_lib.branch(args.branch_from, args.branch_step, args.workdir, config)
+      if distributed.current().main:  # one process copies the checkpoint; the others wait
+        train_lib.branch(args.branch_from, args.branch_step, args.workdir, config)
+      distributed.barrier("generators train: branched")
     train_lib.train(config, args.workdir)
   elif args.command == "export":
     from generators import train as train_lib

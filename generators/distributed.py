@@ -30,13 +30,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import pathlib
+import socket
 from typing import Optional, Sequence
 
 import jax
 
 log = logging.getLogger(__name__)
 
-__all__ = ['Process', 'add_arguments', 'barrier', 'current', 'from_args', 'initialize']
+__all__ = ['Process', 'add_arguments', 'barrier', 'current', 'from_args', 'initialize',
+           'write_text_atomic']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +112,19 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
     return _current
   if _current.runtime:  # already joined (a second job in the same process)
     return _current
-  jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                             process_id=process_id)
+  if ids_given and not (coordinator or auto):
+    raise ValueError('--num-processes/--process-id without --coordinator HOST:PORT: this job '
+                     'needs JAX\'s runtime; give every process the address of process 0 '
+                     '(--coordinator host0:12355), or --distributed under a launcher '
+                     '(SLURM, Open MPI, Cloud TPU, Kubernetes).')
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+  except (ValueError, RuntimeError) as e:
+    raise ValueError(f'could not join the job ({e}). Under a launcher (SLURM, Open MPI, Cloud '
+                     'TPU, Kubernetes) --distributed needs its environment; elsewhere give '
+                     '--coordinator HOST:PORT --num-processes N --process-id I, the same '
+                     'address on every process, reachable from all of them.') from None
   _current = Process(jax.process_index(), jax.process_count(), runtime=True)
   log.info('Joined the job as %s: %d local of %d devices.', _current.describe(),
            jax.local_device_count(), jax.device_count())
@@ -124,12 +139,21 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes `path` so that a reader (another process, a rerun after a kill) sees the old file or
+  the new one, never half of one."""
+  tmp = path.with_name(f'{path.name}.{socket.gethostname()}.{os.getpid()}.tmp')
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   """The flags of a job that may span processes (see the module docstring)."""
   group = parser.add_argument_group('several processes / hosts (jax.distributed)')
   group.add_argument('--coordinator', default=None, metavar='HOST:PORT',
                      help="process 0's address; every process gives the same")
-  group.add_argument('--num-processes', type=int, default=None, metavar='N')
+  group.add_argument('--num-processes', type=int, default=None, metavar='N',
+                     help='how many processes the job has')
   group.add_argument('--process-id', type=int, default=None, metavar='I', help='0 .. N-1')
   group.add_argument('--distributed', action='store_true',
                      help='join the job the launcher describes (SLURM, Open MPI, Cloud TPU, '

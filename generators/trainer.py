@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -34,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from PIL import Image
 
 from generators import data
+from generators.distributed import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,6 @@ log = logging.getLogger(__name__)
 def is_main() -> bool:
   """Whether this process writes what a run has one of (records, grids, config.json)."""
   return jax.process_index() == 0
-
-
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes `path` so that a reader (another process, a rerun after a kill) sees the old file or
-  the new one, never half of one."""
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 def prepare_workdir(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
@@ -85,10 +77,7 @@ def place_batch(batch, sharding: NamedSharding):
   if isinstance(batch, tuple):
     return tuple(place_batch(b, sharding) for b in batch)
   batch = np.asarray(batch)
-  rows = sorted({(i[0].start or 0, i[0].stop or len(batch))
-                 for i in sharding.addressable_devices_indices_map(batch.shape).values()})
-  mine = slice(rows[0][0], rows[-1][1])  # a process's devices hold neighbouring rows
-  return jax.make_array_from_process_local_data(sharding, batch[mine], batch.shape)
+  return jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
 
 
 def checkpoint_manager(workdir: pathlib.Path, config: ml_collections.ConfigDict):
@@ -117,8 +106,8 @@ def save(manager, step: int, state: Any) -> None:
   """Saves `state` at `step`; across processes, orbax writes the global arrays jointly."""
   import orbax.checkpoint as ocp
 
-  host = jax.process_count() == 1
-  manager.save(step, args=ocp.args.StandardSave(jax.device_get(state) if host else state))
+  to_host = jax.process_count() == 1
+  manager.save(step, args=ocp.args.StandardSave(jax.device_get(state) if to_host else state))
 
 
 def require_kept(workdir: pathlib.Path, kept: Sequence[int], steps: Sequence[int]) -> None:

@@ -247,7 +247,9 @@ def _run(args: argparse.Namespace, overrides: list[str]) -> int:
       print(report.format_table(res.rows, ['name'] + cols + ['status']))
     unreadable = f', {len(res.unreadable)} unreadable (skipped)' if res.unreadable else ''
     who = f'{res.process.describe()}: ' if res.process.count > 1 else ''
-    wait = '' if res.merged else ' (metrics.csv and grid.png wait for the other processes)'
+    wait = '' if res.merged else (' (process 0 wrote metrics.csv and grid.png)' if
+                                  res.process.runtime else
+                                  ' (metrics.csv and grid.png wait for the other processes)')
     print(f'{who}{len(res.inverted)} inverted, {len(res.skipped)} already done, '
           f'{len(res.failed)} failed{unreadable}; outputs in {res.out_dir}{wait}')
     return 1 if res.failed else 0

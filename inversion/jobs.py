@@ -178,8 +178,10 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
   done = set(skipped)
   todo = [i for i in mine if names[i] not in done]
   unreadable = _unreadable(paths, names, todo, skip_bad)
-  if process.count > 1:
-    _write_unreadable(out / '_work' / f'unreadable{process.suffix}.json', unreadable)
+  if process.count > 1:  # for the merge, which may run in another process
+    (out / '_work').mkdir(exist_ok=True)
+    distributed.write_text_atomic(out / '_work' / f'unreadable{process.suffix}.json',
+                                  json.dumps(unreadable))
   todo = [i for i in todo if names[i] not in unreadable]
   batch_size = max(1, min(batch_size, len(mine) - len(unreadable)))  # one image: a batch of
                                                                      # one, not of padding
@@ -226,37 +228,32 @@ def invert_folder(dir_or_files, generator, config, out_dir, batch_size: int = 8,
   for name, status in failed.items():
     log.warning('%s: %s', name, status)
   distributed.barrier('inversion.jobs: every share finished')  # with the runtime: main merges
-  job_unreadable = _job_unreadable(out, names, unreadable) if process.count > 1 else unreadable
+  job_unreadable = (_job_unreadable(out, names, unreadable, process) if process.count > 1 else
+                    unreadable)
   pending = [n for n in names if n not in job_unreadable and not (lat_dir / f'{n}.npz').exists()]
-  if pending or (process.runtime and not process.main):
+  merges = not pending and (process.main or not process.runtime)
+  rows = _summarise(out, paths, names, inv, generator, align, job_unreadable) if merges else []
+  distributed.barrier('inversion.jobs: merged')  # none leaves (and shuts down) before it
+  if not merges:
     log.info('%s finished its share; %s', process.describe(),
-             'process 0 writes metrics.csv and grid.png' if not pending else
+             'process 0 wrote metrics.csv and grid.png' if not pending else
              f'{len(pending)} image(s) of other processes are not finished yet, so metrics.csv '
              'and grid.png wait: the last process to finish writes them (or rerun this command '
              'once all are done)')
-    return FolderResult(out, names, inverted, skipped, failed, [], unreadable, False, process)
-  rows = _summarise(out, paths, names, inv, generator, align, job_unreadable)
-  return FolderResult(out, names, inverted, skipped, failed, rows, unreadable, True, process)
+  return FolderResult(out, names, inverted, skipped, failed, rows, unreadable, merges, process)
 
 
-def _write_unreadable(path: pathlib.Path, unreadable: Mapping[str, str]) -> None:
-  """Lists the unreadable images of this process's share for the merge (atomically)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(dict(unreadable)))
-  os.replace(tmp, path)
-
-
-def _job_unreadable(out: pathlib.Path, names: Sequence[str],
-                    mine: Mapping[str, str]) -> dict[str, str]:
-  """The unreadable images of every process's share (their `_work/unreadable.*.json`), this
-  process's own as just found."""
+def _job_unreadable(out: pathlib.Path, names: Sequence[str], mine: Mapping[str, str],
+                    process: distributed.Process) -> dict[str, str]:
+  """The unreadable images of every share of this N-process job (their
+  `_work/unreadable.p*of<N>.json`; this process's as just found), less those inverted since."""
   found = {}
-  for f in sorted((out / '_work').glob('unreadable.p*.json')):
+  for f in sorted((out / '_work').glob(f'unreadable.p*of{process.count}.json')):
     found.update(json.loads(f.read_text()))
   found.update(mine)
   job = set(names)
-  return {n: why for n, why in found.items() if n in job}
+  return {n: why for n, why in found.items()
+          if n in job and not (out / 'latents' / f'{n}.npz').exists()}
 
 
 def _save_batch(result: api.InversionResult, done: set, out: pathlib.Path, generator,

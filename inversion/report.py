@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pathlib
+import socket
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -46,7 +47,7 @@ def prepare_out_dir(out_dir: str | os.PathLike) -> pathlib.Path:
                      'path (--out), e.g. a new one')
   try:
     out.mkdir(parents=True, exist_ok=True)
-    probe = out / f'.write_test.{os.getpid()}'
+    probe = out / f'.write_test.{socket.gethostname()}.{os.getpid()}'  # one per process
     probe.write_bytes(b'')
     probe.unlink()
   except OSError as e:

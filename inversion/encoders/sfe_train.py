@@ -52,7 +52,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from generators import checkpoint, networks, trainer
+from generators import checkpoint, distributed, networks, trainer
 from inversion import engine as eng
 from inversion.encoders import domain, sfe as nets
 from inversion.encoders import train as enc_train
@@ -379,23 +379,23 @@ def _step_config(config) -> str:
 
 def edit_directions(config, model, workdir: pathlib.Path):
   """The directions stage 2 draws edits from: `editor.directions`, else GANSpace PCA (+ the
-  defect direction of an RGB + mask generator), computed once and kept in the workdir."""
+  defect direction of an RGB + mask generator), computed once (by the main process) and kept in
+  the workdir, from which every process reads them."""
   from inversion import directions  # pylint: disable=import-outside-toplevel
   kept = workdir / DIRECTIONS_FILE
   if config.editor.directions:
     return directions.load_directions(config.editor.directions, model)
-  if kept.exists():
-    return directions.load_directions(kept, model)
-  found = directions.ganspace(model, config.editor.ganspace_components, seed=config.seed)
-  parts = [found]
-  if model.channels == 4:
-    parts.append(directions.defect_direction(model, seed=config.seed))
-  d = directions.Directions(np.concatenate([p.vectors for p in parts]),
-                            sum((p.names for p in parts), []),
-                            np.concatenate([p.scales for p in parts]), 'given',
-                            found.generator_id, {'sources': [p.method for p in parts]})
-  if trainer.is_main():
-    directions.save_directions(kept, d)
+  if not kept.exists() and trainer.is_main():
+    found = directions.ganspace(model, config.editor.ganspace_components, seed=config.seed)
+    parts = [found]
+    if model.channels == 4:
+      parts.append(directions.defect_direction(model, seed=config.seed))
+    directions.save_directions(kept, directions.Directions(
+        np.concatenate([p.vectors for p in parts]), sum((p.names for p in parts), []),
+        np.concatenate([p.scales for p in parts]), 'given', found.generator_id,
+        {'sources': [p.method for p in parts]}))
+  distributed.barrier('train-sfe: edit directions written')
+  d = directions.load_directions(kept, model)
   log.info('SFE stage 2: edits along %s (%s)', ', '.join(d.names), kept)
   return d
 
@@ -537,7 +537,7 @@ def sample_grid(config, state, model, samples, frozen, path) -> None:
   rows = [samples, np.asarray(model.synthesis(jnp.asarray(enc.ws))),
           sfe.render(nets_now, model, enc.ws, enc.features)]
   if frozen is not None:
-    move = np.asarray(frozen.moves[0]) * config.editor.strength
+    move = jax.device_get(frozen.moves)[0] * config.editor.strength
     rows.append(sfe.edit(nets_now, model, enc.ws, enc.features, enc.ws, lambda w: w + move))
   trainer.grid_png(np.concatenate(rows), path, columns=len(samples))
 
