@@ -80,6 +80,16 @@ def place_batch(batch, sharding: NamedSharding):
   return jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
 
 
+def place_rows(rows: Callable[[np.ndarray], np.ndarray], shape: Sequence[int],
+               sharding: NamedSharding) -> jax.Array:
+  """A global batch of `shape`, split by `sharding`, of which this process makes only the rows
+  its own devices hold: `rows(indices)` -> those rows (e.g. decodes only those images)."""
+  everything = np.arange(shape[0])
+  return jax.make_array_from_callback(
+      tuple(shape), sharding, lambda index: rows(everything[index[0]])[(slice(None),) +
+                                                                       tuple(index[1:])])
+
+
 def checkpoint_manager(workdir: pathlib.Path, config: ml_collections.ConfigDict):
   """Keeps the last `keep_checkpoints`, and every multiple of `keep_checkpoint_every` steps
   (snapshots to evaluate and export later) if it is set."""

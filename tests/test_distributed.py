@@ -89,12 +89,21 @@ def test_a_process_has_its_share_and_its_files():
   assert distributed.current() == distributed.Process()
 
 
-def test_place_batch_gives_each_device_its_rows():
-  _, _, split = trainer.data_mesh(len(jax.devices()) * 2)
-  x = np.arange(len(jax.devices()) * 2 * 3, dtype=np.float32).reshape(-1, 3)
+def test_place_batch_and_place_rows_give_each_device_its_rows():
+  rows = len(jax.devices()) * 2
+  _, _, split = trainer.data_mesh(rows)
+  x = np.arange(rows * 3, dtype=np.float32).reshape(-1, 3)
   placed = trainer.place_batch((x, None), split)
   np.testing.assert_array_equal(np.asarray(placed[0]), x)
   assert placed[0].sharding == split and placed[1] is None
+  asked = []
+
+  def make(indices):  # what a process decodes: only the rows asked for
+    asked.extend(indices.tolist())
+    return x[indices]
+  made = trainer.place_rows(make, x.shape, split)
+  np.testing.assert_array_equal(np.asarray(made), x)
+  assert made.sharding == split and sorted(asked) == list(range(rows))  # each row made once
 
 
 def test_folder_job_across_two_processes_with_one_killed_equals_one_process(job, tmp_path,

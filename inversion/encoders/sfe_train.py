@@ -490,7 +490,7 @@ def train_sfe(config: ml_collections.ConfigDict, model: checkpoint.Model, data_s
   last_r1 = float('nan')
   for step in range(start, total):
     rng = np.random.default_rng([config.seed, step])
-    x = trainer.place_batch(images.batch(rng), batch_sharding)
+    x = trainer.place_rows(images.batch(rng), images.shape, batch_sharding)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     adv = d_active(config, step)
     if adv and step == config.d_start_step:

@@ -35,7 +35,7 @@ import json
 import logging
 import pathlib
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -224,37 +224,59 @@ def make_steps(config, g_config, d_config, feature_terms, batch_sharding):
 
 class TrainingImages:
   """Where the reals come from: the embedded model's photo crops (training region, freshly
-  painted defects as G saw them) or an image folder; `batch(rng)` is a function of rng."""
+  painted defects as G saw them) or an image folder.
+
+  `batch(rng)` draws a step's global batch from rng (the same on every process) and returns it
+  as a function of row indices: a folder's images are decoded only for the rows asked for, so
+  each process decodes only its own share (`generators.trainer.place_rows`). The embedded crops
+  are painted for the whole batch (cheap at 64 px)."""
 
   def __init__(self, source: str, config, model):
+    from inversion import images as images_lib  # pylint: disable=import-outside-toplevel
     self.config, self.model = config, model
     res, channels = model.resolution, model.channels
+    self.shape = (config.batch_size, res, res, channels)
     self.embedded = source == EMBEDDED_DATA
     if self.embedded:
       if channels != 4:
         raise ValueError(f"--data {EMBEDDED_DATA} holds RGB + defect-mask crops, for a 4-channel "
                          f'generator; this one has {channels}: pass --data a folder of images.')
-      self.images = None
+      self.paths = []
       held = heldout_images(res)
       self.samples = held[np.linspace(0, len(held) - 1, SAMPLE_IMAGES).astype(int)]
     else:
-      from inversion import images as images_lib  # pylint: disable=import-outside-toplevel
-      self.images, _ = images_lib.load_images(source, res, channels)
-      log.info('Training on %d images from %s.', len(self.images), source)
-      self.samples = self.images[:SAMPLE_IMAGES]
+      self.paths = images_lib.list_images(source)
+      bad = images_lib.check_images(self.paths)  # every file decodes, before the first step
+      if bad:
+        raise images_lib.ImageError(f'{len(bad)} training image(s) cannot be read:\n' +
+                                    '\n'.join(f'  {why}' for why in bad.values()) +
+                                    '\nFix or remove them and rerun.')
+      log.info('Training on %d images from %s.', len(self.paths), source)
+      self.samples = self._load(self.paths[:SAMPLE_IMAGES])
 
-  def batch(self, rng: np.random.Generator) -> np.ndarray:
+  def _load(self, paths) -> np.ndarray:
+    from inversion import images as images_lib  # pylint: disable=import-outside-toplevel
+    res, channels = self.model.resolution, self.model.channels
+    return np.stack([images_lib.load_image(p, res, channels) for p in paths])
+
+  def batch(self, rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+    """The step's batch as rows(indices) -> float32 [len(indices), H, W, C] in [-1, 1]."""
     b = self.config.batch_size
     if self.embedded:
-      crops = defects.defect_dataset(b, size=self.model.resolution, seed=rng,
-                                     defect_fraction=self.config.data.defect_fraction).images
-      x = data_lib.to_model_range(crops)
+      crops = data_lib.to_model_range(defects.defect_dataset(
+          b, size=self.model.resolution, seed=rng,
+          defect_fraction=self.config.data.defect_fraction).images)
+      make = lambda rows: crops[rows]
     else:
-      x = self.images[rng.integers(0, len(self.images), b)]
-    if self.config.data.mirror:
-      flip = rng.random(b) < 0.5
-      x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-    return np.ascontiguousarray(x, np.float32)
+      index = rng.integers(0, len(self.paths), b)
+      make = lambda rows: self._load([self.paths[i] for i in index[rows]])
+    flip = rng.random(b) < 0.5 if self.config.data.mirror else np.zeros(b, bool)
+
+    def rows(indices: np.ndarray) -> np.ndarray:
+      x = make(indices)
+      x = np.where(flip[indices][:, None, None, None], x[:, :, ::-1], x)
+      return np.ascontiguousarray(x, np.float32)
+    return rows
 
 
 def heldout_images(resolution: int) -> np.ndarray:
@@ -329,8 +351,8 @@ def train_encoder(config: ml_collections.ConfigDict, model: checkpoint.Model,
   last_r1 = float('nan')
   for step in range(start, total_steps):
     rng = np.random.default_rng([config.seed, step])
-    x = (trainer.place_batch(images.batch(rng), batch_sharding) if config.objective == 'real'
-         else None)  # 'fakes' draws its own images
+    x = (trainer.place_rows(images.batch(rng), images.shape, batch_sharding)
+         if config.objective == 'real' else None)  # 'fakes' draws its own images
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
     lr = lr_at(config, step, total_steps)
     state, metrics, fake = e_step(state, x, key, g_vars, term_params, lr)
