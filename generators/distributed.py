@@ -12,8 +12,8 @@ Two kinds of job cross processes in two ways:
   process finds every image done writes the merged metrics.csv / grid.png.
 - Training (G, the domain-guided encoder, SFE) is data-parallel over the global mesh of
   processes x devices (`generators.trainer.data_mesh`). Every process draws the same global
-  batch from (seed, step) and places only its own rows on its devices
-  (`generators.trainer.place_batch`). Orbax writes the one checkpoint jointly, and the main
+  batch from (seed, step) and makes only the rows its own devices take
+  (`generators.trainer.place_rows`). Orbax writes the one checkpoint jointly, and the main
   process writes records and grids. Resume stays exact, since the state and the data stream are
   those of one process.
 
@@ -21,8 +21,8 @@ Turning it on: `--coordinator HOST:PORT --num-processes N --process-id I`, or `-
 alone, where the launcher's environment (SLURM, Open MPI, Cloud TPU, Kubernetes...) tells JAX
 everything; JAX reads those variables itself (`jax.distributed.initialize`), they are not
 parsed here. When JAX's runtime is up and one process dies, the runtime stops the others (after
-its heartbeat timeout). Each has saved its work, so rerunning the launch (or only the dead
-process, for inversion) resumes it.
+its heartbeat timeout). Each has saved its work, so rerunning the launch resumes it; for
+inversion, any process whose share is unfinished can also be rerun alone.
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
     process is that one of the job, without the runtime (e.g. a killed process rerun alone).
   """
   global _current
+  if _current.runtime:  # already joined (a second job in the same process): JAX's runtime stays
+    return _current
   ids_given = num_processes is not None or process_id is not None
   if not (coordinator or auto or ids_given):
     _current = Process()
@@ -109,8 +111,6 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
     _current = Process(int(process_id), int(num_processes))
     log.info('Running as %s, without the JAX runtime (no --coordinator): this process does its '
              'share alone.', _current.describe())
-    return _current
-  if _current.runtime:  # already joined (a second job in the same process)
     return _current
   if ids_given and not (coordinator or auto):
     raise ValueError('--num-processes/--process-id without --coordinator HOST:PORT: this job '

@@ -13,7 +13,7 @@ What a trainer adds is its state, its compiled steps and its data; the loop arou
 restore, records, progress, grids, checkpoints) is these functions.
 
 Across processes (`generators.distributed`) every process runs the same loop on the global mesh:
-it draws the same global batch and places only its own rows (`place_batch`); orbax writes the
+it draws the same global batch and makes only its own rows (`place_rows`); orbax writes the
 one checkpoint jointly; the main process alone writes config.json, records and grids
 (`is_main`).
 """
@@ -77,7 +77,7 @@ def place_batch(batch, sharding: NamedSharding):
   if isinstance(batch, tuple):
     return tuple(place_batch(b, sharding) for b in batch)
   batch = np.asarray(batch)
-  return jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
+  return place_rows(lambda indices: batch[indices], batch.shape, sharding)
 
 
 def place_rows(rows: Callable[[np.ndarray], np.ndarray], shape: Sequence[int],
@@ -86,8 +86,7 @@ def place_rows(rows: Callable[[np.ndarray], np.ndarray], shape: Sequence[int],
   its own devices hold: `rows(indices)` -> those rows (e.g. decodes only those images)."""
   everything = np.arange(shape[0])
   return jax.make_array_from_callback(
-      tuple(shape), sharding, lambda index: rows(everything[index[0]])[(slice(None),) +
-                                                                       tuple(index[1:])])
+      tuple(shape), sharding, lambda index: rows(everything[index[0]])[(slice(None), *index[1:])])
 
 
 def checkpoint_manager(workdir: pathlib.Path, config: ml_collections.ConfigDict):

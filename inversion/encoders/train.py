@@ -241,7 +241,6 @@ class TrainingImages:
       if channels != 4:
         raise ValueError(f"--data {EMBEDDED_DATA} holds RGB + defect-mask crops, for a 4-channel "
                          f'generator; this one has {channels}: pass --data a folder of images.')
-      self.paths = []
       held = heldout_images(res)
       self.samples = held[np.linspace(0, len(held) - 1, SAMPLE_IMAGES).astype(int)]
     else:
@@ -254,10 +253,9 @@ class TrainingImages:
       log.info('Training on %d images from %s.', len(self.paths), source)
       self.samples = self._load(self.paths[:SAMPLE_IMAGES])
 
-  def _load(self, paths) -> np.ndarray:
+  def _load(self, paths: list[str]) -> np.ndarray:
     from inversion import images as images_lib  # pylint: disable=import-outside-toplevel
-    res, channels = self.model.resolution, self.model.channels
-    return np.stack([images_lib.load_image(p, res, channels) for p in paths])
+    return images_lib.load_images(paths, self.model.resolution, self.model.channels)[0]
 
   def batch(self, rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
     """The step's batch as rows(indices) -> float32 [len(indices), H, W, C] in [-1, 1]."""
